@@ -1,0 +1,108 @@
+"""The tagged model: frozen backbone + tag vectors + read-out + task head.
+
+One class serves prediction and training. The backbone is held, not owned:
+it is shared between every ``TaggedModel`` and never receives gradients;
+only the tag vectors marked trainable and the head are parameters.
+
+Read-outs (features for the head, all float32):
+
+* ``last``: final hidden state at the last function-tag token, (B, d), as in the paper;
+* ``last+mean``: that, concatenated with the mean final hidden state over the
+  slots' content tokens, (B, 2d);
+* ``mean``: the mean over content tokens alone, (B, d): the linear-probe baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .exceptions import TemplateError
+from .heads import TaskHead
+from .templates import PromptEncoder, RowPlan, TaggedBatch, Template, collate
+
+__all__ = ["READOUTS", "readout_dim", "TaggedModel", "final_hidden", "pool_features"]
+
+READOUTS = ("last", "last+mean", "mean")
+
+
+def readout_dim(readout: str, hidden_size: int) -> int:
+    if readout not in READOUTS:
+        raise TemplateError(f"Unknown read-out {readout!r}; use one of {READOUTS}.")
+    return 2 * hidden_size if readout == "last+mean" else hidden_size
+
+
+def final_hidden(backbone: Backbone, batch: TaggedBatch) -> torch.Tensor:
+    """(B, T, d) final hidden states (after the model's final norm) for a tagged batch."""
+    out = backbone.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def pool_features(hidden: torch.Tensor, readout_index: torch.Tensor, input_mask: torch.Tensor,
+                  readout: str) -> torch.Tensor:
+    """hidden (B, T, d), readout_index (B,), input_mask (B, T) -> (B, F) float32 features."""
+    hidden = hidden.float()
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), readout_index]
+    if readout == "last":
+        return last
+    weights = input_mask.unsqueeze(-1)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return mean if readout == "mean" else torch.cat([last, mean], dim=-1)
+
+
+class TaggedModel(nn.Module):
+    """Backbone + tags + head for one template.
+
+    ``tag_vectors``: name -> (p, d) tensor for every tag the template uses;
+    names in ``trainable`` become trainable parameters, the rest are frozen
+    buffers. ``slot_kinds``: slot -> "smiles" | "protein" | "text".
+    """
+
+    def __init__(self, backbone: Backbone, template: Template, slot_kinds: dict, tag_vectors: dict,
+                 trainable: frozenset = frozenset(), head: Optional[TaskHead] = None, readout: str = "last",
+                 max_tokens: Optional[dict] = None):
+        super().__init__()
+        readout_dim(readout, backbone.hidden_size)  # validates the name
+        self.backbone = backbone
+        self.template = template
+        self.slot_kinds = dict(slot_kinds)
+        self.readout = readout
+        self.encoder = PromptEncoder(backbone.tokenizer, max_tokens)
+        # ParameterDict keys may not contain '.', which tag names may: index by position instead.
+        self.tag_names = list(tag_vectors)
+        self.tag_params = nn.ParameterList(
+            nn.Parameter(tag_vectors[n].detach().float().clone(), requires_grad=n in trainable) for n in self.tag_names
+        )
+        self.head = head
+        missing = {s.name for s in template.slots} - set(self.slot_kinds)
+        if missing:
+            raise TemplateError(f"No input kind given for slot(s) {sorted(missing)}.")
+
+    def tag(self, name: str) -> nn.Parameter:
+        return self.tag_params[self.tag_names.index(name)]
+
+    @property
+    def tag_lengths(self) -> dict:
+        return {n: p.shape[0] for n, p in zip(self.tag_names, self.tag_params)}
+
+    def plan(self, inputs: dict) -> RowPlan:
+        """inputs: slot -> cleaned value."""
+        return self.encoder.plan(self.template, self.slot_kinds, inputs, self.tag_lengths)
+
+    def batch(self, plans: list[RowPlan]) -> TaggedBatch:
+        bb = self.backbone
+        return collate(plans, bb.embed_ids, dict(zip(self.tag_names, self.tag_params)),
+                       bb.tokenizer.pad_token_id, bb.dtype, bb.device)
+
+    def features(self, plans: list[RowPlan]) -> torch.Tensor:
+        """(B, F) float32 read-out features."""
+        batch = self.batch(plans)
+        hidden = final_hidden(self.backbone, batch)
+        return pool_features(hidden, batch.readout_index, batch.input_mask, self.readout)
+
+    def forward(self, plans: list[RowPlan]) -> torch.Tensor:
+        """(B, n_outputs) head outputs (standardised predictions or logits)."""
+        return self.head(self.features(plans))

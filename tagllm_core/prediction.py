@@ -1,0 +1,186 @@
+"""Batched prediction with a function tag, row by row errors, and intervals.
+
+``Predictor(backbone, tag).predict(rows)`` cleans every row (``domains``),
+sorts the valid ones by token length so batches carry little padding, runs
+them under ``torch.inference_mode`` while holding the backbone's lock (the app
+shares one backbone between browser sessions), and returns one
+``PredictionRow`` per input row, in input order: a prediction or an error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .backbone import Backbone
+from .domains import clean
+from .exceptions import TagLLMError, TemplateError
+from .heads import HeadConfig, LabelScaler, build_head
+from .model import TaggedModel
+from .progress import ProgressCallback, ProgressEvent
+from .tags import Tag, TagLibrary
+from .templates import Template
+
+__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns"]
+
+
+@dataclass
+class PredictionRow:
+    """One row's result. ``row`` is 1-based, as a person counts data rows.
+
+    ``prediction``: first regression output (original units), or the predicted
+    class label. ``outputs``: every regression output, or class probabilities.
+    """
+
+    row: int
+    inputs: dict
+    prediction: Optional[object] = None
+    outputs: Optional[list] = None
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    error: Optional[str] = None
+    warnings: list = field(default_factory=list)
+    zero_shot: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def rows_from_columns(columns: dict) -> list[dict]:
+    """{slot: [values...]} -> [{slot: value}, ...]; all columns must have one length."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise TagLLMError(f"Input columns have different lengths: { {k: len(v) for k, v in columns.items()} }.")
+    n = lengths.pop() if lengths else 0
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+class Predictor:
+    """Predicts with one function tag.
+
+    ``domain_overrides``: slot -> domain tag name (or ``None`` for no tag) to
+    use instead of the ones the function tag was trained with. Results are
+    then flagged ``zero_shot``. Override tags come from ``library``.
+    """
+
+    def __init__(self, backbone: Backbone, tag: Tag, library: Optional[TagLibrary] = None,
+                 domain_overrides: Optional[dict] = None, max_length: Optional[dict] = None):
+        card = tag.card
+        if card.kind != "function":
+            raise TemplateError(f"<{tag.name}> is a domain tag; predictions need a function tag.")
+        card.fingerprint.require_match(backbone.fingerprint, f"Tag <{tag.name}>")
+        self.backbone, self.tag, self.card = backbone, tag, card
+        self.max_length = max_length or {}
+        template = Template.parse(card.template)
+        vectors = {tag.name: tag.vectors}
+        vectors.update(tag.domain_vectors)
+        trained = {s.name: s.domain_tag for s in card.slots}
+        overrides = {k: v for k, v in (domain_overrides or {}).items() if v != trained.get(k)}
+        if overrides:
+            template = template.with_domain_tags(overrides)
+            for name in {v for v in overrides.values() if v}:
+                if library is None:
+                    raise TemplateError("Swapping a domain tag needs the tag library.")
+                dom = library.get(name)
+                if dom.kind != "domain":
+                    raise TemplateError(f"<{name}> is a function tag, not a domain tag.")
+                vectors[dom.name] = dom.vectors
+        self.zero_shot = bool(overrides)
+        self.slot_kinds = {s.name: s.kind for s in card.slots}
+        used = {template.function_tag} | {s.domain_tag for s in template.slots if s.domain_tag}
+        missing = used - set(vectors)
+        if missing:
+            raise TemplateError(f"Tag <{tag.name}> lacks vectors for {sorted(missing)}.")
+        head = build_head(HeadConfig(**card.head), tag.head_state)
+        self.model = TaggedModel(backbone, template, self.slot_kinds, {n: vectors[n] for n in used},
+                                 head=head, readout=card.readout)
+        self.model.eval()
+        self.scaler = LabelScaler(**card.label_scaling) if card.label_scaling else None
+
+    @property
+    def slots(self) -> list[str]:
+        return list(self.slot_kinds)
+
+    def predict(self, rows: Sequence[dict], batch_size: int = 16, progress: Optional[ProgressCallback] = None,
+                max_batch_tokens: int = 8192) -> list[PredictionRow]:
+        """rows: [{slot: raw text}]. Never raises for a bad row; see ``PredictionRow.error``."""
+        results = [PredictionRow(row=i + 1, inputs=dict(r)) for i, r in enumerate(rows)]
+        pending = []  # (length, index, plan)
+        for i, (res, row) in enumerate(zip(results, rows)):
+            cleaned = {}
+            for slot, kind in self.slot_kinds.items():
+                if slot not in row:
+                    res.error = f"row {res.row}: no value for input '{slot}'"
+                    break
+                c = clean(kind, row[slot], self.max_length.get(kind))
+                res.warnings.extend(f"{slot}: {w}" for w in c.warnings)
+                if not c.ok:
+                    res.error = f"row {res.row}, {slot}: {c.error}"
+                    break
+                cleaned[slot] = c.value
+            if res.error is None:
+                plan = self.model.plan(cleaned)
+                pending.append((len(plan), i, plan))
+        pending.sort(key=lambda t: t[0])
+        batches = _length_batches(pending, batch_size, max_batch_tokens)
+        done, t0 = 0, time.perf_counter()
+        for batch in batches:
+            outputs = self._run([plan for _, _, plan in batch])
+            for (_, i, _), out in zip(batch, outputs):
+                self._fill(results[i], out)
+            done += len(batch)
+            if progress:
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                progress(ProgressEvent("predict", done, len(pending), throughput=rate,
+                                       eta_s=(len(pending) - done) / rate if rate else None))
+        return results
+
+    def _run(self, plans) -> np.ndarray:
+        with self.backbone.lock, torch.inference_mode():
+            out = self.model(plans)
+        return out.float().cpu().numpy()
+
+    def _fill(self, res: PredictionRow, out: np.ndarray) -> None:
+        if self.card.task == "classification":
+            probs = np.exp(out - out.max())
+            probs = probs / probs.sum()
+            classes = self.card.classes or list(range(len(probs)))
+            res.outputs = [float(p) for p in probs]
+            res.prediction = classes[int(np.argmax(probs))]
+        else:
+            values = self.scaler.inverse(out[None, :])[0] if self.scaler else out
+            if not np.all(np.isfinite(values)):
+                res.error = f"row {res.row}: the model produced a non-finite value"
+                return
+            res.outputs = [float(v) for v in values]
+            res.prediction = float(values[0])
+            if self.card.interval:
+                half = float(self.card.interval["halfwidth"][0])
+                res.lower, res.upper = res.prediction - half, res.prediction + half
+        res.zero_shot = self.zero_shot
+
+
+def _length_batches(items: list, batch_size: int, max_tokens: int) -> list[list]:
+    """Consecutive groups of length-sorted items, capped by rows and by padded tokens."""
+    batches, current = [], []
+    for item in items:
+        longest = max([item[0]] + [c[0] for c in current])
+        if current and (len(current) >= batch_size or longest * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optional[TagLibrary] = None,
+            domain_overrides: Optional[dict] = None, batch_size: int = 16,
+            progress: Optional[ProgressCallback] = None) -> list[PredictionRow]:
+    """Convenience wrapper: ``Predictor(...).predict(rows)``."""
+    return Predictor(backbone, tag, library, domain_overrides).predict(rows, batch_size, progress)

@@ -1,0 +1,367 @@
+"""Tags, their cards, and the libraries that store them.
+
+A tag is ``p`` continuous vectors of the backbone's hidden size, spliced into
+the input embeddings where its name appears in a template. A *domain* tag
+(``<SMILES>``, ``<Protein>``) stands before an input of one kind; a *function*
+tag (``<Solubility>``) ends a prompt and carries the task head that reads its
+final hidden state, plus a snapshot of the domain tags it was trained with (so
+one exported file is self-contained).
+
+On disk a tag is one safetensors file: tensors ``vectors`` (p, d),
+``head.*`` and ``domain.<Name>`` (p_dom, d); its card is JSON in the
+safetensors metadata. Nothing is ever pickled, and writes go to a temporary
+file that is renamed into place, so a crash leaves either the old tag or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .backbone import BackboneFingerprint
+from .exceptions import TagFormatError, TagLLMError, TagNameError, TagNotFoundError
+from .paths import ASSETS_DIR, user_tags_dir
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DEFAULT_N_TOKENS",
+    "SlotSpec",
+    "TagCard",
+    "Tag",
+    "TagInfo",
+    "TagLibrary",
+    "normalize_tag_name",
+    "init_tag_vectors",
+    "save_tag_file",
+    "load_tag_file",
+    "read_card",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_N_TOKENS = 10  # p in the paper
+MAX_NAME_LENGTH = 64
+SUFFIX = ".tag.safetensors"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+
+
+def normalize_tag_name(name: str) -> str:
+    """``"<QED>"`` or ``"QED"`` -> ``"QED"``; raise ``TagNameError`` for unsafe names."""
+    if not isinstance(name, str):
+        raise TagNameError(f"A tag name must be text, not {type(name).__name__}.")
+    bare = name.strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1].strip()
+    if not bare:
+        raise TagNameError("A tag name cannot be empty.")
+    if len(bare) > MAX_NAME_LENGTH:
+        raise TagNameError(f"Tag name {bare[:20]!r}… is longer than {MAX_NAME_LENGTH} characters.")
+    if "/" in bare or "\\" in bare or ".." in bare or "\x00" in bare:
+        raise TagNameError(f"Tag name {bare!r} may not contain '/', '\\' or '..'.")
+    if not _NAME_RE.match(bare):
+        raise TagNameError(
+            f"Tag name {bare!r} may use only letters, digits and _ . + - (and must start with a letter or digit)."
+        )
+    return bare
+
+
+@dataclass
+class SlotSpec:
+    """One input of a function tag: ``kind`` is "smiles", "protein" or "text"."""
+
+    name: str
+    kind: str
+    domain_tag: Optional[str] = None
+
+
+@dataclass
+class TagCard:
+    """Everything a person (or the UI) needs to know about a tag, stored as JSON."""
+
+    name: str
+    kind: str  # "domain" | "function"
+    backbone: dict  # BackboneFingerprint.to_dict()
+    n_tokens: int
+    created: float = field(default_factory=time.time)
+    format_version: int = FORMAT_VERSION
+    description: str = ""
+    input_kind: Optional[str] = None  # domain tags: "smiles" | "protein" | "text"
+    template: Optional[str] = None  # function tags
+    slots: list = field(default_factory=list)  # list[SlotSpec] (dicts once serialised)
+    task: Optional[str] = None  # "regression" | "classification"
+    labels: list = field(default_factory=list)
+    classes: list = field(default_factory=list)
+    label_scaling: Optional[dict] = None  # {"mean": [...], "std": [...]}
+    readout: Optional[str] = None  # "last" | "last+mean"
+    head: Optional[dict] = None  # HeadConfig as dict
+    metrics: dict = field(default_factory=dict)
+    interval: Optional[dict] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}
+    label_sample: list = field(default_factory=list)  # training labels, for the UI's histogram
+    training: dict = field(default_factory=dict)  # provenance: data, stage, hyperparameters, time
+
+    def __post_init__(self):
+        self.slots = [s if isinstance(s, SlotSpec) else SlotSpec(**s) for s in self.slots]
+
+    @property
+    def fingerprint(self) -> BackboneFingerprint:
+        return BackboneFingerprint.from_dict(self.backbone)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, allow_nan=False, default=float)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TagCard":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TagFormatError("The tag card is not a JSON object.")
+        version = data.get("format_version")
+        if version is None or int(version) > FORMAT_VERSION:
+            raise TagFormatError(
+                f"Tag format version {version} is not supported by this Tag-LLM Studio (reads up to {FORMAT_VERSION})."
+            )
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as err:
+            raise TagFormatError(f"The tag card is incomplete: {err}") from err
+
+
+@dataclass
+class Tag:
+    """A tag in memory. ``vectors``: (p, d) float32."""
+
+    card: TagCard
+    vectors: torch.Tensor
+    head_state: dict = field(default_factory=dict)  # "weight" (out, in), "bias" (out,)
+    domain_vectors: dict = field(default_factory=dict)  # domain tag name -> (p_dom, d)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
+
+def init_tag_vectors(embedding: torch.Tensor, n_tokens: int = DEFAULT_N_TOKENS, noise: float = 0.02,
+                     generator: Optional[torch.Generator] = None,
+                     from_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Initial tag vectors, (n_tokens, d) float32.
+
+    As in the paper: the mean vocabulary embedding, rescaled to the average
+    token-embedding norm, plus noise of relative size ``noise``. With
+    ``from_ids`` (token ids of a text such as "solubility"), the vectors start
+    from those tokens' embeddings instead, cycled to length ``n_tokens``.
+    """
+    emb = embedding.detach().float().cpu()
+    avg_norm = emb.norm(dim=1).mean()
+    if from_ids is not None and len(from_ids) > 0:
+        base = emb[from_ids.long().cpu()]
+        base = base[torch.arange(n_tokens) % base.shape[0]]
+    else:
+        mean = emb.mean(0)
+        base = (mean / mean.norm() * avg_norm).expand(n_tokens, -1)
+    noise_t = torch.randn(n_tokens, emb.shape[1], generator=generator) * (noise * avg_norm / emb.shape[1] ** 0.5)
+    return (base + noise_t).contiguous()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename onto ``path`` (same folder, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tag_file(tag: Tag, path: Path) -> None:
+    tensors = {"vectors": tag.vectors.detach().float().cpu().contiguous()}
+    for k, v in tag.head_state.items():
+        tensors[f"head.{k}"] = v.detach().float().cpu().contiguous()
+    for k, v in tag.domain_vectors.items():
+        tensors[f"domain.{k}"] = v.detach().float().cpu().contiguous()
+    meta = {"format": "tagllm-tag", "card": tag.card.to_json()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _open_checked(path: Path):
+    path = Path(path)
+    if not path.is_file():
+        raise TagNotFoundError(f"No tag file at {path}.")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise TagFormatError(
+            f"{path.name} is a pickle/PyTorch file. Tag-LLM Studio only reads safetensors tags, "
+            f"because pickle files can run code when opened."
+        )
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own types for every kind of corruption
+        raise TagFormatError(f"{path.name} is not a readable tag file (corrupted or not safetensors): {err}") from err
+
+
+def read_card(path: Path) -> TagCard:
+    """Read only the card (the header), without loading the tensors."""
+    with _open_checked(path) as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "tagllm-tag" or "card" not in meta:
+        raise TagFormatError(f"{Path(path).name} is a safetensors file but not a Tag-LLM tag (no card).")
+    try:
+        return TagCard.from_json(meta["card"])
+    except json.JSONDecodeError as err:
+        raise TagFormatError(f"{Path(path).name} has a corrupted card: {err}") from err
+
+
+def load_tag_file(path: Path) -> Tag:
+    card = read_card(path)
+    try:
+        with _open_checked(path) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except TagLLMError:
+        raise
+    except Exception as err:
+        raise TagFormatError(f"{Path(path).name}: tensor data is corrupted: {err}") from err
+    if "vectors" not in tensors:
+        raise TagFormatError(f"{Path(path).name} has no tag vectors.")
+    vec = tensors["vectors"].float()
+    hidden = card.fingerprint.hidden_size
+    if vec.ndim != 2 or vec.shape != (card.n_tokens, hidden):
+        raise TagFormatError(
+            f"{Path(path).name}: vectors have shape {tuple(vec.shape)}, card says ({card.n_tokens}, {hidden})."
+        )
+    if not torch.isfinite(vec).all():
+        raise TagFormatError(f"{Path(path).name}: tag vectors contain NaN or infinity.")
+    head = {k[5:]: v.float() for k, v in tensors.items() if k.startswith("head.")}
+    domains = {k[7:]: v.float() for k, v in tensors.items() if k.startswith("domain.")}
+    if card.kind == "function" and not head:
+        raise TagFormatError(f"{Path(path).name}: function tag without a task head.")
+    return Tag(card, vec, head, domains)
+
+
+@dataclass
+class TagInfo:
+    """A row of the library listing."""
+
+    card: TagCard
+    source: str  # "bundled" | "user"
+    path: Path
+    size_bytes: int
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+class TagLibrary:
+    """The bundled (read-only, ``assets/tags/<backbone-slug>/``) and user (writable) tags for one backbone.
+
+    Names are unique across both: a user tag may not shadow a bundled one.
+    """
+
+    def __init__(self, fingerprint: BackboneFingerprint, user_dir: Optional[Path] = None,
+                 bundled_root: Optional[Path] = None):
+        self.fingerprint = fingerprint
+        self.user_dir = Path(user_dir) if user_dir else user_tags_dir() / fingerprint.slug
+        self.bundled_dir = Path(bundled_root or ASSETS_DIR / "tags") / fingerprint.slug
+
+    def _path(self, folder: Path, name: str) -> Path:
+        return folder / f"{normalize_tag_name(name)}{SUFFIX}"
+
+    def list(self, kind: Optional[str] = None) -> list[TagInfo]:
+        """Every readable tag; unreadable files are skipped here and reported by ``problems()``."""
+        out = []
+        for source, folder in (("bundled", self.bundled_dir), ("user", self.user_dir)):
+            for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+                try:
+                    card = read_card(path)
+                except TagLLMError:
+                    continue
+                if kind is None or card.kind == kind:
+                    out.append(TagInfo(card, source, path, path.stat().st_size))
+        return out
+
+    def problems(self) -> list[str]:
+        msgs = []
+        for folder in (self.bundled_dir, self.user_dir):
+            for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+                try:
+                    read_card(path)
+                except TagLLMError as err:
+                    msgs.append(str(err))
+        return msgs
+
+    def find(self, name: str) -> TagInfo:
+        bare = normalize_tag_name(name)
+        for source, folder in (("bundled", self.bundled_dir), ("user", self.user_dir)):
+            path = self._path(folder, bare)
+            if path.is_file():
+                return TagInfo(read_card(path), source, path, path.stat().st_size)
+        available = ", ".join(f"<{t.name}>" for t in self.list()) or "none"
+        raise TagNotFoundError(f"No tag named <{bare}> for backbone {self.fingerprint.name}. Available: {available}.")
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.find(name)
+            return True
+        except TagNotFoundError:
+            return False
+
+    def get(self, name: str) -> Tag:
+        info = self.find(name)
+        tag = load_tag_file(info.path)
+        tag.card.fingerprint.require_match(self.fingerprint, f"Tag <{tag.name}>")
+        return tag
+
+    def save(self, tag: Tag, overwrite: bool = False) -> Path:
+        name = normalize_tag_name(tag.card.name)
+        tag.card.fingerprint.require_match(self.fingerprint, f"Tag <{name}>")
+        if self._path(self.bundled_dir, name).exists():
+            raise TagNameError(f"<{name}> is a bundled tag; choose another name.")
+        path = self._path(self.user_dir, name)
+        if path.exists() and not overwrite:
+            raise TagNameError(f"A user tag named <{name}> already exists; delete it first or choose another name.")
+        save_tag_file(tag, path)
+        return path
+
+    def delete(self, name: str) -> None:
+        info = self.find(name)
+        if info.source != "user":
+            raise TagLLMError(f"<{info.name}> is bundled with the app and cannot be deleted.")
+        info.path.unlink()
+
+    def export(self, name: str, dest: Path) -> Path:
+        """Copy a tag to ``dest`` (a file, or a folder to put ``<name>.tag.safetensors`` in)."""
+        info = self.find(name)
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / info.path.name
+        _atomic_write(dest, lambda tmp: shutil.copyfile(info.path, tmp))
+        return dest
+
+    def import_file(self, src: Path, overwrite: bool = False) -> TagInfo:
+        """Validate a tag file fully (card, tensors, backbone) and copy it into the user library."""
+        tag = load_tag_file(Path(src))
+        tag.card.fingerprint.require_match(self.fingerprint, f"The imported tag <{tag.name}>")
+        path = self.save(tag, overwrite=overwrite)
+        return TagInfo(tag.card, "user", path, path.stat().st_size)

@@ -1,0 +1,398 @@
+"""Tests for tagllm_core.jobs: the SQLite job store and job processes.
+
+Job processes are ``tests/_fake_job.py`` (a stand-in for the CLI), so these
+tests need neither a model nor ``python -m tagllm_core``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tagllm_core import jobs  # noqa: E402
+from tagllm_core.exceptions import JobCancelled  # noqa: E402
+from tagllm_core.jobs import (  # noqa: E402
+    DIED_MESSAGE,
+    JOB_STATES,
+    JobReporter,
+    JobStore,
+    cancel,
+    kill,
+    launch,
+    run_job,
+)
+from tagllm_core.progress import ProgressEvent  # noqa: E402
+
+FAKE = str(Path(__file__).resolve().parent / "_fake_job.py")
+TIMEOUT = 30.0
+
+
+def wait_until(pred, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGLLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TAGLLM_MAX_JOBS", "1")
+    return JobStore(tmp_path / "db" / "jobs.sqlite")
+
+
+@pytest.fixture
+def spawn(store):
+    """Launch the fake job script for a job; kills leftovers at teardown."""
+    pids: list[int] = []
+
+    def _spawn(job, *extra: str) -> int:
+        cmd = [sys.executable, FAKE, str(store.db_path), str(job.id), *extra]
+        pid = launch(store, job, cmd=cmd)
+        pids.append(pid)
+        return pid
+
+    yield _spawn
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def ev(step, total=10, **kw) -> ProgressEvent:
+    return ProgressEvent(stage="train", step=step, total_steps=total, **kw)
+
+
+def done(store, job_id):
+    job = store.get(job_id)
+    return job if job.is_done else None
+
+
+# -- store basics -----------------------------------------------------------
+
+
+def test_create_get_list_round_trip(store):
+    a = store.create("train-function-tag", "solubility", ["train", "--tag", "solubility"])
+    b = store.create("train-domain-tag", "protein", ["train-domain", "--x", "1"])
+    assert a.state == "queued" and a.id != b.id
+    assert a.argv == ["train", "--tag", "solubility"]
+    assert a.log_path.endswith(f"{a.id}.log")
+    assert Path(a.log_path).parent == store.db_path.parent / "job_logs"
+
+    got = store.get(a.id)
+    assert got == a
+    assert got.progress == 0.0 and got.result is None and not got.cancel_requested
+
+    assert [j.id for j in store.list()] == [b.id, a.id]  # newest first
+    assert [j.id for j in store.list(limit=1)] == [b.id]
+    assert [j.id for j in store.list(states=["queued"])] == [b.id, a.id]
+    assert store.list(states=["running"]) == []
+    with pytest.raises(KeyError):
+        store.get(9999)
+
+
+def test_default_db_path_follows_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGLLM_HOME", str(tmp_path / "nested" / "home"))
+    s = JobStore()
+    assert s.db_path == tmp_path / "nested" / "home" / "jobs.sqlite"
+    assert s.db_path.exists()
+    assert s.create("k", "n", []).log_path == str(tmp_path / "nested" / "home" / "job_logs" / "1.log")
+
+
+def test_record_and_history(store):
+    job = store.create("train-function-tag", "t", [])
+    store.set_running(job.id, os.getpid())
+    store.record(job.id, ev(1, loss=2.0, eta_s=9.0, throughput=3.5))
+    store.record(job.id, ev(2, loss=None, metrics={"valid_rmse": 1.25}, message="validated"))
+
+    hist = store.history(job.id)
+    assert [h["step"] for h in hist] == [1, 2]
+    assert hist[0]["loss"] == 2.0 and hist[0]["throughput"] == 3.5 and hist[0]["metrics"] == {}
+    assert hist[1]["metrics"] == {"valid_rmse": 1.25} and hist[1]["message"] == "validated"
+    assert store.history(job.id, after_event=hist[0]["id"]) == hist[1:]
+
+    j = store.get(job.id)
+    assert (j.step, j.total_steps) == (2, 10)
+    assert j.loss == 2.0  # an event without a loss keeps the last one
+    assert j.progress == pytest.approx(0.2)
+
+
+def test_state_transitions_do_not_overwrite_terminal_states(store):
+    job = store.create("k", "n", [])
+    assert store.set_running(job.id, os.getpid())
+    assert store.finish(job.id, {"rmse": 0.5, "path": Path("/x"), "t": (1, 2)})
+    assert not store.fail(job.id, "late error")
+    assert not store.mark_cancelled(job.id)
+    j = store.get(job.id)
+    assert j.state == "finished" and j.error is None and j.progress == 1.0
+    assert j.result == {"rmse": 0.5, "path": "/x", "t": [1, 2]}
+    assert j.started is not None and j.finished >= j.started
+    assert set(JOB_STATES) == {"queued", "running", "finished", "failed", "cancelled"}
+
+
+def test_result_with_numpy_values_is_stored():
+    np = pytest.importorskip("numpy")
+    assert jobs._dumps({"a": np.float32(1.5), "b": np.arange(3)}) == '{"a": 1.5, "b": [0, 1, 2]}'
+
+
+def test_two_stores_see_the_same_state(store):
+    other_tab = JobStore(store.db_path)
+    job = store.create("k", "shared", [])
+    assert other_tab.get(job.id).state == "queued"
+    other_tab.request_cancel(job.id)
+    assert store.cancel_requested(job.id)
+    assert store.get(job.id).cancel_requested_at is not None
+    assert other_tab.active_name_conflict("shared")
+    store.mark_cancelled(job.id)
+    assert other_tab.get(job.id).state == "cancelled"
+    assert not other_tab.active_name_conflict("shared")
+
+
+def test_active_name_conflict(store):
+    assert not store.active_name_conflict("logp")
+    job = store.create("k", "logp", [])
+    assert store.active_name_conflict("logp")
+    assert not store.active_name_conflict("other")
+    store.set_running(job.id, os.getpid())
+    assert store.active_name_conflict("logp")
+    store.fail(job.id, "x")
+    assert not store.active_name_conflict("logp")
+
+
+def test_delete_only_terminal_jobs(store):
+    job = store.create("k", "n", [])
+    assert not store.delete(job.id)
+    store.record(job.id, ev(1))
+    store.mark_cancelled(job.id)
+    assert store.delete(job.id)
+    assert store.history(job.id) == []
+    with pytest.raises(KeyError):
+        store.get(job.id)
+
+
+# -- reporter ---------------------------------------------------------------
+
+
+def test_reporter_raises_after_cancel_request(store):
+    job = store.create("k", "n", [])
+    store.set_running(job.id, os.getpid())
+    report = JobReporter(store, job.id, min_interval=0.0)
+    report(ev(1, loss=1.0))
+    store.request_cancel(job.id)
+    with pytest.raises(JobCancelled):
+        report(ev(2, loss=0.9))
+
+
+def test_reporter_throttles_but_keeps_metrics_and_last_step(store):
+    job = store.create("k", "n", [])
+    store.set_running(job.id, os.getpid())
+    report = JobReporter(store, job.id, min_interval=3600)
+    for step in range(1, 101):
+        metrics = {"valid_rmse": 1.0} if step == 50 else {}
+        report(ev(step, total=100, loss=1.0, metrics=metrics))
+    assert [h["step"] for h in store.history(job.id)] == [1, 50, 100]
+    assert store.get(job.id).step == 100
+
+
+# -- reaping ----------------------------------------------------------------
+
+
+def test_reap_marks_dead_running_job_failed(store):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job = store.create("k", "n", [])
+    store.set_running(job.id, proc.pid)
+    j = store.get(job.id)  # get() reaps
+    assert j.state == "failed" and j.error == DIED_MESSAGE
+
+
+def test_reap_keeps_live_jobs_and_detects_zombies(store):
+    live = store.create("k", "live", [])
+    store.set_running(live.id, os.getpid())
+    # A child that exited but was not waited for is a zombie: still in the
+    # process table, yet dead.
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    zombie = store.create("k", "zombie", [])
+    store.set_running(zombie.id, proc.pid)
+    try:
+        wait_until(lambda: store.get(zombie.id).state == "failed", what="zombie reaped")
+    finally:
+        proc.wait()
+    assert store.reap() == []
+    assert store.get(live.id).state == "running"
+
+
+def test_reap_fails_queued_job_whose_process_died(store):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job = store.create("k", "n", [])
+    store.set_pid(job.id, proc.pid)
+    assert [j.state for j in store.list()] == ["failed"]
+
+
+# -- concurrency --------------------------------------------------------------
+
+
+def test_concurrent_writes_from_threads_and_processes(store):
+    job = store.create("k", "n", [])
+    n = 50
+    procs = [
+        subprocess.Popen([sys.executable, FAKE, "record", str(store.db_path), str(job.id), str(n), f"p{i}"])
+        for i in range(2)
+    ]
+    errors: list[BaseException] = []
+
+    def writer(tag: str):
+        try:
+            s = JobStore(store.db_path)  # one store per "tab"
+            for i in range(1, n + 1):
+                s.record(job.id, ProgressEvent(stage="train", step=i, total_steps=n, message=tag))
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    for p in procs:
+        assert p.wait(TIMEOUT) == 0
+    assert errors == []
+
+    hist = store.history(job.id)
+    assert len(hist) == 5 * n
+    for tag in ("p0", "p1", "t0", "t1", "t2"):
+        assert [h["step"] for h in hist if h["message"] == tag] == list(range(1, n + 1))
+
+
+# -- job processes ----------------------------------------------------------
+
+
+def test_launch_runs_a_real_process_to_completion(store, spawn):
+    job = store.create("train-function-tag", "sol", ["train"])
+    pid = spawn(job, "--steps", "12")
+    assert isinstance(pid, int) and pid > 0
+    assert store.get(job.id).pid == pid
+    j = wait_until(lambda: done(store, job.id), what="job to finish")
+    assert j.state == "finished", j.error
+    assert j.result["parity"]["y_pred"] == [1.1, 1.9]
+    assert j.step == 12 and j.progress == 1.0
+    hist = store.history(job.id)
+    assert hist[-1]["step"] == 12
+    assert {"valid_rmse": 0.2} in [h["metrics"] for h in hist]  # step 10 carried metrics
+    assert "running" in Path(j.log_path).read_text()
+
+
+def test_default_command_goes_through_the_cli(store):
+    job = store.create("train-function-tag", "sol", ["train", "--tag", "sol"])
+    cmd = jobs.job_command(store, job, python="py")
+    assert cmd == ["py", "-m", "tagllm_core", "train", "--tag", "sol",
+                   "--job-db", str(store.db_path), "--job-id", str(job.id)]
+
+
+def test_launch_failure_marks_job_failed(store):
+    job = store.create("k", "n", [])
+    with pytest.raises(OSError):
+        launch(store, job, cmd=[str(store.db_path.parent / "no-such-program")])
+    j = store.get(job.id)
+    assert j.state == "failed" and "could not start" in j.error
+
+
+def test_failing_work_ends_failed_with_error_text(store, spawn):
+    job = store.create("k", "n", [])
+    spawn(job, "--steps", "6", "--fail", "labels are constant")
+    j = wait_until(lambda: done(store, job.id), what="job to fail")
+    assert j.state == "failed"
+    assert j.error == "ValueError: labels are constant"
+    assert "Traceback" in Path(j.log_path).read_text()
+
+
+def test_run_job_in_process_success_and_failure(store):
+    ok = store.create("k", "ok", [])
+    assert run_job(store, ok.id, lambda report: {"x": 1}, poll=0.01) == "finished"
+    assert store.get(ok.id).result == {"x": 1}
+
+    bad = store.create("k", "bad", [])
+
+    def boom(report):
+        raise RuntimeError("no GPU needed, still broken")
+
+    assert run_job(store, bad.id, boom, poll=0.01) == "failed"
+    assert store.get(bad.id).error == "RuntimeError: no GPU needed, still broken"
+
+
+def test_queue_runs_one_job_at_a_time(store, spawn):
+    first = store.create("k", "a", [])
+    second = store.create("k", "b", [])
+    spawn(first, "--steps", "30", "--sleep", "0.05")
+    spawn(second, "--steps", "3")
+
+    wait_until(lambda: store.get(first.id).state == "running", what="first job to start")
+    assert store.get(second.id).state == "queued"
+    assert store.queue_position(second.id) == 0
+    a = wait_until(lambda: done(store, first.id), what="first job to finish")
+    b = wait_until(lambda: done(store, second.id), what="second job to finish")
+    assert a.state == b.state == "finished"
+    assert b.started >= a.finished
+
+
+def test_cancel_running_job(store, spawn):
+    job = store.create("k", "n", [])
+    spawn(job, "--steps", "100000", "--sleep", "0.01")
+    wait_until(lambda: store.get(job.id).step > 0, what="job to report progress")
+    cancel(store, job.id)
+    j = wait_until(lambda: done(store, job.id), what="job to stop")
+    assert j.state == "cancelled" and j.result is None
+    assert j.step < 100000
+
+
+def test_cancel_queued_job_with_and_without_process(store, spawn):
+    never_launched = store.create("k", "a", [])
+    assert cancel(store, never_launched.id).state == "cancelled"
+
+    blocker = store.create("k", "blocker", [])
+    waiting = store.create("k", "waiting", [])
+    spawn(blocker, "--steps", "100000", "--sleep", "0.01")
+    pid = spawn(waiting)
+    wait_until(lambda: store.get(blocker.id).state == "running", what="blocker to start")
+    assert store.get(waiting.id).state == "queued"
+    assert cancel(store, waiting.id).state == "cancelled"
+    # Its process notices while polling for a slot and exits.
+    wait_until(lambda: not jobs._pid_alive(pid), what="queued job process to exit")
+    assert store.get(waiting.id).state == "cancelled"
+    cancel(store, blocker.id)
+    assert wait_until(lambda: done(store, blocker.id)).state == "cancelled"
+
+
+def test_never_launched_job_does_not_block_the_queue(store, spawn):
+    store.create("k", "orphan", [])  # created, never launched
+    job = store.create("k", "n", [])
+    spawn(job, "--steps", "2")
+    assert wait_until(lambda: done(store, job.id)).state == "finished"
+
+
+def test_kill_hung_job(store, spawn):
+    job = store.create("k", "n", [])
+    pid = spawn(job, "--hang", "600")
+    wait_until(lambda: store.get(job.id).state == "running", what="job to start")
+    cancel(store, job.id)  # ignored: the job never reports
+    time.sleep(0.3)
+    assert store.get(job.id).state == "running"
+    j = kill(store, job.id)
+    assert j.state == "cancelled"
+    wait_until(lambda: not jobs._pid_alive(pid), what="process to die")
+    assert store.get(job.id).state == "cancelled"  # not relabelled as a crash
