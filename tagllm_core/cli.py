@@ -1,0 +1,386 @@
+"""``python -m tagllm_core`` (entry point ``tagllm``): the same operations as the app.
+
+A thin layer: each command parses its arguments, calls the library, and
+prints. Errors derived from ``TagLLMError`` are printed as one line (exit 2);
+anything else is a bug and keeps its traceback.
+
+Training commands accept ``--job-db PATH --job-id N``: the app launches them
+this way as background jobs (see ``jobs``), and progress goes to SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .exceptions import InputError, TagLLMError
+
+__all__ = ["main", "build_parser", "parse_input_spec", "guess_kind"]
+
+
+def guess_kind(slot: str) -> str:
+    s = slot.lower()
+    if "smiles" in s or s in ("drug", "molecule", "ligand", "compound"):
+        return "smiles"
+    if s in ("sequence", "protein", "target", "seq") or "protein" in s:
+        return "protein"
+    return "text"
+
+
+def parse_input_spec(spec: str, library=None):
+    """``smiles=<SMILES>``, ``sequence=<Protein>``, ``smiles`` / ``smiles=none``, or ``drug=none:smiles``
+    -> SlotSpec. The input kind comes from the domain tag's card, else ``:KIND``, else the slot name."""
+    from .tags import SlotSpec, normalize_tag_name
+
+    slot, _, rest = spec.partition("=")
+    slot = slot.strip()
+    if not slot.isidentifier():
+        raise InputError(f"Bad --input {spec!r}: the slot name must be a simple identifier.")
+    tag_part, _, kind = rest.partition(":") if not rest.startswith("<") else (rest, "", "")
+    if rest.startswith("<") and ">:" in rest:
+        tag_part, kind = rest.split(">:", 1)
+        tag_part += ">"
+    domain = None if tag_part.strip() in ("", "none") else normalize_tag_name(tag_part)
+    if not kind and domain and library is not None and library.exists(domain):
+        kind = library.find(domain).card.input_kind or ""
+    kind = kind or guess_kind(slot)
+    if kind not in ("smiles", "protein", "text"):
+        raise InputError(f"Bad --input {spec!r}: kind must be smiles, protein or text.")
+    return SlotSpec(slot, kind, domain)
+
+
+def _pairs(values: Optional[list], what: str) -> dict:
+    out = {}
+    for v in values or []:
+        k, sep, val = v.partition("=")
+        if not sep:
+            raise InputError(f"{what} expects KEY=VALUE, got {v!r}.")
+        out[k.strip()] = None if val.strip() in ("none", "") else val.strip()
+    return out
+
+
+def _backbone(args):
+    from .backbone import get_backbone
+
+    return get_backbone(args.backbone, args.device, args.dtype)
+
+
+def _library(bb):
+    from .tags import TagLibrary
+
+    return TagLibrary(bb.fingerprint)
+
+
+def _tqdm_progress(desc: str):
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def callback(ev):
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=ev.total_steps, desc=desc, unit="step", file=sys.stderr)
+        b = bar["bar"]
+        b.total = ev.total_steps
+        b.n = ev.step
+        post = {}
+        if ev.loss is not None:
+            post["loss"] = f"{ev.loss:.4f}"
+        for k, v in (ev.metrics or {}).items():
+            if isinstance(v, float):
+                post[k] = f"{v:.4f}"
+        if post:
+            b.set_postfix(post, refresh=False)
+        b.refresh()
+        if ev.step >= ev.total_steps:
+            b.close()
+
+    return callback
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_backbone_info(args) -> int:
+    print(json.dumps(_backbone(args).info(), indent=2))
+    return 0
+
+
+def cmd_tags(args) -> int:
+    bb = _backbone(args)
+    lib = _library(bb)
+    if args.tags_cmd == "list":
+        rows = lib.list()
+        if args.json:
+            print(json.dumps([{"name": t.name, "kind": t.card.kind, "source": t.source, "size": t.size_bytes,
+                               "template": t.card.template} for t in rows], indent=2))
+        else:
+            for t in rows:
+                print(f"<{t.name}>\t{t.card.kind}\t{t.source}\t{t.size_bytes // 1024} KB\t{t.card.template or t.card.input_kind}")
+        for p in lib.problems():
+            print(f"warning: {p}", file=sys.stderr)
+    elif args.tags_cmd == "show":
+        info = lib.find(args.name)
+        card = json.loads(info.card.to_json())
+        card.pop("label_sample", None)
+        print(json.dumps({"source": info.source, "path": str(info.path), **card}, indent=2))
+    elif args.tags_cmd == "export":
+        print(lib.export(args.name, Path(args.dest)))
+    elif args.tags_cmd == "import":
+        info = lib.import_file(Path(args.file), overwrite=args.overwrite)
+        print(f"imported <{info.name}> to {info.path}")
+    elif args.tags_cmd == "delete":
+        lib.delete(args.name)
+        print(f"deleted <{args.name}>")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data import read_table
+    from .prediction import Predictor, predict_table
+
+    bb = _backbone(args)
+    lib = _library(bb)
+    tag = lib.get(args.tag)
+    predictor = Predictor(bb, tag, lib, domain_overrides=_pairs(args.domain, "--domain") or None)
+    df = read_table(args.input)
+    out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size,
+                        progress=None if args.quiet else _tqdm_progress("predict"))
+    out.to_csv(args.output, index=False)
+    n_err = int((out["error"] != "").sum())
+    print(f"wrote {len(out)} rows to {args.output} ({len(out) - n_err} predicted, {n_err} with errors)")
+    for msg in out.loc[out["error"] != "", "error"].head(10):
+        print(f"  {msg}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from .data import read_table, require_columns
+    from .metrics import classification_metrics, regression_metrics
+    from .prediction import Predictor, predict_table
+
+    bb = _backbone(args)
+    lib = _library(bb)
+    tag = lib.get(args.tag)
+    predictor = Predictor(bb, tag, lib)
+    df = read_table(args.input)
+    require_columns(df, [args.label], "evaluation")
+    out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size)
+    ok = out["error"] == ""
+    if tag.card.task == "classification":
+        classes = [str(c) for c in tag.card.classes]
+        y = out.loc[ok, args.label].astype(str).map({c: i for i, c in enumerate(classes)})
+        keep = y.notna()
+        probs = out.loc[ok, [f"p({c})" for c in tag.card.classes]].to_numpy(float)[keep.to_numpy()]
+        metrics = classification_metrics(y[keep].to_numpy(int), probs)
+    else:
+        y = pd.to_numeric(out.loc[ok, args.label], errors="coerce")
+        pred = out.loc[ok, "prediction"].astype(float)
+        keep = np.isfinite(y.to_numpy())
+        metrics = regression_metrics(y.to_numpy()[keep], pred.to_numpy()[keep])
+        if "lower" in out:
+            inside = (y >= out.loc[ok, "lower"]) & (y <= out.loc[ok, "upper"])
+            metrics["interval_coverage"] = float(inside[keep].mean())
+    metrics["rows_failed"] = int((~ok).sum())
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _run_maybe_as_job(args, work) -> int:
+    """Run ``work(progress)`` directly (tqdm) or, with --job-db/--job-id, as a tracked job."""
+    if args.job_db:
+        from .jobs import JobStore, run_job
+
+        state = run_job(JobStore(Path(args.job_db)), int(args.job_id), lambda reporter: work(reporter))
+        return 0 if state == "finished" else 1
+    result = work(_tqdm_progress(args.command))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_train_function_tag(args) -> int:
+    from .data import read_table
+    from .tags import normalize_tag_name
+    from .training import FunctionTagConfig, train_function_tag
+
+    bb = _backbone(args)
+    lib = _library(bb)
+    slots = [parse_input_spec(s, lib) for s in args.input]
+    cfg = FunctionTagConfig(
+        name=normalize_tag_name(args.name), slots=slots, labels=args.label, task=args.task, template=args.template,
+        columns=_pairs(args.column, "--column"), what=args.what, n_tokens=args.n_tokens, readout=args.readout,
+        epochs=args.epochs, batch_size=args.batch_size, tag_lr=args.tag_lr, head_lr=args.head_lr,
+        anchor_decay=args.anchor_decay, ridge_warm_start=not args.no_warm_start, split=args.split,
+        valid_fraction=args.valid_fraction, patience=args.patience, seed=args.seed, max_rows=args.max_rows,
+        description=args.description or "",
+    )
+    train_df = read_table(args.train)
+    if args.split_column:
+        if args.split_column not in train_df.columns:
+            raise InputError(f"No split column {args.split_column!r} in {args.train}.")
+        valid_df = train_df[train_df[args.split_column] == "valid"].reset_index(drop=True)
+        train_df = train_df[train_df[args.split_column] == "train"].reset_index(drop=True)
+    else:
+        valid_df = read_table(args.valid) if args.valid else None
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+
+    def work(progress):
+        res = train_function_tag(bb, lib, cfg, train_df, valid_df, progress=progress, checkpoint_dir=ckpt,
+                                 data_name=Path(args.train).name)
+        return {"tag": res.tag.name, "path": str(res.path), "metrics": res.metrics, "history": res.history,
+                "interval": res.tag.card.interval, "rows_dropped": len(res.dropped),
+                "dropped_examples": res.dropped[:10],
+                "parity": {"true": res.valid_true[:2000], "pred": res.valid_pred[:2000]}}
+
+    return _run_maybe_as_job(args, work)
+
+
+def cmd_train_domain_tag(args) -> int:
+    from .data import moses_smiles_path, read_corpus
+    from .tags import normalize_tag_name
+    from .training import DomainTagConfig, train_domain_tag
+
+    bb = _backbone(args)
+    lib = _library(bb)
+    if args.corpus == "moses":
+        import pandas as pd
+
+        corpus = pd.read_csv(moses_smiles_path("train"), usecols=["SMILES"], nrows=args.max_sequences)["SMILES"].tolist()
+        fmt = "smiles"
+    else:
+        fmt = args.format
+        corpus = read_corpus(args.corpus, fmt, args.column)
+    if args.max_sequences:
+        corpus = corpus[: args.max_sequences]
+    kind = args.kind or ("protein" if (fmt == "fasta" or str(args.corpus).lower().endswith((".fasta", ".fa", ".faa")))
+                         else "smiles" if fmt in ("smiles", None) else "text")
+    cfg = DomainTagConfig(name=normalize_tag_name(args.name), input_kind=kind, n_tokens=args.n_tokens,
+                          steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                          max_tokens=args.max_tokens, seed=args.seed, init_text=args.init_text,
+                          description=args.description or "")
+
+    def work(progress):
+        res = train_domain_tag(bb, lib, cfg, corpus, progress=progress, data_name=Path(str(args.corpus)).name)
+        return {"tag": res.tag.name, "path": str(res.path), "perplexity": res.perplexity, "history": res.history,
+                "sequences_dropped": res.dropped}
+
+    return _run_maybe_as_job(args, work)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tagllm", description="Tag-LLM Studio: a frozen LLM with learned input tags.")
+    p.add_argument("--backbone", default=os.environ.get("TAGLLM_BACKBONE"),
+                   help="model: 'default' (bundled SmolLM2-135M-Instruct), a local folder/.gguf, or a hub id")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: auto)")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("backbone", help="backbone information")
+    b.add_argument("backbone_cmd", choices=["info"])
+    b.set_defaults(func=cmd_backbone_info)
+
+    t = sub.add_parser("tags", help="list, show, export, import, delete tags")
+    tsub = t.add_subparsers(dest="tags_cmd", required=True)
+    tl = tsub.add_parser("list")
+    tl.add_argument("--json", action="store_true")
+    tsub.add_parser("show").add_argument("name")
+    te = tsub.add_parser("export")
+    te.add_argument("name")
+    te.add_argument("dest")
+    ti = tsub.add_parser("import")
+    ti.add_argument("file")
+    ti.add_argument("--overwrite", action="store_true")
+    tsub.add_parser("delete").add_argument("name")
+    t.set_defaults(func=cmd_tags)
+
+    pr = sub.add_parser("predict", help="predict a CSV with a function tag")
+    pr.add_argument("--tag", required=True)
+    pr.add_argument("--input", required=True)
+    pr.add_argument("--output", required=True)
+    pr.add_argument("--column", action="append", metavar="SLOT=COLUMN")
+    pr.add_argument("--domain", action="append", metavar="SLOT=TAG", help="zero-shot: swap a slot's domain tag")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="metrics of a function tag on a labelled CSV (JSON)")
+    ev.add_argument("--tag", required=True)
+    ev.add_argument("--input", required=True)
+    ev.add_argument("--label", required=True)
+    ev.add_argument("--column", action="append", metavar="SLOT=COLUMN")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(func=cmd_evaluate)
+
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--job-db", help=argparse.SUPPRESS)
+    job.add_argument("--job-id", help=argparse.SUPPRESS)
+
+    f = sub.add_parser("train-function-tag", parents=[job], help="stages 2-3: learn a function tag and its head")
+    f.add_argument("--name", required=True)
+    f.add_argument("--train", required=True)
+    f.add_argument("--valid")
+    f.add_argument("--split-column", help="a column with 'train'/'valid' values (instead of --valid)")
+    f.add_argument("--input", action="append", required=True, metavar="SLOT=<DomainTag>",
+                   help="e.g. smiles=<SMILES>, sequence=<Protein>, smiles=none, drug=none:smiles")
+    f.add_argument("--column", action="append", metavar="SLOT=COLUMN")
+    f.add_argument("--label", action="append", required=True)
+    f.add_argument("--task", choices=["regression", "classification"], default="regression")
+    f.add_argument("--template")
+    f.add_argument("--what", default="property", help="wording of the default template: 'The WHAT is <Tag>'")
+    f.add_argument("--description")
+    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--n-tokens", type=int, default=10)
+    f.add_argument("--readout", choices=["last", "last+mean", "mean"], default="last+mean")
+    f.add_argument("--tag-lr", type=float, default=1e-3)
+    f.add_argument("--head-lr", type=float, default=1e-3)
+    f.add_argument("--anchor-decay", type=float, default=1e-2)
+    f.add_argument("--no-warm-start", action="store_true")
+    f.add_argument("--split", choices=["auto", "random", "scaffold"], default="auto")
+    f.add_argument("--valid-fraction", type=float, default=0.1)
+    f.add_argument("--patience", type=int, default=3)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-rows", type=int)
+    f.add_argument("--checkpoint-dir")
+    f.set_defaults(func=cmd_train_function_tag)
+
+    d = sub.add_parser("train-domain-tag", parents=[job], help="stage 1: learn a domain tag on in-domain text")
+    d.add_argument("--name", required=True)
+    d.add_argument("--corpus", required=True, help="FASTA, .smi/.txt, CSV (with --column), or 'moses'")
+    d.add_argument("--format", choices=["fasta", "smiles", "csv"])
+    d.add_argument("--column")
+    d.add_argument("--kind", choices=["smiles", "protein", "text"])
+    d.add_argument("--steps", type=int, default=200)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--grad-accum", type=int, default=1)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--n-tokens", type=int, default=10)
+    d.add_argument("--max-tokens", type=int, default=128)
+    d.add_argument("--max-sequences", type=int)
+    d.add_argument("--init-text")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--description")
+    d.set_defaults(func=cmd_train_domain_tag)
+    return p
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TagLLMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

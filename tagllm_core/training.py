@@ -1,0 +1,632 @@
+"""Training tags: stage 1 (domain tags) and stages 2-3 (function tags + head).
+
+Stage 1 learns a domain tag by next-token prediction on in-domain text placed
+after the tag (loss on the domain tokens only). Stages 2 and 3 learn a
+function tag and its head on labelled data with the domain tags frozen:
+stage 2 with one input slot, stage 3 with two or more across domains. The
+loop is the same; only the template differs.
+
+Function-tag training runs on cached prefixes (``prefix_cache``): the frozen
+part of each prompt is computed once, and each step runs only the function
+tag's ``p`` tokens with gradients. Gradients equal those of the full pass.
+
+Defaults come from the ablations in docs/BENCHMARKS.md: the head is
+warm-started by ridge regression on the initial features (so training starts
+at the linear probe, not at noise), the read-out sees the input as well as
+the tag (``last+mean``), the best validation epoch is kept, and the tag is
+pulled towards its initial value by weight decay.
+
+Nothing is written to the tag library until training has finished: a job
+that dies or is cancelled leaves no tag behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .backbone import Backbone
+from .data import random_split, require_columns, scaffold_split
+from .domains import clean
+from .exceptions import TrainingError
+from .heads import HeadConfig, LabelScaler, TaskHead, fit_ridge
+from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
+from .model import TaggedModel, readout_dim
+from .prefix_cache import PrefixCache, suffix_features
+from .progress import ProgressCallback, ProgressEvent
+from .tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
+from .templates import PromptEncoder, Template, default_template
+
+__all__ = [
+    "FunctionTagConfig",
+    "DomainTagConfig",
+    "PreparedData",
+    "TrainResult",
+    "DomainTrainResult",
+    "prepare_supervised",
+    "train_function_tag",
+    "train_domain_tag",
+    "domain_perplexity",
+]
+
+
+@dataclass
+class FunctionTagConfig:
+    """Settings for stages 2-3. ``slots``: one SlotSpec per input (its CSV column is
+    ``columns.get(slot, slot)``); ``labels``: label column(s)."""
+
+    name: str
+    slots: list
+    labels: list
+    task: str = "regression"
+    template: Optional[str] = None
+    columns: dict = field(default_factory=dict)
+    what: str = "property"  # wording of the default template: "The <what> is <Tag>"
+    n_tokens: int = 10
+    readout: str = "last+mean"
+    epochs: int = 10
+    batch_size: int = 16
+    tag_lr: float = 1e-3
+    head_lr: float = 1e-3
+    anchor_decay: float = 1e-2  # L2 pull of the tag towards its initial value
+    ridge_warm_start: bool = True
+    split: str = "auto"  # "auto" (scaffold for a SMILES slot, else random), "random", "scaffold"
+    valid_fraction: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    interval_level: float = 0.9
+    max_rows: Optional[int] = None
+    cache_budget_gb: float = 4.0
+    description: str = ""
+    min_rows: int = 10
+
+    def __post_init__(self):
+        self.name = normalize_tag_name(self.name)
+        self.slots = [s if isinstance(s, SlotSpec) else SlotSpec(**s) for s in self.slots]
+        if not self.slots:
+            raise TrainingError("Map at least one input column to a slot.")
+        if not self.labels:
+            raise TrainingError("Choose at least one label column.")
+        if self.task not in ("regression", "classification"):
+            raise TrainingError(f"Unknown task {self.task!r}; use regression or classification.")
+
+    def template_text(self) -> str:
+        if self.template:
+            return Template.parse(self.template).with_function_tag(self.name).text
+        return default_template([(s.name, s.kind, s.domain_tag) for s in self.slots], self.name, self.what)
+
+
+@dataclass
+class PreparedData:
+    """Cleaned inputs and encoded labels. ``y``: (N, K) floats (regression) or (N,) ints."""
+
+    inputs: list  # [{slot: cleaned value}]
+    y: np.ndarray
+    source_rows: list  # 1-based rows of the original file
+    dropped: list  # [(row, reason)]
+
+
+@dataclass
+class TrainResult:
+    tag: Tag
+    metrics: dict
+    history: list
+    valid_true: list
+    valid_pred: list
+    dropped: list
+    path: Optional[Path] = None
+
+
+def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list]) -> tuple[np.ndarray, list]:
+    if cfg.task == "regression":
+        y = df[cfg.labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.where(~np.isfinite(y).all(axis=1))[0]
+        if len(bad):
+            rows = ", ".join(str(i + 1) for i in bad[:10])
+            raise TrainingError(
+                f"{len(bad)} row(s) have a missing or non-numeric label in {cfg.labels} (rows {rows}"
+                f"{'…' if len(bad) > 10 else ''}). Remove or fill them."
+            )
+        return y, []
+    if len(cfg.labels) != 1:
+        raise TrainingError("Classification takes exactly one label column.")
+    col = df[cfg.labels[0]]
+    if col.isna().any():
+        rows = ", ".join(str(i + 1) for i in np.where(col.isna())[0][:10])
+        raise TrainingError(f"Rows {rows} have no label.")
+    values = col.astype(str).str.strip()
+    classes = classes or sorted(values.unique().tolist())
+    unknown = set(values) - set(classes)
+    if unknown:
+        raise TrainingError(f"Validation labels {sorted(unknown)[:5]} never occur in training.")
+    return values.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64), classes
+
+
+def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list] = None,
+                       what: str = "training") -> tuple[PreparedData, list]:
+    """Validate columns, clean inputs row by row (bad rows are dropped and reported), encode labels."""
+    columns = {s.name: cfg.columns.get(s.name, s.name) for s in cfg.slots}
+    require_columns(df, list(columns.values()) + list(cfg.labels), what)
+    y_all, classes = _encode_labels(df, cfg, classes)
+    inputs, keep, dropped = [], [], []
+    for i in range(len(df)):
+        row, reason = {}, None
+        for slot in cfg.slots:
+            c = clean(slot.kind, df[columns[slot.name]].iat[i])
+            if not c.ok:
+                reason = f"{slot.name}: {c.error}"
+                break
+            row[slot.name] = c.value
+        if reason:
+            dropped.append((i + 1, reason))
+        else:
+            inputs.append(row)
+            keep.append(i)
+    return PreparedData(inputs, y_all[keep], [i + 1 for i in keep], dropped), classes
+
+
+def _domain_vectors(library: Optional[TagLibrary], slots: list) -> dict:
+    vectors = {}
+    for s in slots:
+        if s.domain_tag and s.domain_tag not in vectors:
+            if library is None:
+                raise TrainingError(f"Domain tag <{s.domain_tag}> needs a tag library.")
+            dom = library.get(s.domain_tag)
+            if dom.kind != "domain":
+                raise TrainingError(f"<{dom.name}> is a function tag; slots take domain tags.")
+            vectors[dom.name] = dom.vectors
+    return vectors
+
+
+def _split(data: PreparedData, cfg: FunctionTagConfig) -> tuple[np.ndarray, np.ndarray]:
+    n = len(data.inputs)
+    smiles_slot = next((s.name for s in cfg.slots if s.kind == "smiles"), None)
+    method = cfg.split if cfg.split != "auto" else ("scaffold" if smiles_slot and len(cfg.slots) == 1 else "random")
+    if method == "scaffold":
+        if not smiles_slot:
+            raise TrainingError("A scaffold split needs a SMILES input.")
+        return scaffold_split([r[smiles_slot] for r in data.inputs], cfg.valid_fraction, cfg.seed)
+    return random_split(n, cfg.valid_fraction, cfg.seed)
+
+
+def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
+    return PreparedData([data.inputs[i] for i in idx], data.y[idx], [data.source_rows[i] for i in idx], [])
+
+
+class _Progress:
+    def __init__(self, callback: Optional[ProgressCallback], stage: str, total: int):
+        self.callback, self.stage, self.total, self.t0 = callback, stage, total, time.perf_counter()
+
+    def __call__(self, step: int, loss=None, metrics=None, epoch=None, examples: int = 0, message=None):
+        if not self.callback:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / step * (self.total - step) if step else None
+        self.callback(ProgressEvent(self.stage, step, self.total, loss, metrics or {}, epoch,
+                                    examples / elapsed if elapsed > 0 and examples else None, eta, message))
+
+
+def _predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list, batch_size: int) -> np.ndarray:
+    """(N, n_outputs) head outputs on cached prefixes, no gradients."""
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(plans), batch_size):
+            states = cache.get(keys[s:s + batch_size], plans[s:s + batch_size])
+            outs.append(model.head(suffix_features(model, states)).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, model.head.config.n_outputs))
+
+
+def _evaluate(task: str, out: np.ndarray, y: np.ndarray, scaler: Optional[LabelScaler]) -> tuple[dict, np.ndarray]:
+    if task == "regression":
+        pred = scaler.inverse(out)
+        return regression_metrics(y[:, 0], pred[:, 0]), pred
+    probs = torch.softmax(torch.from_numpy(out), dim=-1).numpy()
+    return classification_metrics(y, probs), probs
+
+
+def _better(a: float, b: Optional[float], larger: bool) -> bool:
+    return b is None or (a > b if larger else a < b)
+
+
+def _ridge_alpha(features: np.ndarray, targets: np.ndarray, seed: int) -> float:
+    from sklearn.linear_model import RidgeCV
+
+    alphas = np.logspace(-2, 4, 13)
+    fit = RidgeCV(alphas=alphas).fit(features, targets)
+    return float(fit.alpha_)
+
+
+def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: FunctionTagConfig,
+                       train_df: pd.DataFrame, valid_df: Optional[pd.DataFrame] = None,
+                       progress: Optional[ProgressCallback] = None, save: bool = True,
+                       checkpoint_dir: Optional[Path] = None, data_name: str = "") -> TrainResult:
+    """Stages 2-3: learn ``<cfg.name>`` and its head. Saves to ``library`` at the end if ``save``."""
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if library is not None and save and library.exists(cfg.name):
+        raise TrainingError(f"A tag named <{cfg.name}> already exists; choose another name or delete it.")
+    if cfg.max_rows and len(train_df) > cfg.max_rows:
+        train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
+    data, classes = prepare_supervised(train_df, cfg)
+    if valid_df is not None:
+        valid, _ = prepare_supervised(valid_df, cfg, classes or None, "validation")
+        train = data
+    else:
+        if len(data.inputs) < cfg.min_rows:
+            raise TrainingError(f"Only {len(data.inputs)} usable rows; at least {cfg.min_rows} are needed.")
+        tr_idx, va_idx = _split(data, cfg)
+        train, valid = _subset(data, tr_idx), _subset(data, va_idx)
+    if len(train.inputs) < cfg.min_rows:
+        raise TrainingError(f"Only {len(train.inputs)} usable training rows; at least {cfg.min_rows} are needed.")
+    if len(valid.inputs) < 2:
+        raise TrainingError("The validation set has fewer than 2 usable rows.")
+    scaler = None
+    if cfg.task == "regression":
+        scaler = LabelScaler.fit(train.y)
+        y_train = torch.tensor(scaler.transform(train.y), dtype=torch.float32)
+    else:
+        if len(np.unique(train.y)) < 2:
+            raise TrainingError("The training labels hold only one class.")
+        y_train = torch.tensor(train.y, dtype=torch.long)
+
+    template = Template.parse(cfg.template_text())
+    domain_vecs = _domain_vectors(library, cfg.slots)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    init = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens, generator=gen)
+    n_out = train.y.shape[1] if cfg.task == "regression" else len(classes)
+    head_cfg = HeadConfig(cfg.task, n_out, readout_dim(cfg.readout, backbone.hidden_size))
+    model = TaggedModel(backbone, template, {s.name: s.kind for s in cfg.slots}, {cfg.name: init, **domain_vecs},
+                        trainable=frozenset({cfg.name}), head=TaskHead(head_cfg), readout=cfg.readout)
+    model.head.to(backbone.device)
+    cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))
+    train_plans = [model.plan(r) for r in train.inputs]
+    valid_plans = [model.plan(r) for r in valid.inputs]
+    train_keys = [("t", i) for i in range(len(train_plans))]
+    valid_keys = [("v", i) for i in range(len(valid_plans))]
+    steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
+    warm_steps = math.ceil(len(train_plans) / 32) if cfg.ridge_warm_start else 0
+    report = _Progress(progress, "stage3" if len(cfg.slots) > 1 else "stage2", warm_steps + steps_per_epoch * cfg.epochs)
+
+    if cfg.ridge_warm_start:
+        feats = []
+        with torch.no_grad():
+            for k, s in enumerate(range(0, len(train_plans), 32)):
+                states = cache.get(train_keys[s:s + 32], train_plans[s:s + 32])
+                feats.append(suffix_features(model, states).cpu())
+                report(k + 1, message="warm start: features for the ridge head", examples=s + len(states))
+        X = torch.cat(feats)
+        Y = y_train if cfg.task == "regression" else torch.nn.functional.one_hot(y_train, n_out).float() * 2 - 1
+        alpha = _ridge_alpha(X.numpy(), Y.numpy(), cfg.seed)
+        model.head.load_state(fit_ridge(X, Y, alpha))
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=backbone.device.type == "cpu")
+    tag_param = model.tag(cfg.name)
+    optimizer = torch.optim.Adam([
+        {"params": [tag_param], "lr": cfg.tag_lr},
+        {"params": model.head.parameters(), "lr": cfg.head_lr},
+    ])
+    optimizer = accelerator.prepare(optimizer)
+    anchor = tag_param.detach().clone()
+    metric_name, larger = PRIMARY_METRIC[cfg.task]
+
+    def snapshot():
+        return tag_param.detach().clone(), model.head.state()
+
+    def validate():
+        out = _predict_std(model, cache, valid_keys, valid_plans, 32)
+        return _evaluate(cfg.task, out, valid.y, scaler)
+
+    start_epoch, history, best, best_state, best_epoch, bad_epochs = 0, [], None, None, 0, 0
+    ckpt = _Checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if ckpt and ckpt.exists():
+        start_epoch, history, best, best_epoch, bad_epochs, best_state = ckpt.load(tag_param, model.head, optimizer)
+    else:
+        metrics0, _ = validate()
+        history.append({"epoch": 0, "train_loss": None, **{f"valid_{k}": v for k, v in metrics0.items()}})
+        best, best_state = metrics0.get(metric_name), snapshot()
+        report(warm_steps, metrics={f"valid_{k}": v for k, v in metrics0.items()}, epoch=0.0,
+               message="validation of the warm start")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        # Seeded per epoch, so a resumed run shuffles exactly as an uninterrupted one.
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_plans))
+        model.train()
+        losses = []
+        for b, s in enumerate(range(0, len(order), cfg.batch_size)):
+            idx = order[s:s + cfg.batch_size]
+            states = cache.get([train_keys[i] for i in idx], [train_plans[i] for i in idx])
+            out = model.head(suffix_features(model, states))
+            loss = model.head.loss(out, y_train[idx].to(out.device))
+            total = loss + cfg.anchor_decay * (tag_param - anchor).pow(2).sum() / tag_param.shape[0]
+            optimizer.zero_grad()
+            accelerator.backward(total)
+            optimizer.step()
+            losses.append(float(loss))
+            step = warm_steps + epoch * steps_per_epoch + b + 1
+            report(step, loss=float(loss), epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
+        model.eval()
+        metrics, _ = validate()
+        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
+        history.append(entry)
+        value = metrics.get(metric_name)
+        if value is not None and _better(value, best, larger):
+            best, best_state, best_epoch, bad_epochs = value, snapshot(), epoch + 1, 0
+        else:
+            bad_epochs += 1
+        report(warm_steps + (epoch + 1) * steps_per_epoch, loss=entry["train_loss"],
+               metrics={k: v for k, v in entry.items() if k.startswith("valid_")}, epoch=float(epoch + 1))
+        if ckpt:
+            ckpt.save(epoch + 1, history, best, best_epoch, bad_epochs, best_state, tag_param, model.head, optimizer)
+        if bad_epochs >= cfg.patience:
+            break
+
+    with torch.no_grad():
+        tag_param.copy_(best_state[0])
+    model.head.load_state(best_state[1])
+    out = _predict_std(model, cache, valid_keys, valid_plans, 32)
+    metrics, pred = _evaluate(cfg.task, out, valid.y, scaler)
+    interval = None
+    if cfg.task == "regression":
+        resid = valid.y[:, 0] - pred[:, 0]
+        interval = {"level": cfg.interval_level, "halfwidth": [conformal_halfwidth(resid, cfg.interval_level)],
+                    "crossfit_coverage": _crossfit_coverage(resid, cfg.interval_level), "n_calibration": len(resid)}
+    label_sample = (train.y[:, 0] if cfg.task == "regression" else train.y).tolist()[:2000]
+    card = TagCard(
+        name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
+        description=cfg.description, template=template.text, slots=cfg.slots, task=cfg.task,
+        labels=list(cfg.labels), classes=classes, label_scaling=scaler.to_dict() if scaler else None,
+        readout=cfg.readout, head=head_cfg.to_dict(), metrics={"valid": metrics}, interval=interval,
+        label_sample=label_sample,
+        training={
+            "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
+            "rows_valid": len(valid.inputs), "rows_dropped": len(data.dropped),
+            "split": "given" if valid_df is not None else cfg.split, "best_epoch": best_epoch,
+            "epochs_run": len(history) - 1, "seconds": round(time.perf_counter() - t_start, 1),
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("slots", "name", "description")},
+            "history": history,
+        },
+    )
+    tag = Tag(card, best_state[0].detach().float().cpu(), {k: v.cpu() for k, v in best_state[1].items()},
+              {k: v.float().cpu() for k, v in domain_vecs.items()})
+    path = library.save(tag) if (save and library is not None) else None
+    if ckpt:
+        ckpt.clear()
+    vt = (valid.y[:, 0] if cfg.task == "regression" else valid.y).tolist()
+    vp = (pred[:, 0] if cfg.task == "regression" else pred[:, -1]).tolist()
+    return TrainResult(tag, metrics, history, vt, vp, data.dropped, path)
+
+
+def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:
+    """Coverage measured honestly: calibrate on one half of the validation residuals, test on the other."""
+    if len(resid) < 10:
+        return None
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(resid))
+    a, b = idx[: len(idx) // 2], idx[len(idx) // 2:]
+    cov = [np.mean(np.abs(resid[t]) <= conformal_halfwidth(resid[c], level)) for c, t in ((a, b), (b, a))]
+    return float(np.mean(cov))
+
+
+class _Checkpoint:
+    """Per-epoch training state in safetensors + JSON (no pickle), for resume."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").exists()
+
+    def save(self, epoch, history, best, best_epoch, bad_epochs, best_state, tag_param, head, optimizer):
+        from safetensors.torch import save_file
+
+        from .tags import _atomic_write
+
+        opt = optimizer.state_dict()
+        tensors = {"tag": tag_param.detach().cpu().contiguous(), "best_tag": best_state[0].cpu().contiguous()}
+        for k, v in head.state().items():
+            tensors[f"head.{k}"] = v.cpu().contiguous()
+        for k, v in best_state[1].items():
+            tensors[f"best_head.{k}"] = v.cpu().contiguous()
+        scalars = {}
+        for pid, st in opt["state"].items():
+            for name, val in st.items():
+                if torch.is_tensor(val) and val.ndim > 0:
+                    tensors[f"opt.{pid}.{name}"] = val.cpu().contiguous()
+                else:
+                    scalars[f"{pid}.{name}"] = float(val)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
+        meta = {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "opt_scalars": scalars, "param_groups": opt["param_groups"]}
+        _atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+    def load(self, tag_param, head, optimizer):
+        from safetensors.torch import load_file
+
+        meta = json.loads((self.folder / "state.json").read_text())
+        t = load_file(str(self.folder / "state.safetensors"))
+        with torch.no_grad():
+            tag_param.copy_(t["tag"])
+        head.load_state({"weight": t["head.weight"], "bias": t["head.bias"]})
+        state: dict = {}
+        for key, val in t.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = val
+        for key, val in meta["opt_scalars"].items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = torch.tensor(val)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        best_state = (t["best_tag"], {"weight": t["best_head.weight"], "bias": t["best_head.bias"]})
+        return meta["epoch"], meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"], best_state
+
+    def clear(self):
+        for name in ("state.json", "state.safetensors"):
+            (self.folder / name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: domain tags
+
+
+@dataclass
+class DomainTagConfig:
+    name: str
+    input_kind: str  # "smiles" | "protein" | "text"
+    n_tokens: int = 10
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    max_tokens: int = 128  # crop each sequence to this many tokens
+    valid_fraction: float = 0.1
+    max_valid: int = 64
+    seed: int = 0
+    init_text: Optional[str] = None  # initialise from this text's token embeddings
+    description: str = ""
+
+    def __post_init__(self):
+        self.name = normalize_tag_name(self.name)
+        if self.input_kind not in ("smiles", "protein", "text"):
+            raise TrainingError(f"Unknown input kind {self.input_kind!r}.")
+
+
+@dataclass
+class DomainTrainResult:
+    tag: Tag
+    perplexity: dict  # {"trained": .., "no_tag": .., "random_tag": ..}
+    history: list
+    dropped: int
+    path: Optional[Path] = None
+
+
+def _lm_batch(backbone: Backbone, encoder: PromptEncoder, ids_list: list, tag: Optional[torch.Tensor]):
+    """Batch for next-token loss: [BOS] [tag] content. Returns (embeds, mask, targets (B,T) with -100)."""
+    bb = backbone
+    p = 0 if tag is None else tag.shape[0]
+    prefix = len(encoder.bos)
+    T = max(prefix + p + len(ids) for ids in ids_list)
+    B = len(ids_list)
+    tok = torch.full((B, T), bb.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    targets = torch.full((B, T), -100, dtype=torch.long)
+    for b, ids in enumerate(ids_list):
+        start = prefix + p
+        if encoder.bos:
+            tok[b, 0] = encoder.bos[0]
+        tok[b, start:start + len(ids)] = torch.tensor(ids)
+        mask[b, : start + len(ids)] = 1
+        # position t predicts token t+1: the loss covers content tokens 2..n, identical for every
+        # variant (trained tag / no tag / random tag), so their perplexities are comparable.
+        targets[b, start: start + len(ids) - 1] = torch.tensor(ids[1:])
+    embeds = bb.embed_ids(tok)
+    if tag is not None:
+        start = prefix
+        vec = tag.to(bb.dtype).unsqueeze(0).expand(B, -1, -1)
+        embeds = torch.cat([embeds[:, :start], vec, embeds[:, start + p:]], dim=1)
+    return embeds, mask.to(bb.device), targets.to(bb.device)
+
+
+def _lm_loss(backbone: Backbone, embeds, mask, targets) -> tuple[torch.Tensor, int]:
+    hidden = backbone.base(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    sel = targets != -100
+    logits = backbone.model.get_output_embeddings()(hidden[sel]).float()  # only where there is a target
+    return torch.nn.functional.cross_entropy(logits, targets[sel]), int(sel.sum())
+
+
+def domain_perplexity(backbone: Backbone, encoder: PromptEncoder, ids_list: list, tag: Optional[torch.Tensor],
+                      batch_size: int = 8) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(ids_list), batch_size):
+            loss, n = _lm_loss(backbone, *_lm_batch(backbone, encoder, ids_list[s:s + batch_size], tag))
+            total += float(loss) * n
+            count += n
+    return math.exp(total / max(count, 1))
+
+
+def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: DomainTagConfig, corpus: list,
+                     progress: Optional[ProgressCallback] = None, save: bool = True,
+                     data_name: str = "") -> DomainTrainResult:
+    """Stage 1: learn ``<cfg.name>`` by next-token prediction on ``corpus`` (loss on domain tokens only)."""
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if library is not None and save and library.exists(cfg.name):
+        raise TrainingError(f"A tag named <{cfg.name}> already exists; choose another name or delete it.")
+    encoder = PromptEncoder(backbone.tokenizer, {cfg.input_kind: cfg.max_tokens})
+    seqs, dropped = [], 0
+    for text in corpus:
+        c = clean(cfg.input_kind, text)
+        if c.ok:
+            seqs.append(encoder.content_ids(cfg.input_kind, c.value))
+        else:
+            dropped += 1
+    seqs = [s for s in seqs if len(s) >= 2]
+    if len(seqs) < 8:
+        raise TrainingError(f"Only {len(seqs)} usable sequences in the corpus; at least 8 are needed.")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(seqs))
+    n_valid = min(cfg.max_valid, max(2, int(len(seqs) * cfg.valid_fraction)))
+    valid = [seqs[i] for i in order[:n_valid]]
+    train = [seqs[i] for i in order[n_valid:]]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    from_ids = None
+    if cfg.init_text:
+        from_ids = torch.tensor(backbone.tokenizer.encode(cfg.init_text, add_special_tokens=False))
+    init = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens, generator=gen, from_ids=from_ids)
+    random_tag = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens,
+                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
+    tag = torch.nn.Parameter(init.clone().to(backbone.device))
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=backbone.device.type == "cpu", gradient_accumulation_steps=cfg.grad_accum)
+    optimizer = accelerator.prepare(torch.optim.Adam([tag], lr=cfg.lr))
+    report = _Progress(progress, "stage1", cfg.steps)
+    # Length bucketing: batches of similar length waste little on padding.
+    by_len = sorted(range(len(train)), key=lambda i: len(train[i]))
+    buckets = [by_len[s:s + cfg.batch_size] for s in range(0, len(by_len), cfg.batch_size)]
+    history, step, tokens = [], 0, 0
+    eval_every = max(1, cfg.steps // 5)
+    while step < cfg.steps:
+        for bi in rng.permutation(len(buckets)):
+            with accelerator.accumulate(tag):
+                embeds, mask, targets = _lm_batch(backbone, encoder, [train[i] for i in buckets[bi]], tag)
+                loss, n = _lm_loss(backbone, embeds, mask, targets)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            step += 1
+            tokens += n
+            metrics = {}
+            if step % eval_every == 0 or step == cfg.steps:
+                metrics = {"valid_perplexity": domain_perplexity(backbone, encoder, valid, tag.detach())}
+                history.append({"step": step, "train_loss": float(loss), **metrics})
+            report(step, loss=float(loss), metrics=metrics, examples=tokens, message="tokens/s")
+            if step >= cfg.steps:
+                break
+    ppl = {
+        "trained": domain_perplexity(backbone, encoder, valid, tag.detach()),
+        "no_tag": domain_perplexity(backbone, encoder, valid, None),
+        "random_tag": domain_perplexity(backbone, encoder, valid, random_tag.to(backbone.device)),
+        "n_valid_sequences": len(valid),
+    }
+    card = TagCard(
+        name=cfg.name, kind="domain", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
+        description=cfg.description, input_kind=cfg.input_kind, metrics={"valid_perplexity": ppl},
+        training={"stage": 1, "data": data_name, "sequences_train": len(train), "sequences_dropped": dropped,
+                  "steps": cfg.steps, "tokens_seen": tokens, "seconds": round(time.perf_counter() - t_start, 1),
+                  "config": asdict(cfg), "history": history},
+    )
+    result_tag = Tag(card, tag.detach().float().cpu())
+    path = library.save(result_tag) if (save and library is not None) else None
+    return DomainTrainResult(result_tag, ppl, history, dropped, path)

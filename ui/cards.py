@@ -1,0 +1,150 @@
+"""Tag cards as people read them: one-line summaries and a detailed view."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from tagllm_core.backbone import BackboneFingerprint
+from tagllm_core.tags import TagCard, TagInfo
+
+KIND_LABEL = {"smiles": "molecule (SMILES)", "protein": "protein sequence", "text": "text"}
+KIND_ICON = {"smiles": "🧪", "protein": "🧬", "text": "📝"}
+
+
+def slot_summary(card: TagCard) -> str:
+    """``smiles (SMILES via <SMILES>) + sequence (…)``."""
+    parts = []
+    for s in card.slots:
+        dom = f" via <{s.domain_tag}>" if s.domain_tag else ", no domain tag"
+        parts.append(f"{KIND_ICON.get(s.kind, '')} **{s.name}**: {KIND_LABEL.get(s.kind, s.kind)}{dom}")
+    return "; ".join(parts)
+
+
+def flat_metrics(card: TagCard) -> dict:
+    """Card metrics as ``{"valid rmse": 0.71, …}`` (nested dicts flattened, non-numbers dropped)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix} {k}".strip(), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix.replace("_", " ")] = float(value)
+
+    walk("", card.metrics or {})
+    return out
+
+
+def format_number(value: Optional[float], digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 1000 or (abs(value) < 1e-3 and value != 0):
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}"
+
+
+def created_text(card: TagCard) -> str:
+    try:
+        return _dt.datetime.fromtimestamp(float(card.created)).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError, OSError):
+        return "unknown"
+
+
+def size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1024:.0f} KB" if n_bytes < 1 << 20 else f"{n_bytes / (1 << 20):.1f} MB"
+
+
+def backbone_text(card: TagCard, current: Optional[BackboneFingerprint] = None) -> str:
+    try:
+        fp = card.fingerprint
+    except (KeyError, TypeError, ValueError):
+        return "unknown backbone"
+    text = f"{fp.name} (emb {fp.embedding_sha256[:8]})"
+    if current is not None:
+        text += " ✅ matches" if fp.matches(current) else " ⚠️ differs from the backbone in use"
+    return text
+
+
+def training_text(card: TagCard) -> str:
+    t = card.training or {}
+    bits = []
+    if t.get("data"):
+        bits.append(f"data: `{t['data']}`")
+    if t.get("rows_train") is not None:
+        bits.append(f"{t['rows_train']} training / {t.get('rows_valid', '?')} validation rows")
+    if t.get("sequences_train") is not None:
+        bits.append(f"{t['sequences_train']} sequences, {t.get('steps', '?')} steps")
+    if t.get("split"):
+        bits.append(f"split: {t['split']}")
+    if t.get("seconds") is not None:
+        bits.append(f"{t['seconds']} s")
+    return ", ".join(bits) or "no provenance recorded"
+
+
+def tag_label(info: TagInfo) -> str:
+    """Selectbox label: ``<Solubility> · regression · user``."""
+    card = info.card
+    what = card.task or card.input_kind or card.kind
+    return f"<{info.name}> · {what} · {info.source}"
+
+
+def render_summary(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> None:
+    """What a predicting scientist needs: inputs, task, training data, metrics, backbone."""
+    card = info.card
+    if card.description:
+        st.caption(card.description)
+    st.markdown(f"**Inputs:** {slot_summary(card) or '–'}")
+    task = card.task or "–"
+    if card.task == "classification" and card.classes:
+        task += f" (classes: {', '.join(map(str, card.classes))})"
+    elif card.labels:
+        task += f" of `{', '.join(map(str, card.labels))}`"
+    st.markdown(f"**Task:** {task}")
+    st.markdown(f"**Training:** {training_text(card)}")
+    metrics = flat_metrics(card)
+    if metrics:
+        shown = list(metrics.items())[:6]
+        cols = st.columns(len(shown))
+        for col, (name, value) in zip(cols, shown):
+            col.metric(name, format_number(value))
+    if card.interval:
+        level = card.interval.get("level")
+        half = (card.interval.get("halfwidth") or [None])[0]
+        if half is not None:
+            st.caption(f"Predictions come with a {level:.0%} interval of ± {format_number(half)} "
+                       f"(split-conformal, from validation residuals).")
+    st.caption(f"Backbone: {backbone_text(card, current)} · template: `{card.template}`"
+               if card.template else f"Backbone: {backbone_text(card, current)}")
+
+
+def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> pd.DataFrame:
+    """Every card field worth showing in the library, as a two-column table."""
+    card = info.card
+    rows = [("kind", f"{card.kind} tag ({info.source})"),
+            ("backbone", backbone_text(card, current)),
+            ("tag tokens", str(card.n_tokens))]
+    if card.kind == "domain":
+        rows.append(("input kind", KIND_LABEL.get(card.input_kind, str(card.input_kind))))
+    else:
+        rows.append(("inputs", "; ".join(f"{s.name}: {s.kind}" + (f" via <{s.domain_tag}>" if s.domain_tag else "")
+                                         for s in card.slots)))
+        rows.append(("template", card.template or ""))
+        rows.append(("task", card.task or ""))
+        if card.labels:
+            rows.append(("labels", ", ".join(map(str, card.labels))))
+        if card.classes:
+            rows.append(("classes", ", ".join(map(str, card.classes))))
+    rows.append(("training data", training_text(card).replace("`", "")))
+    for name, value in flat_metrics(card).items():
+        rows.append((name, format_number(value)))
+    rows.append(("created", created_text(card)))
+    rows.append(("size", size_text(info.size_bytes)))
+    if card.description:
+        rows.append(("description", card.description))
+    return pd.DataFrame(rows, columns=["field", "value"])

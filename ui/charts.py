@@ -1,0 +1,133 @@
+"""Plotly figures for the pages (pure functions of plain data, easy to test)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+_TRAIN_COLOUR = "#9aa5b1"
+_PRED_COLOUR = "#2e6fdb"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def percentiles(values: Sequence[Optional[float]], sample: Sequence[float]) -> list[Optional[float]]:
+    """Percentile (0-100) of each value within ``sample`` (share of sample values <= it); None stays None."""
+    ref = np.sort(np.asarray([s for s in sample if s is not None and np.isfinite(s)], dtype=float))
+    out: list[Optional[float]] = []
+    for v in values:
+        if v is None or ref.size == 0 or not isinstance(v, (int, float)) or not np.isfinite(v):
+            out.append(None)
+        else:
+            out.append(round(100.0 * np.searchsorted(ref, float(v), side="right") / ref.size, 1))
+    return out
+
+
+def prediction_histogram(predictions: Sequence[float], label_sample: Sequence[float], label: str = "prediction",
+                         zero_shot: bool = False) -> go.Figure:
+    """Regression: predictions over the training-label distribution (both as densities)."""
+    fig = go.Figure()
+    if len(label_sample):
+        fig.add_histogram(x=list(label_sample), name="training labels", histnorm="probability density",
+                          marker_color=_TRAIN_COLOUR, opacity=0.6, nbinsx=40)
+    fig.add_histogram(x=list(predictions), name="your predictions" + (" (zero-shot)" if zero_shot else ""),
+                      histnorm="probability density", marker_color=_PRED_COLOUR, opacity=0.7, nbinsx=40)
+    fig.update_layout(barmode="overlay")
+    return _layout(fig, "Predictions against the training-label distribution", label, "density")
+
+
+def class_bars(predicted: Sequence, label_sample: Sequence, classes: Sequence) -> go.Figure:
+    """Classification: share of each predicted class next to its share in the training labels."""
+    classes = list(classes)
+    names = [str(c) for c in classes]
+    pred_share = [sum(1 for p in predicted if str(p) == n) / max(len(predicted), 1) for n in names]
+    fig = go.Figure()
+    if len(label_sample):
+        # label_sample holds class indices for classification tags
+        idx = [int(v) for v in label_sample if v is not None]
+        train_share = [idx.count(i) / max(len(idx), 1) for i in range(len(classes))]
+        fig.add_bar(x=names, y=train_share, name="training labels", marker_color=_TRAIN_COLOUR)
+    fig.add_bar(x=names, y=pred_share, name="your predictions", marker_color=_PRED_COLOUR)
+    return _layout(fig, "Predicted classes against the training labels", "class", "share of rows")
+
+
+def parity_figure(true: Sequence[float], pred: Sequence[float], task: str = "regression") -> go.Figure:
+    """Validation set: predicted against true, with the y = x line (regression) or per class (classification)."""
+    true = [float(t) for t in true]
+    pred = [float(p) for p in pred]
+    fig = go.Figure()
+    if task == "classification":
+        fig.add_box(x=[str(int(t)) for t in true], y=pred, boxpoints="all", jitter=0.4, marker_color=_PRED_COLOUR,
+                    name="validation")
+        return _layout(fig, "Validation: predicted probability by true class", "true class index",
+                       "predicted probability (last class)")
+    fig.add_scatter(x=true, y=pred, mode="markers", name="validation rows",
+                    marker=dict(color=_PRED_COLOUR, size=7, opacity=0.75))
+    if true:
+        lo, hi = min(true + pred), max(true + pred)
+        pad = 0.05 * (hi - lo or 1.0)
+        fig.add_scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x",
+                        line=dict(color="#888", dash="dash"))
+    fig = _layout(fig, "Validation parity", "true", "predicted", height=380)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def loss_figure(events: Sequence[dict]) -> Optional[go.Figure]:
+    """Training loss per step from job events (None if there is none yet)."""
+    pts = [(e["step"], e["loss"]) for e in events if e.get("loss") is not None and e.get("step") is not None]
+    if not pts:
+        return None
+    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines",
+                               line=dict(color=_PRED_COLOUR), name="training loss"))
+    return _layout(fig, "Training loss", "step", "loss", height=260)
+
+
+PRIMARY_METRICS = ("valid_rmse", "valid_auroc", "valid_perplexity")
+
+
+def metric_keys(events: Sequence[dict]) -> list[str]:
+    keys: list[str] = []
+    for e in events:
+        for k, v in (e.get("metrics") or {}).items():
+            if isinstance(v, (int, float)) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def primary_metric(keys: Sequence[str]) -> Optional[str]:
+    for k in PRIMARY_METRICS:
+        if k in keys:
+            return k
+    return keys[0] if keys else None
+
+
+def metric_figure(events: Sequence[dict], key: str) -> Optional[go.Figure]:
+    """One validation metric per step from job events."""
+    pts = [(e["step"], e["metrics"][key]) for e in events
+           if isinstance((e.get("metrics") or {}).get(key), (int, float))]
+    if not pts:
+        return None
+    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                               line=dict(color="#d9822b"), name=key))
+    return _layout(fig, key.replace("_", " "), "step", key.replace("valid_", ""), height=260)
+
+
+def perplexity_figure(ppl: dict) -> go.Figure:
+    names = {"trained": "trained tag", "no_tag": "no tag", "random_tag": "random tag"}
+    keys = [k for k in names if isinstance(ppl.get(k), (int, float))]
+    fig = go.Figure(go.Bar(x=[names[k] for k in keys], y=[ppl[k] for k in keys],
+                           marker_color=[_PRED_COLOUR if k == "trained" else _TRAIN_COLOUR for k in keys]))
+    return _layout(fig, "Validation perplexity (lower is better)", "", "perplexity", height=280)
+
+
+def residue_figure(composition: dict) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(composition), y=[100 * v for v in composition.values()],
+                           marker_color=_PRED_COLOUR))
+    return _layout(fig, "Residue composition", "amino acid", "% of residues", height=280)

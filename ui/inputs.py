@@ -1,0 +1,159 @@
+"""Input plumbing for the pages: paste boxes, CSV column picks, saved uploads.
+
+Validation of each entry is the engine's (``tagllm_core.domains``); this module
+only turns widgets into rows and files.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pandas as pd
+
+from tagllm_core import paths
+from tagllm_core.cli import guess_kind
+from tagllm_core.data import read_table, require_columns
+from tagllm_core.domains import clean, split_entries
+from tagllm_core.exceptions import InputError
+
+__all__ = ["rows_from_paste", "rows_from_table", "guess_column", "guess_kind_of_column", "slot_name_for",
+           "named_bytes", "read_uploaded_table", "save_upload", "label_candidates", "guess_task"]
+
+
+def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]:
+    """Paste boxes -> rows. ``slots``: [(slot, kind)]; ``texts``: slot -> box text.
+
+    Each box holds one entry per line (FASTA records for proteins). With several
+    slots, every box needs the same number of entries, except that a box with a
+    single entry is paired with every entry of the others (one protein against
+    many molecules). Raises ``InputError`` for empty boxes or mismatched counts.
+    """
+    entries = {slot: split_entries(kind, texts.get(slot) or "") for slot, kind in slots}
+    empty = [slot for slot, values in entries.items() if not values]
+    if empty:
+        raise InputError(f"Enter at least one entry for {', '.join(repr(s) for s in empty)}.")
+    n = max(len(v) for v in entries.values())
+    uneven = {s: len(v) for s, v in entries.items() if len(v) not in (1, n)}
+    if uneven:
+        counts = ", ".join(f"{s}: {len(v)}" for s, v in entries.items())
+        raise InputError(f"The boxes hold different numbers of entries ({counts}). Give each box the same "
+                         f"number of lines, or a single entry to pair with all the others.")
+    return [{slot: (values[i] if len(values) > 1 else values[0]) for slot, values in entries.items()}
+            for i in range(n)]
+
+
+def rows_from_table(df: pd.DataFrame, columns: dict) -> list[dict]:
+    """CSV rows -> [{slot: value}]; ``columns``: slot -> column. Missing columns raise ``InputError``."""
+    require_columns(df, list(columns.values()))
+    data = {slot: df[col].tolist() for slot, col in columns.items()}
+    return [{slot: values[i] for slot, values in data.items()} for i in range(len(df))]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+_KIND_HINTS = {
+    "smiles": ("smiles", "smi", "structure", "molecule", "mol", "compound", "drug", "ligand", "canonicalsmiles"),
+    "protein": ("sequence", "protein", "seq", "target", "aasequence", "fasta"),
+    "text": ("text", "description", "name"),
+}
+
+
+def guess_column(columns: Sequence[str], slot: str, kind: str, df: Optional[pd.DataFrame] = None) -> int:
+    """Index of the column most likely to hold ``slot`` (its own name, a kind keyword, or content)."""
+    cols = [str(c) for c in columns]
+    normed = [_norm(c) for c in cols]
+    if _norm(slot) in normed:
+        return normed.index(_norm(slot))
+    for hint in _KIND_HINTS.get(kind, ()):
+        for i, c in enumerate(normed):
+            if c == hint or c.endswith(hint) or c.startswith(hint):
+                return i
+    if df is not None:
+        for i, c in enumerate(cols):
+            if guess_kind_of_column(c, df[c]) == kind:
+                return i
+    return 0
+
+
+def guess_kind_of_column(column: str, values: Iterable) -> str:
+    """smiles / protein / text for a column, from its name, else from a few of its values."""
+    by_name = guess_kind(str(column))
+    if by_name != "text":
+        return by_name
+    sample = [v for v in list(values)[:20] if isinstance(v, str) and v.strip()]
+    if not sample:
+        return "text"
+    if all(v.strip().isalpha() and v.strip().isupper() and len(v.strip()) >= 8 for v in sample) and \
+            all(clean("protein", v).ok for v in sample):
+        return "protein"
+    if sum(clean("smiles", v).ok for v in sample) >= 0.8 * len(sample) and \
+            not all(v.strip().isalpha() for v in sample):
+        return "smiles"
+    return "text"
+
+
+def slot_name_for(column: str, kind: str, taken: Iterable[str] = ()) -> str:
+    """A template slot name (a Python identifier) for a CSV column: the kind if free, else the column."""
+    taken = set(taken)
+    base = kind if kind not in taken else re.sub(r"\W+", "_", str(column).strip().lower()).strip("_") or kind
+    if not base.isidentifier():
+        base = f"{kind}_{base}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def named_bytes(data: bytes, name: str) -> io.BytesIO:
+    """Bytes as a file object with a ``name`` (the engine's readers use it in messages and to guess formats)."""
+    buf = io.BytesIO(data)
+    buf.name = name
+    return buf
+
+
+def read_uploaded_table(data: bytes, name: str) -> pd.DataFrame:
+    """An uploaded CSV/TSV -> DataFrame; ``InputError`` for unreadable or header-only files."""
+    df = read_table(named_bytes(data, name))
+    if df.empty:
+        raise InputError(f"{name} has a header but no data rows.")
+    return df
+
+
+def _safe_filename(name: str) -> str:
+    base = Path(str(name)).name  # drop any folders a browser might send
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return base[:120]
+
+
+def save_upload(data: bytes, filename: str, folder: Optional[Path] = None) -> Path:
+    """Save an upload into ``folder`` (default: a fresh per-job folder under ``data_dir()/uploads``)
+    and return its path; the job reads it from there, whatever happens to the browser tab."""
+    if folder is None:
+        folder = paths.data_dir() / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / _safe_filename(filename)
+    path.write_bytes(data)
+    return path
+
+
+def label_candidates(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """Columns that could be labels, numeric ones first."""
+    exclude = set(exclude)
+    cols = [c for c in df.columns if c not in exclude]
+    numeric = [c for c in cols if pd.to_numeric(df[c], errors="coerce").notna().mean() >= 0.8]
+    return numeric + [c for c in cols if c not in numeric]
+
+
+def guess_task(values: pd.Series) -> str:
+    """regression for mostly-numeric columns with many distinct values, else classification."""
+    nums = pd.to_numeric(values, errors="coerce")
+    if nums.notna().mean() >= 0.8 and nums.nunique() > 10:
+        return "regression"
+    return "classification"

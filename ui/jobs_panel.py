@@ -1,0 +1,168 @@
+"""The live jobs panel of the Train page.
+
+A fragment re-runs every two seconds and only reads SQLite (the job rows and
+the chosen job's events), so it never holds the page up while a job trains in
+its own process. When a job ends, the whole page reruns once so that the
+sidebar and the tag lists pick up the new tag.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+
+import pandas as pd
+import streamlit as st
+
+from tagllm_core.jobs import Job, JobStore, cancel, kill
+
+from . import charts, state
+from .cards import format_number
+from .results import format_seconds
+
+STATE_ICON = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
+KIND_TEXT = {"function-tag": "function tag", "domain-tag": "domain tag"}
+FORCE_STOP_AFTER_S = 15
+
+
+def _when(ts) -> str:
+    return _dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "–"
+
+
+def _overview(jobs: list[Job]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "job": j.id, "tag": f"<{j.name}>", "kind": KIND_TEXT.get(j.kind, j.kind),
+        "state": f"{STATE_ICON.get(j.state, '')} {j.state}", "progress": round(100 * j.progress),
+        "created": _dt.datetime.fromtimestamp(j.created).strftime("%Y-%m-%d %H:%M"),
+        "elapsed": format_seconds(j.elapsed_s) if j.elapsed_s is not None else "–",
+    } for j in jobs])
+
+
+def panel() -> None:
+    """The jobs panel (call from a page; it wraps itself in a polling fragment)."""
+    _panel()
+
+
+@st.fragment(run_every=2)
+def _panel() -> None:
+    store = state.job_store()
+    jobs = store.list(limit=25)
+    active = {j.id for j in jobs if j.is_active}
+    previous = st.session_state.get("_active_jobs")
+    st.session_state["_active_jobs"] = active
+    if previous is not None and previous - active:
+        st.rerun()  # a job ended: refresh the whole page (sidebar counts, tag lists)
+    if not jobs:
+        st.caption("No training jobs yet. Jobs you start appear here, with live progress; they keep running "
+                   "if you close or refresh the tab.")
+        return
+    st.dataframe(_overview(jobs), hide_index=True, width="stretch",
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0,
+                                                                           max_value=100, format="%d%%")})
+    ids = [j.id for j in jobs]
+    if st.session_state.get("job_select") not in ids:
+        st.session_state["job_select"] = ids[0]
+    by_id = {j.id: j for j in jobs}
+    job_id = st.selectbox("Job", ids, key="job_select",
+                          format_func=lambda i: f"#{i} <{by_id[i].name}> · {by_id[i].state}")
+    render_job(store, by_id[job_id])
+
+
+def render_job(store: JobStore, job: Job) -> None:
+    with st.container(border=True):
+        st.markdown(f"#### {STATE_ICON.get(job.state, '')} Job #{job.id}: <{job.name}> "
+                    f"({KIND_TEXT.get(job.kind, job.kind)}) · {job.state}")
+        if job.is_active:
+            _active(store, job)
+        events = store.history(job.id)
+        _curves(events, job.id)
+        if job.state == "finished":
+            _finished(job)
+        elif job.state == "failed":
+            st.error(f"The job failed: {job.error or 'no reason recorded'}. No tag was saved.")
+        elif job.state == "cancelled":
+            st.info("The job was cancelled; no tag was saved.")
+        with st.expander("Log", expanded=job.state == "failed"):
+            st.code(job.log_tail(12_000) or "(empty)", language=None)
+            st.caption(f"Command: tagllm {' '.join(job.argv)}")
+        if job.is_done and st.button("Remove from the list", key=f"forget-{job.id}"):
+            store.delete(job.id)
+            st.rerun()
+
+
+def _active(store: JobStore, job: Job) -> None:
+    if job.state == "queued":
+        ahead = store.queue_position(job.id)
+        st.progress(0.0, text="Queued: waiting for a free slot" + (f" ({ahead} job(s) ahead)" if ahead else "…"))
+    elif job.total_steps <= 0:
+        st.progress(0.0, text=f"Starting: loading the model and preparing the data… "
+                              f"({format_seconds(job.elapsed_s)} so far)")
+    else:
+        text = f"Step {job.step:,} of {job.total_steps:,}"
+        if job.loss is not None:
+            text += f" · loss {format_number(job.loss, 4)}"
+        if job.eta_s is not None:
+            text += f" · about {format_seconds(job.eta_s)} left"
+        st.progress(job.progress, text=text)
+    left, right = st.columns([1, 3])
+    if job.cancel_requested:
+        waited = time.time() - (job.cancel_requested_at or time.time())
+        right.caption("Cancelling: the job stops at its next step.")
+        if waited > FORCE_STOP_AFTER_S and left.button("Force stop", key=f"kill-{job.id}"):
+            kill(store, job.id)
+            st.rerun()
+    elif left.button("Cancel", key=f"cancel-{job.id}", type="secondary"):
+        cancel(store, job.id)
+        st.rerun()
+
+
+def _curves(events: list, job_id: int) -> None:
+    loss = charts.loss_figure(events)
+    keys = charts.metric_keys(events)
+    key = charts.primary_metric(keys)
+    metric = charts.metric_figure(events, key) if key else None
+    if loss is None and metric is None:
+        return
+    left, right = st.columns(2)
+    if loss is not None:
+        left.plotly_chart(loss, width="stretch", key=f"loss-{job_id}")
+    if metric is not None:
+        right.plotly_chart(metric, width="stretch", key=f"metric-{job_id}")
+
+
+def _finished(job: Job) -> None:
+    res = job.result or {}
+    if job.kind == "domain-tag" or "perplexity" in res:
+        ppl = res.get("perplexity") or {}
+        st.success(f"<{res.get('tag', job.name)}> is trained and saved in your library. Choose it as the domain "
+                   f"tag of an input when you train a function tag, or swap it in on the Predict page.")
+        if ppl:
+            st.plotly_chart(charts.perplexity_figure(ppl), width="stretch", key=f"ppl-{job.id}")
+        if res.get("sequences_dropped"):
+            st.caption(f"{res['sequences_dropped']} sequence(s) of the corpus were unusable and skipped.")
+        return
+    metrics = res.get("metrics") or {}
+    st.success(f"<{res.get('tag', job.name)}> is trained and saved in your library.")
+    shown = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))][:6]
+    if shown:
+        cols = st.columns(len(shown))
+        for col, (k, v) in zip(cols, shown):
+            col.metric(f"validation {k}", format_number(float(v)))
+    interval = res.get("interval") or {}
+    if interval.get("halfwidth"):
+        st.caption(f"{interval.get('level', 0.9):.0%} prediction interval: ± "
+                   f"{format_number(float(interval['halfwidth'][0]))}")
+    parity = res.get("parity") or {}
+    if parity.get("true"):
+        task = "classification" if "--task" in job.argv and \
+            job.argv[job.argv.index("--task") + 1] == "classification" else "regression"
+        st.plotly_chart(charts.parity_figure(parity["true"], parity["pred"], task), width="stretch",
+                        key=f"parity-{job.id}")
+    if res.get("rows_dropped"):
+        with st.expander(f"{res['rows_dropped']} training row(s) were unusable and skipped"):
+            for row in res.get("dropped_examples") or []:
+                st.markdown(f"- {row}")
+    if st.button(f"Predict with <{res.get('tag', job.name)}>", key=f"use-{job.id}", type="primary"):
+        st.session_state["predict_tag_request"] = res.get("tag", job.name)
+        st.switch_page("pages/predict.py")
+    st.page_link("pages/predict.py", label="Open the Predict page", icon="🔮")

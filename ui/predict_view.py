@@ -1,0 +1,92 @@
+"""Rendering a finished prediction: summary, table, download, histogram and the row detail view."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tagllm_core.tags import TagCard
+
+from . import charts, detail
+from .cards import format_number
+from .results import PredictionRun, download_frame, format_seconds
+
+
+def _column_config(run: PredictionRun) -> dict:
+    cfg = {
+        "row": st.column_config.NumberColumn("row", width="small"),
+        "status": st.column_config.TextColumn("status", width="small"),
+        "zero_shot": st.column_config.CheckboxColumn("zero-shot", width="small"),
+        "error": st.column_config.TextColumn("error", width="large"),
+        "warnings": st.column_config.TextColumn("warnings", width="medium"),
+        "percentile": st.column_config.NumberColumn(
+            "percentile", format="%.1f", help="Share of training labels at or below the prediction (%)."),
+    }
+    if run.task == "regression":
+        for col in ("prediction", "lower", "upper"):
+            cfg[col] = st.column_config.NumberColumn(col, format="%.3f")
+    for c in run.classes:
+        cfg[f"p({c})"] = st.column_config.NumberColumn(f"p({c})", format="%.3f")
+    return cfg
+
+
+def render(run: PredictionRun, card: TagCard) -> None:
+    st.subheader(f"Results · <{run.tag}>")
+    if run.zero_shot:
+        swapped = ", ".join(f"{slot} → {f'<{tag}>' if tag else 'no domain tag'}" for slot, tag in run.overrides.items())
+        st.warning(f"**Zero-shot combination** ({swapped}): <{run.tag}> was not trained with these domain tags. "
+                   f"The numbers are exploratory; every row is marked zero_shot in the table and the download.")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Rows", f"{run.n_rows:,}")
+    c2.metric("Predicted", f"{run.n_ok:,}")
+    c3.metric("Errors", f"{run.n_rows - run.n_ok:,}")
+    c4.metric("Time", format_seconds(run.seconds))
+    errors = run.errors
+    if len(errors):
+        st.error(f"{len(errors):,} row(s) could not be predicted; they are marked ❌ with the reason in the "
+                 f"table. All other rows were predicted.")
+        with st.expander(f"Show the {min(len(errors), 50)} first error(s)"):
+            for msg in errors["error"].head(50):
+                st.markdown(f"- {msg}")
+    st.dataframe(run.frame, hide_index=True, width="stretch", column_config=_column_config(run),
+                 height=min(400, 38 + 35 * run.n_rows))
+    st.download_button("⬇️ Download all rows (CSV)", download_frame(run).to_csv(index=False).encode("utf-8"),
+                       file_name=f"{run.tag}_predictions.csv", mime="text/csv", key="predict_download",
+                       on_click="ignore")
+    ok = run.frame[run.frame["error"] == ""]
+    if len(ok):
+        if run.task == "regression":
+            fig = charts.prediction_histogram(ok["prediction"].astype(float).tolist(), card.label_sample or [],
+                                              label=(card.labels or ["prediction"])[0], zero_shot=run.zero_shot)
+        else:
+            fig = charts.class_bars(ok["prediction"].tolist(), card.label_sample or [], run.classes)
+        st.plotly_chart(fig, width="stretch", key="predict_hist")
+        if not card.label_sample:
+            st.caption("This tag stores no training labels, so there is nothing to compare with.")
+    _row_detail(run)
+
+
+def _row_detail(run: PredictionRun) -> None:
+    st.subheader("Row details")
+    n = run.n_rows
+    if st.session_state.get("detail_row", 1) > n:
+        st.session_state["detail_row"] = 1
+    row = st.number_input(f"Row (1 – {n:,})", min_value=1, max_value=n, step=1, key="detail_row")
+    rec = run.frame.iloc[int(row) - 1]
+    if rec["error"]:
+        st.error(rec["error"])
+    else:
+        cols = st.columns(3)
+        pred = rec["prediction"]
+        cols[0].metric("Prediction" + (" (zero-shot)" if rec.get("zero_shot") else ""),
+                       format_number(float(pred)) if run.task == "regression" else str(pred))
+        if "lower" in rec and rec["lower"] == rec["lower"] and rec["lower"] is not None:
+            cols[1].metric("Interval", f"{format_number(float(rec['lower']))} – {format_number(float(rec['upper']))}")
+        if "percentile" in rec and rec["percentile"] is not None and rec["percentile"] == rec["percentile"]:
+            cols[2].metric("Percentile in training labels", f"{rec['percentile']:.0f}")
+        for c in run.classes:
+            st.caption(f"p({c}) = {format_number(rec[f'p({c})'])}")
+    if rec["warnings"]:
+        st.caption(f"⚠️ {rec['warnings']}")
+    for slot, kind in run.slots:
+        st.markdown(f"**{slot}**")
+        detail.show_input(kind, rec[slot], key=f"detail-{int(row)}-{slot}")

@@ -1,0 +1,98 @@
+"""Running a prediction for the Predict page and shaping its results for display and download."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import pandas as pd
+
+from tagllm_core.backbone import Backbone
+from tagllm_core.prediction import Predictor, results_frame
+from tagllm_core.progress import ProgressEvent
+from tagllm_core.tags import TagLibrary
+
+from . import charts
+
+
+@dataclass
+class PredictionRun:
+    """What the Predict page keeps in session state between reruns."""
+
+    tag: str
+    task: str
+    slots: list  # [(slot, kind)]
+    frame: pd.DataFrame  # one row per input row: row, inputs, prediction, …, error, warnings, status, percentile
+    zero_shot: bool
+    overrides: dict = field(default_factory=dict)
+    classes: list = field(default_factory=list)
+    source: Optional[pd.DataFrame] = None  # the uploaded table, for the download
+    seconds: float = 0.0
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.frame[self.frame["error"] != ""]
+
+    @property
+    def n_ok(self) -> int:
+        return int((self.frame["error"] == "").sum())
+
+
+def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list, overrides: dict,
+                   batch_size: int = 16, progress: Optional[Callable[[ProgressEvent], None]] = None,
+                   source: Optional[pd.DataFrame] = None) -> PredictionRun:
+    """Predict ``rows`` ([{slot: raw value}]) with ``tag_name``. Raises ``TagLLMError`` for unusable setups
+    (missing domain tag, wrong backbone); bad rows end up in the ``error`` column."""
+    t0 = time.perf_counter()
+    tag = library.get(tag_name)
+    predictor = Predictor(bb, tag, library, domain_overrides=overrides or None)
+    results = predictor.predict(rows, batch_size=batch_size, progress=progress)
+    card = tag.card
+    classes = list(card.classes) if card.task == "classification" else []
+    frame = results_frame(results, classes or None)
+    frame.insert(1, "status", ["❌ error" if e else ("⚠️ ok" if w else "✅ ok")
+                               for e, w in zip(frame["error"], frame["warnings"])])
+    if card.task == "regression" and card.label_sample:
+        pos = list(frame.columns).index("prediction") + 1
+        if "upper" in frame.columns:
+            pos = list(frame.columns).index("upper") + 1
+        frame.insert(pos, "percentile", charts.percentiles(frame["prediction"].tolist(), card.label_sample))
+    return PredictionRun(tag=tag.name, task=card.task or "regression", slots=[(s.name, s.kind) for s in card.slots],
+                         frame=frame, zero_shot=predictor.zero_shot, overrides=dict(overrides or {}),
+                         classes=classes, source=source, seconds=time.perf_counter() - t0)
+
+
+def download_frame(run: PredictionRun) -> pd.DataFrame:
+    """Every row for the CSV download: the uploaded columns (if any) followed by the results."""
+    res = run.frame.drop(columns=["status"])
+    if run.source is None or len(run.source) != len(res):
+        return res
+    extra = res.drop(columns=["row", *[s for s, _ in run.slots]])
+    left = run.source.reset_index(drop=True)
+    extra = extra.rename(columns={c: f"{c}_pred" if c in left.columns else c for c in extra.columns})
+    return pd.concat([left, extra], axis=1)
+
+
+def progress_text(ev: ProgressEvent) -> str:
+    text = f"Predicted {ev.step:,} of {ev.total_steps:,} valid rows"
+    if ev.throughput:
+        text += f" · {ev.throughput:.1f} rows/s"
+    if ev.eta_s is not None and ev.step < ev.total_steps:
+        text += f" · about {format_seconds(ev.eta_s)} left"
+    return text
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
