@@ -269,6 +269,8 @@ def collate(plans: list[RowPlan], embed, tag_vectors: dict, pad_id: int, dtype: 
             bucket[2].extend(range(p))
     embeds = embed(ids.to(device))
     for name, (bi, ti, ki) in rows_idx.items():
+        if not bi:  # a zero-length tag (the no-tag baseline) splices nothing
+            continue
         vec = tag_vectors[name].to(device=device, dtype=dtype)
         embeds = torch.index_put(
             embeds, (torch.tensor(bi, device=device), torch.tensor(ti, device=device)), vec[torch.tensor(ki, device=device)]

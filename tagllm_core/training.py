@@ -74,8 +74,8 @@ class FunctionTagConfig:
     readout: str = "last+mean"
     epochs: int = 10
     batch_size: int = 16
-    tag_lr: float = 1e-3
-    head_lr: float = 1e-3
+    tag_lr: float = 3e-4
+    head_lr: float = 1e-4
     anchor_decay: float = 1e-2  # L2 pull of the tag towards its initial value
     ridge_warm_start: bool = True
     split: str = "auto"  # "auto" (scaffold for a SMILES slot, else random), "random", "scaffold"

@@ -1,0 +1,211 @@
+"""Tag-LLM against baselines on the benchmark valid splits, as one table.
+
+Rows per data set (all fitted on `train`, scored on `valid` of ../shared/benchmarks):
+  * mean            predict the training mean;
+  * probe-mean      ridge (alpha by CV) on mean-pooled final hidden states of the same backbone;
+  * probe-last      ridge on the final hidden state at the last token;
+  * notag-head      the Tag-LLM template with no tag tokens, ridge head on its last+mean read-out;
+  * rf-morgan       random forest on Morgan fingerprints (SMILES inputs);
+  * rf-rdkit        random forest on RDKit 2D descriptors (SMILES inputs);
+  * ridge-onehot    ridge on one-hot residues (protein inputs, aligned by position);
+  * tagllm          train_function_tag with the library defaults (and --variant settings).
+
+Backbone features are cached in .tagllm-dev/features so reruns are cheap.
+
+Usage:  .venv/bin/python bench/accuracy.py --datasets esol bace [--max-train 2000] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "benchmarks"
+CACHE = ROOT / ".tagllm-dev" / "features"
+
+DATASETS = {
+    "esol": ("esol.csv", {"smiles": "smiles"}, "aqueous solubility (log mol/L)"),
+    "bace": ("bace.csv", {"smiles": "smiles"}, "BACE-1 pIC50"),
+    "gb1": ("gb1_three_vs_rest.csv", {"sequence": "protein"}, "GB1 fitness"),
+    "davis": ("davis.csv.gz", {"sequence": "protein", "smiles": "smiles"}, "binding affinity (pKd)"),
+}
+
+
+def load(name: str, max_train: int | None, max_valid: int | None, seed: int = 0):
+    fname, slots, what = DATASETS[name]
+    df = pd.read_csv(SHARED / fname)
+    tr = df[df.split == "train"].reset_index(drop=True)
+    va = df[df.split == "valid"].reset_index(drop=True)
+    if max_train and len(tr) > max_train:
+        tr = tr.sample(max_train, random_state=seed).reset_index(drop=True)
+    if max_valid and len(va) > max_valid:
+        va = va.sample(max_valid, random_state=seed).reset_index(drop=True)
+    return tr, va, slots, what
+
+
+def template_for(slots: dict, what: str, tag: str) -> str:
+    from tagllm_core.templates import default_template
+
+    return default_template([(s, k, None) for s, k in slots.items()], tag, what)
+
+
+def backbone_features(bb, df, slots, what, readout: str, tag_tokens: int = 0) -> np.ndarray:
+    """(N, F) features of the no-tag template; cached on disk by content hash."""
+    from tagllm_core.domains import clean
+    from tagllm_core.model import TaggedModel
+    from tagllm_core.templates import Template
+
+    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, readout, list(slots),
+                                     df[list(slots)].astype(str).values.tolist()]).encode()).hexdigest()[:16]
+    path = CACHE / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    t = Template.parse(template_for(slots, what, "NoTag"))
+    model = TaggedModel(bb, t, slots, {"NoTag": torch.zeros(tag_tokens, bb.hidden_size)}, readout=readout)
+    rows = [{s: clean(k, v).value for (s, k), v in zip(slots.items(), r)} for r in df[list(slots)].values.tolist()]
+    plans = [model.plan(r) for r in rows]
+    order = np.argsort([len(p) for p in plans])
+    feats = np.zeros((len(plans), 2 * bb.hidden_size if readout == "last+mean" else bb.hidden_size), np.float32)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, len(order), 16):
+            idx = order[s:s + 16]
+            feats[idx] = model.features([plans[i] for i in idx]).numpy()
+    print(f"    features {readout} for {len(plans)} rows: {time.perf_counter() - t0:.0f} s", flush=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, feats)
+    return feats
+
+
+def ridge_cv(Xtr, ytr, Xva):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(Xtr)
+    m = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(sc.transform(Xtr), ytr)
+    return m.predict(sc.transform(Xva))
+
+
+def morgan(smiles):
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    return np.array([gen.GetFingerprintAsNumPy(Chem.MolFromSmiles(s)) for s in smiles], dtype=np.uint8)
+
+
+def rdkit_desc(smiles):
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors
+
+    X = np.array([[f(Chem.MolFromSmiles(s)) for _, f in Descriptors.descList] for s in smiles], dtype=np.float64)
+    return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0).clip(-1e6, 1e6)
+
+
+def onehot(seqs, length=None):
+    length = length or max(map(len, seqs))
+    aa = {a: i for i, a in enumerate("ACDEFGHIKLMNPQRSTVWY")}
+    X = np.zeros((len(seqs), length * 20), np.uint8)
+    for n, s in enumerate(seqs):
+        for i, a in enumerate(s[:length]):
+            if a in aa:
+                X[n, i * 20 + aa[a]] = 1
+    return X
+
+
+def rf(Xtr, ytr, Xva, seed=0):
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=300, n_jobs=-1, random_state=seed).fit(Xtr, ytr).predict(Xva)
+
+
+def run_dataset(bb, name, args, table):
+    from tagllm_core.metrics import regression_metrics
+    from tagllm_core.tags import SlotSpec
+    from tagllm_core.training import FunctionTagConfig, train_function_tag
+
+    tr, va, slots, what = load(name, args.max_train, args.max_valid)
+    ytr, yva = tr.y.to_numpy(float), va.y.to_numpy(float)
+    print(f"== {name}: train {len(tr)}, valid {len(va)}", flush=True)
+
+    def add(method, pred, seconds=None, extra=""):
+        m = regression_metrics(yva, pred)
+        table.append({"dataset": name, "method": method, "rmse": m["rmse"], "mae": m["mae"],
+                      "pearson": m.get("pearson"), "spearman": m.get("spearman"), "ci": m.get("ci"),
+                      "n_train": len(tr), "n_valid": len(va), "seconds": seconds, "note": extra})
+        print(f"    {method:14s} RMSE {m['rmse']:.3f}  Spearman {m.get('spearman', float('nan')):.3f}  {extra}",
+              flush=True)
+
+    add("mean", np.full(len(va), ytr.mean()))
+    if "probe" in args.methods:
+        for readout in ("mean", "last"):
+            Xtr = backbone_features(bb, tr, slots, what, readout)
+            Xva = backbone_features(bb, va, slots, what, readout)
+            add(f"probe-{readout}", ridge_cv(Xtr, ytr, Xva))
+        Xtr = np.concatenate([backbone_features(bb, tr, slots, what, "last"),
+                              backbone_features(bb, tr, slots, what, "mean")], 1)
+        Xva = np.concatenate([backbone_features(bb, va, slots, what, "last"),
+                              backbone_features(bb, va, slots, what, "mean")], 1)
+        add("notag-head", ridge_cv(Xtr, ytr, Xva), extra="template, no tag, last+mean read-out")
+    if "classic" in args.methods:
+        if "smiles" in slots and len(slots) == 1:
+            add("rf-morgan", rf(morgan(tr.smiles), ytr, morgan(va.smiles)))
+            add("rf-rdkit", rf(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
+        if "sequence" in slots:
+            L = max(map(len, tr.sequence))
+            add("ridge-onehot", ridge_cv(onehot(tr.sequence, L), ytr, onehot(va.sequence, L)))
+    if "tagllm" in args.methods:
+        for variant in args.variants:
+            overrides = json.loads(variant) if variant != "default" else {}
+            cfg = FunctionTagConfig(name=f"Bench{name}", slots=[SlotSpec(s, k, None) for s, k in slots.items()],
+                                    labels=["y"], what=what, epochs=args.epochs, **overrides)
+            t0 = time.perf_counter()
+            res = train_function_tag(bb, None, cfg, tr.astype({"y": str}), va.astype({"y": str}), save=False)
+            hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
+            add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
+                time.perf_counter() - t0, f"best epoch {res.tag.card.training['best_epoch']}; valid RMSE by epoch {hist}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=["esol", "bace"])
+    ap.add_argument("--methods", nargs="+", default=["probe", "classic", "tagllm"])
+    ap.add_argument("--variants", nargs="+", default=["default"],
+                    help='JSON overrides of FunctionTagConfig, e.g. \'{"tag_lr": 1e-4}\'; "default" = library defaults')
+    ap.add_argument("--max-train", type=int)
+    ap.add_argument("--max-valid", type=int)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--out", default=str(ROOT / ".tagllm-dev" / "accuracy.json"))
+    args = ap.parse_args()
+    from tagllm_core.backbone import load_backbone
+
+    bb = load_backbone()
+    table: list = []
+    for name in args.datasets:
+        run_dataset(bb, name, args, table)
+    df = pd.DataFrame(table)
+    print()
+    print(df.drop(columns=["note"]).to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else df.to_string())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(table, indent=1, default=float))
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None
+
+
+if __name__ == "__main__":
+    main()
