@@ -21,6 +21,7 @@ from .domains import clean
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
+from .prefix_cache import SharedPrefix, common_prefix_length, features_after_shared_prefix, shared_prefix
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagLibrary
 from .templates import Template
@@ -101,6 +102,8 @@ class Predictor:
                                  head=head, readout=card.readout)
         self.model.eval()
         self.scaler = LabelScaler(**card.label_scaling) if card.label_scaling else None
+        self._prefix: Optional[SharedPrefix] = None
+        self._prefix_key = None
 
     @property
     def slots(self) -> list[str]:
@@ -128,9 +131,10 @@ class Predictor:
                 pending.append((len(plan), i, plan))
         pending.sort(key=lambda t: t[0])
         batches = _length_batches(pending, batch_size, max_batch_tokens)
+        prefix = self._shared_prefix([plan for _, _, plan in pending]) if pending else None
         done, t0 = 0, time.perf_counter()
         for batch in batches:
-            outputs = self._run([plan for _, _, plan in batch])
+            outputs = self._run([plan for _, _, plan in batch], prefix)
             for (_, i, _), out in zip(batch, outputs):
                 self._fill(results[i], out)
             done += len(batch)
@@ -140,9 +144,27 @@ class Predictor:
                                        eta_s=(len(pending) - done) / rate if rate else None))
         return results
 
-    def _run(self, plans) -> np.ndarray:
+    def _shared_prefix(self, plans) -> Optional[SharedPrefix]:
+        """The prefix every row shares, computed once: the template's opening (kept across calls),
+        or longer when all rows share more (one protein screened against many molecules)."""
+        first = plans[0]
+        n_static = min(first.input_positions) if first.input_positions else 0
+        n = common_prefix_length(plans) if len(plans) > 1 else n_static
+        if n < 2:
+            return None
+        key = (tuple(first.ids[:n]), tuple(t for t in first.tags if t[1] < n))
         with self.backbone.lock, torch.inference_mode():
-            out = self.model(plans)
+            if self._prefix_key != key:
+                self._prefix = shared_prefix(self.model, first, n)
+                self._prefix_key = key
+            return self._prefix
+
+    def _run(self, plans, prefix: Optional[SharedPrefix] = None) -> np.ndarray:
+        with self.backbone.lock, torch.inference_mode():
+            if prefix is None:
+                out = self.model(plans)
+            else:
+                out = self.model.head(features_after_shared_prefix(self.model, prefix, plans))
         return out.float().cpu().numpy()
 
     def _fill(self, res: PredictionRow, out: np.ndarray) -> None:

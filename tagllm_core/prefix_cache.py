@@ -23,10 +23,11 @@ from typing import Optional
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .model import TaggedModel, final_hidden
+from .model import TaggedModel
 from .templates import RowPlan
 
-__all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features"]
+__all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
+           "SharedPrefix", "shared_prefix", "features_after_shared_prefix"]
 
 
 @dataclass
@@ -145,3 +146,86 @@ class PrefixCache:
         while self.nbytes > self.budget and len(self._store) > 1:
             _, old = self._store.popitem(last=False)
             self.nbytes -= old.nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction: one prefix shared by every row (the template's opening words and domain tag, or
+# the whole protein when one target is screened against many molecules).
+
+
+def common_prefix_length(plans: list[RowPlan]) -> int:
+    """Number of leading positions identical in every plan: same token ids, and the same tags
+    (by name and start) wherever tag placeholders are. Stops before each row's last token,
+    which must stay in the per-row part to be read out, and never cuts a tag in two."""
+    first = plans[0]
+    limit = max(min(len(p) for p in plans) - 1, 0)
+    n = 0
+    while n < limit and all(p.ids[n] == first.ids[n] for p in plans):
+        n += 1
+    for _, start in first.tags:
+        if start < n < start + _tag_len(first, start):
+            n = start
+    head_tags = [t for t in first.tags if t[1] < n]
+    if any([t for t in p.tags if t[1] < n] != head_tags for p in plans):
+        return 0
+    return n
+
+
+def _tag_len(plan: RowPlan, start: int) -> int:
+    n = 0
+    while start + n < len(plan.ids) and plan.ids[start + n] == -1:
+        n += 1
+    return n
+
+
+@dataclass
+class SharedPrefix:
+    """The first ``length`` positions common to a set of rows.
+
+    layers: per layer (keys, values), each (1, kv_heads, length, head_dim);
+    input_sum: (d,) float32 sum of final hidden states over input tokens inside
+    the prefix, input_count how many (for ``mean`` read-outs).
+    """
+
+    layers: list
+    length: int
+    input_sum: torch.Tensor
+    input_count: int
+
+
+def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
+    """Run the first ``n`` positions of ``plan`` once (callers hold no_grad/inference_mode)."""
+    inside = [i for i in plan.input_positions if i < n]
+    head = RowPlan(plan.ids[:n], [t for t in plan.tags if t[1] < n], inside)
+    batch = model.batch([head])
+    result = model.backbone.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                 use_cache=True)
+    cache = result.cache if getattr(result, "cache", None) is not None else result.past_key_values
+    hidden = result.last_hidden_state[0].float()
+    total = hidden[inside].sum(0) if inside else hidden.new_zeros(hidden.shape[-1])
+    return SharedPrefix([(layer.keys, layer.values) for layer in cache.layers], n, total, len(inside))
+
+
+def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]) -> torch.Tensor:
+    """(B, F) read-out features of ``plans``, whose first ``prefix.length`` positions are ``prefix``;
+    only each row's remainder is run. Equals ``model.features(plans)`` up to float rounding."""
+    bb = model.backbone
+    n = prefix.length
+    rest = [RowPlan(p.ids[n:], [(name, s - n) for name, s in p.tags if s >= n],
+                    [i - n for i in p.input_positions if i >= n]) for p in plans]
+    batch = model.batch(rest)
+    B = len(plans)
+    cache = DynamicCache([(k.expand(B, -1, -1, -1).contiguous(), v.expand(B, -1, -1, -1).contiguous())
+                          for k, v in prefix.layers])
+    mask = torch.cat([torch.ones((B, n), dtype=batch.attention_mask.dtype, device=bb.device),
+                      batch.attention_mask], dim=1)
+    T = batch.inputs_embeds.shape[1]
+    position_ids = (n + torch.arange(T, device=bb.device)).unsqueeze(0).expand(B, -1)
+    hidden = bb.base(inputs_embeds=batch.inputs_embeds, attention_mask=mask, cache=cache,
+                     position_ids=position_ids, use_cache=True).last_hidden_state.float()
+    last = hidden[torch.arange(B, device=hidden.device), batch.readout_index]
+    if model.readout == "last":
+        return last
+    weights = batch.input_mask.unsqueeze(-1)
+    mean = ((hidden * weights).sum(1) + prefix.input_sum) / (weights.sum(1) + prefix.input_count).clamp(min=1.0)
+    return mean if model.readout == "mean" else torch.cat([last, mean], dim=-1)

@@ -1,0 +1,93 @@
+"""Train the tags bundled in assets/tags/<backbone-slug>/ (development only).
+
+Needs ../shared (benchmarks, protein corpus) and, for <SMILES>, the MOSES
+corpus from `pip install --no-deps molsets`. Each tag is trained with the
+same library functions the app and CLI use, then written (atomically) into the
+bundled folder; the command line that built it goes into its card.
+
+Usage:
+  .venv/bin/python bench/build_bundled_tags.py --only SMILES Protein Solubility [--steps 300] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="+", default=["SMILES", "Protein", "Solubility", "BACE"])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--domain-tags", action="store_true", help="function tags use the bundled <SMILES>/<Protein>")
+    args = ap.parse_args()
+
+    from tagllm_core.backbone import load_backbone
+    from tagllm_core.data import moses_smiles_path, read_corpus
+    from tagllm_core.paths import ASSETS_DIR
+    from tagllm_core.tags import SlotSpec, TagLibrary, save_tag_file
+    from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag
+
+    bb = load_backbone()
+    lib = TagLibrary(bb.fingerprint)
+    out_dir = ASSETS_DIR / "tags" / bb.fingerprint.slug
+    command = "python bench/build_bundled_tags.py " + " ".join(sys.argv[1:])
+
+    def progress(ev):
+        if ev.metrics or ev.step == ev.total_steps or ev.step % 25 == 0:
+            print(f"  {ev.stage} {ev.step}/{ev.total_steps} loss={ev.loss} {ev.metrics or ''}", flush=True)
+
+    def write(tag):
+        tag.card.training["built_by"] = command
+        path = out_dir / f"{tag.name}.tag.safetensors"
+        save_tag_file(tag, path)
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+    if "SMILES" in args.only:
+        corpus = pd.read_csv(moses_smiles_path("train"), usecols=["SMILES"], nrows=20000)["SMILES"].tolist()
+        cfg = DomainTagConfig("SMILES", "smiles", steps=args.steps, batch_size=8, max_tokens=96,
+                              description="Molecules written as SMILES (MOSES/ZINC drug-like set).")
+        res = train_domain_tag(bb, None, cfg, corpus, progress=progress, save=False, data_name="MOSES train (20k)")
+        print("SMILES perplexity", res.perplexity)
+        write(res.tag)
+    if "Protein" in args.only:
+        corpus = read_corpus(SHARED / "corpora" / "proteins.fasta")
+        cfg = DomainTagConfig("Protein", "protein", steps=args.steps, batch_size=4, max_tokens=256,
+                              description="Protein amino-acid sequences, one residue per token.")
+        res = train_domain_tag(bb, None, cfg, corpus, progress=progress, save=False, data_name="proteins.fasta (2,597)")
+        print("Protein perplexity", res.perplexity)
+        write(res.tag)
+
+    def bundled_lib():
+        return TagLibrary(bb.fingerprint, user_dir=out_dir)  # to resolve freshly written domain tags
+
+    dom = "SMILES" if args.domain_tags else None
+    jobs = {
+        "Solubility": ("esol.csv", "aqueous solubility (log10 mol/L)",
+                       "Aqueous solubility, log10(mol/L) (ESOL, Delaney 2004; scaffold split)."),
+        "BACE": ("bace.csv", "BACE-1 inhibition (pIC50)",
+                 "BACE-1 inhibition, pIC50 (Subramanian et al. 2016; scaffold split)."),
+    }
+    for name, (fname, what, desc) in jobs.items():
+        if name not in args.only:
+            continue
+        df = pd.read_csv(SHARED / "benchmarks" / fname, dtype=str)
+        tr, va = df[df.split == "train"], df[df.split == "valid"]
+        cfg = FunctionTagConfig(name=name, slots=[SlotSpec("smiles", "smiles", dom)], labels=["y"], what=what,
+                                epochs=args.epochs, description=desc)
+        res = train_function_tag(bb, bundled_lib(), cfg, tr, va, progress=progress, save=False, data_name=fname)
+        print(name, res.metrics)
+        write(res.tag)
+
+
+if __name__ == "__main__":
+    main()
