@@ -126,26 +126,30 @@ class PrefixCache:
         self.misses = 0
 
     def get(self, keys: list, plans: list[RowPlan]) -> list[PrefixState]:
-        missing = [i for i, k in enumerate(keys) if k not in self._store]
+        result: dict = {}
+        # Take the hits first: inserting the misses may evict them.
+        for i, k in enumerate(keys):
+            if k in self._store:
+                self._store.move_to_end(k)
+                result[i] = self._store[k]
+        missing = [i for i in range(len(keys)) if i not in result]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh = compute_prefix_states(self.model, [plans[i] for i in missing]) if missing else []
-        result = {}
         for i, state in zip(missing, fresh):
             result[i] = state
             self._put(keys[i], state)
-        for i, k in enumerate(keys):
-            if i not in result:
-                self._store.move_to_end(k)
-                result[i] = self._store[k]
         return [result[i] for i in range(len(keys))]
 
     def _put(self, key, state: PrefixState) -> None:
+        old = self._store.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
         self._store[key] = state
         self.nbytes += state.nbytes
         while self.nbytes > self.budget and len(self._store) > 1:
-            _, old = self._store.popitem(last=False)
-            self.nbytes -= old.nbytes
+            _, evicted = self._store.popitem(last=False)
+            self.nbytes -= evicted.nbytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,12 +125,18 @@ class TrainResult:
     path: Optional[Path] = None
 
 
+def _file_row(df: pd.DataFrame, i: int) -> int:
+    """1-based data row in the user's file for position ``i`` (the index survives sub-sampling)."""
+    label = df.index[i]
+    return int(label) + 1 if isinstance(label, (int, np.integer)) else i + 1
+
+
 def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list]) -> tuple[np.ndarray, list]:
     if cfg.task == "regression":
         y = df[cfg.labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         bad = np.where(~np.isfinite(y).all(axis=1))[0]
         if len(bad):
-            rows = ", ".join(str(i + 1) for i in bad[:10])
+            rows = ", ".join(str(_file_row(df, i)) for i in bad[:10])
             raise TrainingError(
                 f"{len(bad)} row(s) have a missing or non-numeric label in {cfg.labels} (rows {rows}"
                 f"{'…' if len(bad) > 10 else ''}). Remove or fill them."
@@ -140,7 +146,7 @@ def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[l
         raise TrainingError("Classification takes exactly one label column.")
     col = df[cfg.labels[0]]
     if col.isna().any():
-        rows = ", ".join(str(i + 1) for i in np.where(col.isna())[0][:10])
+        rows = ", ".join(str(_file_row(df, i)) for i in np.where(col.isna())[0][:10])
         raise TrainingError(f"Rows {rows} have no label.")
     values = col.astype(str).str.strip()
     classes = classes or sorted(values.unique().tolist())
@@ -166,11 +172,11 @@ def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Option
                 break
             row[slot.name] = c.value
         if reason:
-            dropped.append((i + 1, reason))
+            dropped.append((_file_row(df, i), reason))
         else:
             inputs.append(row)
             keep.append(i)
-    return PreparedData(inputs, y_all[keep], [i + 1 for i in keep], dropped), classes
+    return PreparedData(inputs, y_all[keep], [_file_row(df, i) for i in keep], dropped), classes
 
 
 def _domain_vectors(library: Optional[TagLibrary], slots: list) -> dict:
@@ -254,7 +260,8 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     if library is not None and save and library.exists(cfg.name):
         raise TrainingError(f"A tag named <{cfg.name}> already exists; choose another name or delete it.")
     if cfg.max_rows and len(train_df) > cfg.max_rows:
-        train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
+        # Keep the original index: row numbers in messages must be the user's file rows.
+        train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
     data, classes = prepare_supervised(train_df, cfg)
     if valid_df is not None:
         valid, _ = prepare_supervised(valid_df, cfg, classes or None, "validation")
@@ -351,9 +358,9 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             optimizer.zero_grad()
             accelerator.backward(total)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step = warm_steps + epoch * steps_per_epoch + b + 1
-            report(step, loss=float(loss), epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
+            report(step, loss=loss.item(), epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
         model.eval()
         metrics, _ = validate()
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
@@ -378,8 +385,11 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     interval = None
     if cfg.task == "regression":
         resid = valid.y[:, 0] - pred[:, 0]
-        interval = {"level": cfg.interval_level, "halfwidth": [conformal_halfwidth(resid, cfg.interval_level)],
-                    "crossfit_coverage": _crossfit_coverage(resid, cfg.interval_level), "n_calibration": len(resid)}
+        half = conformal_halfwidth(resid, cfg.interval_level)
+        # Too few validation rows for the level gives an infinite half-width: no interval then.
+        if np.isfinite(half):
+            interval = {"level": cfg.interval_level, "halfwidth": [half],
+                        "crossfit_coverage": _crossfit_coverage(resid, cfg.interval_level), "n_calibration": len(resid)}
     label_sample = (train.y[:, 0] if cfg.task == "regression" else train.y).tolist()[:2000]
     card = TagCard(
         name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
@@ -413,8 +423,10 @@ def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(resid))
     a, b = idx[: len(idx) // 2], idx[len(idx) // 2:]
-    cov = [np.mean(np.abs(resid[t]) <= conformal_halfwidth(resid[c], level)) for c, t in ((a, b), (b, a))]
-    return float(np.mean(cov))
+    halves = [(conformal_halfwidth(resid[c], level), t) for c, t in ((a, b), (b, a))]
+    if not all(np.isfinite(h) for h, _ in halves):
+        return None
+    return float(np.mean([np.mean(np.abs(resid[t]) <= h) for h, t in halves]))
 
 
 class _Checkpoint:
@@ -610,8 +622,8 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
             metrics = {}
             if step % eval_every == 0 or step == cfg.steps:
                 metrics = {"valid_perplexity": domain_perplexity(backbone, encoder, valid, tag.detach())}
-                history.append({"step": step, "train_loss": float(loss), **metrics})
-            report(step, loss=float(loss), metrics=metrics, examples=tokens, message="tokens/s")
+                history.append({"step": step, "train_loss": loss.item(), **metrics})
+            report(step, loss=loss.item(), metrics=metrics, examples=tokens, message="tokens/s")
             if step >= cfg.steps:
                 break
     ppl = {

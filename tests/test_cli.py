@@ -1,0 +1,376 @@
+"""The command line (``python -m tagllm_core``): input specs, the parser, and every command
+run end to end on a tiny random Llama saved as a Hugging Face folder (``TAGLLM_BACKBONE``).
+
+Most commands run in-process through ``cli.main`` (the same code path as ``__main__``, without
+a subprocess's 8-20 s of importing torch and transformers on a busy machine); ``tags list`` and
+a training job run as real subprocesses, with exit codes checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tagllm_core import cli
+from tagllm_core.cli import build_parser, parse_input_spec
+from tagllm_core.exceptions import InputError, TagLLMError
+from tagllm_core.jobs import JobStore
+from tagllm_core.prediction import Predictor
+from tagllm_core.tags import SlotSpec, TagLibrary
+
+from conftest import REPO, make_char_tokenizer, make_domain_tag, make_function_tag, make_tiny_model  # noqa: E402
+
+SUFFIX = ".tag.safetensors"
+SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCCCN", "OCCO", "CCCCCCO", "c1ccccc1CC", "CCOC(=O)C", "CN", "CCCl"]
+
+
+# --- parse_input_spec ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("smiles=<SMILES>", SlotSpec("smiles", "smiles", "SMILES")),
+    ("sequence=<Protein>", SlotSpec("sequence", "protein", "Protein")),
+    ("smiles", SlotSpec("smiles", "smiles", None)),
+    ("smiles=none", SlotSpec("smiles", "smiles", None)),
+    ("drug=none:smiles", SlotSpec("drug", "smiles", None)),
+    ("drug=<Mol>:smiles", SlotSpec("drug", "smiles", "Mol")),
+    ("target=<Protein>", SlotSpec("target", "protein", "Protein")),
+    ("ligand=<SMILES>", SlotSpec("ligand", "smiles", "SMILES")),
+    ("notes=none", SlotSpec("notes", "text", None)),
+    ("x=<Prot>:protein", SlotSpec("x", "protein", "Prot")),
+    (" smiles = <SMILES>", SlotSpec("smiles", "smiles", "SMILES")),
+])
+def test_parse_input_spec(spec, expected):
+    assert parse_input_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec, error", [
+    ("1smiles=<SMILES>", InputError),  # slot is not an identifier
+    ("=<SMILES>", InputError),
+    ("my-slot=<SMILES>", InputError),
+    ("smiles=<SMILES>:dna", InputError),  # unknown kind
+    ("drug=none:rna", InputError),
+    ("smiles=<../evil>", TagLLMError),  # unsafe tag name
+])
+def test_parse_input_spec_rejects_bad_specs(spec, error):
+    with pytest.raises(error):
+        parse_input_spec(spec)
+
+
+def test_parse_input_spec_takes_the_kind_from_the_domain_tag_card(llama, library_factory):
+    lib = library_factory(llama)
+    lib.save(make_domain_tag(llama, name="Prot", input_kind="protein"))
+    # the slot name "x" alone would say "text"; the card of <Prot> says protein
+    assert parse_input_spec("x=<Prot>", lib) == SlotSpec("x", "protein", "Prot")
+    assert parse_input_spec("x=<Prot>:text", lib) == SlotSpec("x", "text", "Prot")  # explicit kind wins
+    assert parse_input_spec("x=<Unknown>", lib) == SlotSpec("x", "text", "Unknown")
+
+
+# --- the parser --------------------------------------------------------------------------------------
+
+
+def test_parser_train_function_tag_defaults_and_repeats(monkeypatch):
+    monkeypatch.setenv("TAGLLM_BACKBONE", "/some/model")
+    args = build_parser().parse_args([
+        "train-function-tag", "--name", "Aff", "--train", "t.csv", "--input", "sequence=<Protein>",
+        "--input", "smiles=<SMILES>", "--label", "y", "--column", "smiles=drug", "--epochs", "3",
+        "--job-db", "db.sqlite", "--job-id", "7"])
+    assert args.backbone == "/some/model"
+    assert args.func is cli.cmd_train_function_tag
+    assert args.input == ["sequence=<Protein>", "smiles=<SMILES>"] and args.label == ["y"]
+    assert args.column == ["smiles=drug"] and args.epochs == 3
+    assert (args.task, args.readout, args.split, args.batch_size, args.n_tokens) == (
+        "regression", "last+mean", "auto", 16, 10)
+    assert (args.job_db, args.job_id) == ("db.sqlite", "7")
+    assert args.no_warm_start is False and args.valid is None and args.checkpoint_dir is None
+
+
+def test_parser_other_commands(monkeypatch):
+    monkeypatch.delenv("TAGLLM_BACKBONE", raising=False)
+    p = build_parser()
+    a = p.parse_args(["--device", "cpu", "tags", "list", "--json"])
+    assert (a.command, a.tags_cmd, a.json, a.device, a.backbone) == ("tags", "list", True, "cpu", None)
+    a = p.parse_args(["tags", "import", "f.tag.safetensors", "--overwrite"])
+    assert (a.tags_cmd, a.file, a.overwrite) == ("import", "f.tag.safetensors", True)
+    a = p.parse_args(["predict", "--tag", "T", "--input", "i.csv", "--output", "o.csv", "--domain", "smiles=none",
+                      "--column", "smiles=mol"])
+    assert a.func is cli.cmd_predict and a.domain == ["smiles=none"] and a.batch_size == 16
+    a = p.parse_args(["train-domain-tag", "--name", "D", "--corpus", "moses", "--steps", "5"])
+    assert a.func is cli.cmd_train_domain_tag and a.steps == 5 and a.kind is None
+    for bad in (["predict", "--tag", "T"], ["train-function-tag", "--name", "X", "--train", "t.csv"],
+                ["tags"], [], ["train-function-tag", "--name", "X", "--train", "t", "--input", "s", "--label",
+                               "y", "--readout", "first"]):
+        with pytest.raises(SystemExit) as err:
+            p.parse_args(bad)
+        assert err.value.code == 2
+
+
+def test_pairs():
+    assert cli._pairs(["smiles=mol", "seq = none", "a="], "--column") == {"smiles": "mol", "seq": None, "a": None}
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        cli._pairs(["smiles"], "--column")
+
+
+# --- end to end on a tiny model folder ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_model("llama").save_pretrained(folder)
+    make_char_tokenizer(add_bos=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def env(model_dir, tagllm_home, monkeypatch):
+    """TAGLLM_BACKBONE for in-process runs, and the environment for subprocesses."""
+    monkeypatch.setenv("TAGLLM_BACKBONE", str(model_dir))
+    child = dict(os.environ, TAGLLM_BACKBONE=str(model_dir), TAGLLM_HOME=str(tagllm_home), HF_HUB_OFFLINE="1",
+                 TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), TAGLLM_MAX_JOBS="1")
+    return child
+
+
+@pytest.fixture
+def folder_backbone(model_dir):
+    from tagllm_core.backbone import get_backbone
+
+    return get_backbone(str(model_dir))  # the same memoised copy that in-process CLI runs use
+
+
+@pytest.fixture
+def library(folder_backbone, env) -> TagLibrary:
+    """The CLI's own library: TAGLLM_HOME/tags/<slug of the folder model>."""
+    return TagLibrary(folder_backbone.fingerprint)
+
+
+@pytest.fixture
+def func_tag(folder_backbone, library):
+    tag = make_function_tag(folder_backbone, name="LogS", slots=(("smiles", "smiles", None),),
+                            interval={"level": 0.9, "halfwidth": [1.5]})
+    library.save(tag)
+    return tag
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_sub(env, *argv, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tagllm_core", *[str(a) for a in argv]], env=env, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_folder_backbone_matches_the_model_it_was_saved_from(folder_backbone, model_dir):
+    from tagllm_core.backbone import load_backbone
+
+    assert folder_backbone.fingerprint.name == "tiny-llama"
+    assert load_backbone(str(model_dir)).fingerprint == folder_backbone.fingerprint
+    assert folder_backbone.tokenizer("CCO").input_ids == make_char_tokenizer(add_bos=True)("CCO").input_ids
+
+
+def test_tags_list_in_a_subprocess(env, library, func_tag, folder_backbone):
+    library.save(make_domain_tag(folder_backbone, name="SMILES"))
+    proc = run_sub(env, "tags", "list")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("<LogS>\tfunction\tuser\t") and lines[0].endswith(func_tag.card.template)
+    assert lines[1].startswith("<SMILES>\tdomain\tuser\t") and lines[1].endswith("\tsmiles")
+
+
+def test_predict_writes_predictions_and_error_cells(env, capsys, tmp_path, library, func_tag, folder_backbone):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(5), "smiles": ["CCO", "c1ccccc1", "C1CC", "CCN", "O"]}).to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    code, stdout, stderr = run_cli(capsys, "predict", "--tag", "LogS", "--input", src, "--output", out, "--quiet")
+    assert code == 0, stderr
+    assert "wrote 5 rows" in stdout and "4 predicted, 1 with errors" in stdout
+    assert "row 3" in stderr and "C1CC" in stderr
+    df = pd.read_csv(out, keep_default_na=False)
+    assert df["id"].tolist() == [0, 1, 2, 3, 4]
+    assert df["error"].astype(bool).tolist() == [False, False, True, False, False]
+    assert df.loc[2, "prediction"] == ""
+    expected = Predictor(folder_backbone, library.get("LogS")).predict(
+        [{"smiles": s} for s in ["CCO", "c1ccccc1", "CCN", "O"]])
+    got = df.loc[df["error"] == "", "prediction"].astype(float).to_numpy()
+    np.testing.assert_allclose(got, [r.prediction for r in expected], rtol=1e-5)
+    assert float(df.loc[0, "upper"]) - float(df.loc[0, "lower"]) == pytest.approx(3.0)  # 2 x halfwidth 1.5
+    assert df.loc[2, "upper"] == ""
+
+    # --column maps a differently named column onto the slot
+    pd.DataFrame({"mol": ["CCO", "xx"]}).to_csv(src, index=False)
+    code, _, _ = run_cli(capsys, "predict", "--tag", "LogS", "--input", src, "--output", out, "--quiet",
+                         "--column", "smiles=mol")
+    assert code == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert float(df.loc[0, "prediction"]) == pytest.approx(expected[0].prediction, rel=1e-5)
+    assert "invalid SMILES" in df.loc[1, "error"]
+
+
+def test_predict_missing_column_is_a_one_line_error(env, capsys, tmp_path, func_tag):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"molecule": ["CCO"], "y": [1.0]}).to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    code, stdout, stderr = run_cli(capsys, "predict", "--tag", "LogS", "--input", src, "--output", out, "--quiet")
+    assert code == 2
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")  # one line, no traceback
+    assert "['smiles']" in lines[0] and "['molecule', 'y']" in lines[0]
+    assert not out.exists()
+
+
+def test_unknown_tag_is_a_one_line_error(env, capsys, tmp_path, func_tag):
+    src = tmp_path / "in.csv"
+    src.write_text("smiles\nCCO\n")
+    code, out, err = run_cli(capsys, "predict", "--tag", "Nope", "--input", src, "--output", tmp_path / "o.csv")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "<Nope>" in err and "<LogS>" in err  # lists what is available
+
+
+def test_tags_show_export_delete_import(env, capsys, tmp_path, library, func_tag):
+    code, out, _ = run_cli(capsys, "tags", "show", "LogS")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["name"] == "LogS" and shown["source"] == "user" and "label_sample" not in shown
+
+    dest = tmp_path / "export"
+    dest.mkdir()
+    code, out, _ = run_cli(capsys, "tags", "export", "<LogS>", dest)
+    assert code == 0
+    exported = dest / ("LogS" + SUFFIX)
+    assert out.strip() == str(exported) and exported.read_bytes() == library.find("LogS").path.read_bytes()
+
+    code, out, _ = run_cli(capsys, "tags", "delete", "LogS")
+    assert code == 0 and "deleted" in out
+    assert not library.exists("LogS")
+    code, out, _ = run_cli(capsys, "tags", "list", "--json")
+    assert json.loads(out) == []
+    code, _, err = run_cli(capsys, "tags", "delete", "LogS")
+    assert code == 2 and err.startswith("error: ")
+
+    code, out, _ = run_cli(capsys, "tags", "import", exported)
+    assert code == 0 and "imported <LogS>" in out
+    loaded = library.get("LogS")
+    assert (loaded.vectors == func_tag.vectors).all()
+    code, _, err = run_cli(capsys, "tags", "import", exported)  # already there
+    assert code == 2 and "already exists" in err
+    code, _, _ = run_cli(capsys, "tags", "import", exported, "--overwrite")
+    assert code == 0
+    junk = tmp_path / "junk.tag.safetensors"
+    junk.write_bytes(b"\x80\x04not a tag")
+    code, _, err = run_cli(capsys, "tags", "import", junk)
+    assert code == 2 and "pickle" in err
+    code, out, _ = run_cli(capsys, "tags", "list", "--json")
+    assert [t["name"] for t in json.loads(out)] == ["LogS"]
+
+
+def test_evaluate_prints_json_metrics(env, capsys, tmp_path, library, func_tag, folder_backbone):
+    labels = [1.0, 2.5, 0.3, 4.0, 2.0, 3.3]
+    smiles = ["CCO", "c1ccccc1", "CCCCN", "C1CC", "OCCO", "CC(=O)O"]
+    src = tmp_path / "eval.csv"
+    pd.DataFrame({"smiles": smiles, "logS": labels}).to_csv(src, index=False)
+    code, out, err = run_cli(capsys, "evaluate", "--tag", "LogS", "--input", src, "--label", "logS")
+    assert code == 0, err
+    metrics = json.loads(out)
+    good = [i for i in range(6) if i != 3]
+    preds = np.array([r.prediction for r in Predictor(folder_backbone, library.get("LogS")).predict(
+        [{"smiles": smiles[i]} for i in good])])
+    y = np.array(labels)[good]
+    assert metrics["rows_failed"] == 1 and metrics["n"] == 5
+    assert metrics["rmse"] == pytest.approx(float(np.sqrt(np.mean((preds - y) ** 2))), rel=1e-5)
+    assert metrics["interval_coverage"] == pytest.approx(float(np.mean(np.abs(preds - y) <= 1.5)))
+    assert {"mae", "pearson", "spearman", "r2", "ci"} <= set(metrics)
+
+    code, _, err = run_cli(capsys, "evaluate", "--tag", "LogS", "--input", src, "--label", "solubility")
+    assert code == 2 and "solubility" in err and "['smiles', 'logS']" in err
+
+
+def test_evaluate_classification(env, capsys, tmp_path, library, folder_backbone):
+    library.save(make_function_tag(folder_backbone, name="Tox", slots=(("smiles", "smiles", None),),
+                                   task="classification", n_outputs=2, classes=["no", "yes"]))
+    src = tmp_path / "eval.csv"
+    pd.DataFrame({"smiles": SMILES, "toxic": ["yes", "no"] * 5}).to_csv(src, index=False)
+    code, out, err = run_cli(capsys, "evaluate", "--tag", "Tox", "--input", src, "--label", "toxic")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert {"accuracy", "auroc", "auprc"} <= set(metrics) and metrics["n"] == 10 and metrics["rows_failed"] == 0
+
+
+def _train_csv(path: Path) -> Path:
+    from rdkit import Chem
+
+    smiles = []
+    for n in range(1, 9):
+        smiles += ["C" * n, "C" * n + "O", "c1ccccc1" + "C" * n, "C" * n + "N"]
+    y = [Chem.MolFromSmiles(s).GetNumHeavyAtoms() for s in smiles]
+    pd.DataFrame({"mol": smiles, "heavy": y}).to_csv(path, index=False)
+    return path
+
+
+def test_train_function_tag_command(env, capsys, tmp_path, library):
+    csv = _train_csv(tmp_path / "train.csv")
+    code, out, err = run_cli(capsys, "train-function-tag", "--name", "Heavy", "--train", csv, "--input", "smiles",
+                             "--column", "smiles=mol", "--label", "heavy", "--epochs", "1", "--n-tokens", "4",
+                             "--split", "random", "--valid-fraction", "0.3", "--batch-size", "8")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tag"] == "Heavy" and result["path"] == str(library.find("Heavy").path)
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+    assert len(result["parity"]["true"]) == len(result["parity"]["pred"]) == 10
+    assert math.isfinite(result["metrics"]["rmse"]) and result["rows_dropped"] == 0
+    card = library.get("Heavy").card
+    assert card.training["data"] == "train.csv" and card.training["stage"] == 2
+    assert card.training["config"]["epochs"] == 1 and card.slots == [SlotSpec("smiles", "smiles", None)]
+
+    # a name that exists is refused with a one-line error
+    code, out, err = run_cli(capsys, "train-function-tag", "--name", "Heavy", "--train", csv, "--input", "smiles",
+                             "--column", "smiles=mol", "--label", "heavy", "--epochs", "1")
+    assert code == 2 and out == "" and "already exists" in err
+
+
+def test_train_function_tag_as_a_job_in_a_subprocess(env, tmp_path, library):
+    csv = _train_csv(tmp_path / "train.csv")
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite")
+    argv = ["train-function-tag", "--name", "JobTag", "--train", str(csv), "--input", "smiles=none:smiles",
+            "--column", "smiles=mol", "--label", "heavy", "--epochs", "1", "--n-tokens", "4", "--split", "random",
+            "--valid-fraction", "0.3", "--batch-size", "8"]
+    job = store.create("train-function-tag", "JobTag", argv)
+    proc = run_sub(env, *argv, "--job-db", store.db_path, "--job-id", job.id)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    done = store.get(job.id)
+    assert done.state == "finished", (done.error, proc.stdout)
+    assert done.pid is not None and done.finished >= done.started
+    result = done.result
+    assert result["tag"] == "JobTag" and math.isfinite(result["metrics"]["rmse"])
+    assert len(result["parity"]["true"]) == len(result["parity"]["pred"]) == 10
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+    events = store.history(job.id)
+    assert events and events[-1]["step"] == events[-1]["total_steps"]
+    assert any("valid_rmse" in e["metrics"] for e in events)
+    assert library.exists("JobTag")
+
+
+def test_failing_job_is_marked_failed(env, tmp_path, library):
+    csv = tmp_path / "train.csv"
+    pd.DataFrame({"smiles": SMILES * 2, "y": [1.0] * 20}).to_csv(csv, index=False)  # constant labels
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite")
+    argv = ["train-function-tag", "--name", "Flat", "--train", str(csv), "--input", "smiles", "--label", "y",
+            "--epochs", "1", "--job-db", str(store.db_path)]
+    job = store.create("train-function-tag", "Flat", argv)
+    code = cli.main([*argv, "--job-id", str(job.id)])
+    assert code == 1
+    done = store.get(job.id)
+    assert done.state == "failed" and "constant" in done.error
+    assert not library.exists("Flat")

@@ -1,0 +1,538 @@
+"""Training on tiny backbones: stage 1 (domain tags), stages 2-3 (function tags + heads),
+resume from checkpoints, cancellation and killed jobs, data errors, and the metrics.
+
+The supervised task is learnable by construction: 200 deterministic SMILES
+(alkanes, alcohols, amines, alkylbenzenes, carboxylic acids with 1-40 chain
+carbons) labelled with their RDKit heavy-atom count, which is nearly the
+SMILES length. A random character-level model's features carry the length
+(GPT-2 through its position embeddings, Llama through the composition of the
+mean-pooled input and what the tag's last token attends to), so a linear head
+on them fits the count far better than the mean does. Measured on the tiny
+Llama (hidden 64): valid RMSE ~0.3 heavy atoms with the default ``last+mean``
+read-out and ridge warm start (std of the labels ~11), and ~2.8 after five
+epochs of gradient training from a zero head without warm start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tagllm_core.data import random_split
+from tagllm_core.exceptions import InputError, JobCancelled, TrainingError
+from tagllm_core.metrics import concordance_index, conformal_halfwidth
+from tagllm_core.prediction import Predictor
+from tagllm_core.tags import SlotSpec
+from tagllm_core.training import (
+    DomainTagConfig,
+    FunctionTagConfig,
+    train_domain_tag,
+    train_function_tag,
+)
+
+from conftest import REPO, make_domain_tag, make_function_tag  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SUFFIX = ".tag.safetensors"
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def family_smiles(max_chain: int = 40) -> list[str]:
+    out = []
+    for n in range(1, max_chain + 1):
+        chain = "C" * n
+        out += [chain, chain + "O", chain + "N", "c1ccccc1" + chain, chain + "C(=O)O"]
+    return out
+
+
+def heavy_atoms(smiles: str) -> int:
+    from rdkit import Chem
+
+    return Chem.MolFromSmiles(smiles).GetNumHeavyAtoms()
+
+
+@pytest.fixture(scope="module")
+def molecules() -> pd.DataFrame:
+    sm = family_smiles()
+    assert len(set(sm)) == 200
+    return pd.DataFrame({"smiles": sm, "y": [heavy_atoms(s) for s in sm]})
+
+
+def small_frame(n_chain: int = 8) -> pd.DataFrame:
+    sm = family_smiles(n_chain)
+    return pd.DataFrame({"smiles": sm, "y": [float(heavy_atoms(s)) for s in sm]})
+
+
+def smiles_cfg(name: str = "HeavyAtoms", **kw) -> FunctionTagConfig:
+    base = dict(name=name, slots=[SlotSpec("smiles", "smiles", None)], labels=["y"], split="random", n_tokens=4,
+                epochs=1)
+    base.update(kw)
+    return FunctionTagConfig(**base)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).rglob("*")) if Path(folder).exists() else []
+
+
+# --- stage 2: regression ---------------------------------------------------------------------------
+
+
+def test_stage2_regression_learns_heavy_atoms_and_round_trips(llama, library_factory, molecules):
+    lib = library_factory(llama)
+    cfg = smiles_cfg(epochs=3, valid_fraction=0.2)  # default read-out last+mean, ridge warm start
+    res = train_function_tag(llama, lib, cfg, molecules, data_name="heavy.csv")
+
+    vt, vp = np.array(res.valid_true), np.array(res.valid_pred)
+    assert len(vt) == 40
+    rmse = float(np.sqrt(np.mean((vt - vp) ** 2)))
+    assert res.metrics["rmse"] == pytest.approx(rmse)
+    assert rmse < 0.5 * vt.std(), (rmse, vt.std())  # far better than predicting the mean
+    assert res.metrics["pearson"] > 0.9
+
+    # the validation rows are those of the documented random split
+    _, va_idx = random_split(len(molecules), 0.2, 0)
+    assert vt.tolist() == molecules["y"].to_numpy(float)[va_idx].tolist()
+
+    card = res.tag.card
+    assert card.training["stage"] == 2 and card.training["data"] == "heavy.csv"
+    assert card.training["rows_train"] == 160 and card.training["rows_valid"] == 40
+    assert [h["epoch"] for h in res.history] == list(range(len(res.history)))
+    assert card.label_scaling["std"][0] > 0 and card.readout == "last+mean" and card.task == "regression"
+    assert card.interval["level"] == 0.9 and math.isfinite(card.interval["halfwidth"][0])
+
+    # saved, and the library gives back the same tag
+    assert res.path is not None and res.path.parent == lib.user_dir and res.path.name == "HeavyAtoms" + SUFFIX
+    loaded = lib.get("HeavyAtoms")
+    assert torch.equal(loaded.vectors, res.tag.vectors)
+    assert loaded.vectors.shape == (4, llama.hidden_size)
+    assert set(loaded.head_state) == {"weight", "bias"}
+    for k, v in res.tag.head_state.items():
+        assert torch.equal(loaded.head_state[k], v)
+    assert loaded.card.template == card.template and loaded.card.label_scaling == card.label_scaling
+    assert loaded.card.metrics["valid"]["rmse"] == pytest.approx(res.metrics["rmse"])
+
+    # prediction (full forward pass) reproduces the training's validation predictions (cached pass)
+    rows = [{"smiles": s} for s in molecules["smiles"].iloc[va_idx]]
+    preds = Predictor(llama, loaded, lib).predict(rows, batch_size=7)
+    assert all(p.ok for p in preds)
+    np.testing.assert_allclose([p.prediction for p in preds], vp, rtol=1e-4, atol=1e-4)
+    half = card.interval["halfwidth"][0]
+    assert preds[0].upper - preds[0].lower == pytest.approx(2 * half)
+
+
+def test_training_loop_itself_learns_without_warm_start(llama, molecules):
+    """No ridge warm start and the ``last`` read-out: only the gradient steps on the tag and a
+    zero-ish head can bring the error down (epoch 0 is no better than the mean)."""
+    cfg = smiles_cfg(epochs=5, valid_fraction=0.2, readout="last", ridge_warm_start=False, head_lr=1e-2,
+                     patience=10)
+    res = train_function_tag(llama, None, cfg, molecules, save=False)
+    std = float(np.std(res.valid_true))
+    rmses = [h["valid_rmse"] for h in res.history]
+    assert len(rmses) == 6
+    assert rmses[0] > 0.9 * std
+    assert res.metrics["rmse"] == pytest.approx(min(rmses))
+    assert res.metrics["rmse"] < 0.5 * std, rmses
+    losses = [h["train_loss"] for h in res.history[1:]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert res.path is None
+
+
+# --- stage 2: classification ---------------------------------------------------------------------
+
+
+def test_stage2_classification(llama, library_factory, molecules):
+    lib = library_factory(llama)
+    median = molecules["y"].median()
+    df = pd.DataFrame({"smiles": molecules["smiles"],
+                       "size": np.where(molecules["y"] > median, "large", "small")})
+    cfg = FunctionTagConfig(name="Large", slots=[SlotSpec("smiles", "smiles", None)], labels=["size"],
+                            task="classification", epochs=2, split="random", valid_fraction=0.2, n_tokens=4)
+    res = train_function_tag(llama, lib, cfg, df)
+
+    assert res.metrics["auroc"] > 0.9, res.metrics
+    assert {"auroc", "auprc", "accuracy"} <= set(res.metrics)
+    card = lib.get("Large").card
+    assert card.classes == ["large", "small"] and card.task == "classification"
+    assert card.label_scaling is None and card.interval is None
+    assert "valid_auroc" in res.history[-1]
+
+    _, va_idx = random_split(len(df), 0.2, 0)
+    truth = df["size"].iloc[va_idx].tolist()
+    assert res.valid_true == [card.classes.index(t) for t in truth]
+    preds = Predictor(llama, lib.get("Large"), lib).predict([{"smiles": s} for s in df["smiles"].iloc[va_idx]])
+    assert all(p.prediction in ("large", "small") for p in preds)
+    # valid_pred holds the probability of the last class; the predictor gives the same numbers
+    np.testing.assert_allclose([p.outputs[-1] for p in preds], res.valid_pred, rtol=1e-4, atol=1e-5)
+    assert np.mean([p.prediction == t for p, t in zip(preds, truth)]) >= 0.8
+
+
+# --- stage 3: two slots ---------------------------------------------------------------------------
+
+
+def test_stage3_two_slots_with_a_domain_tag(llama, library_factory):
+    lib = library_factory(llama)
+    lib.save(make_domain_tag(llama, name="Prot", input_kind="protein"))
+    dom = lib.get("Prot")
+    rng = np.random.default_rng(0)
+    motifs = ["MKTAY", "GSH", "WWVKRQ", "PEPTIDE"]
+    prots = ["".join(motifs[j] for j in rng.integers(0, 4, rng.integers(1, 4))) for _ in range(40)]
+    sm = family_smiles(8)
+    df = pd.DataFrame({"protein": prots, "drug": sm, "affinity": [len(p) + heavy_atoms(s) for p, s in zip(prots, sm)]})
+    cfg = FunctionTagConfig(
+        name="Affinity", labels=["affinity"], columns={"sequence": "protein", "smiles": "drug"},
+        slots=[SlotSpec("sequence", "protein", "Prot"), SlotSpec("smiles", "smiles", None)],
+        template="Protein {sequence:<Prot>} and drug {smiles} bind with <Placeholder>",
+        epochs=1, split="random", valid_fraction=0.25, n_tokens=4)  # 10 validation rows: a finite interval
+    res = train_function_tag(llama, lib, cfg, df)
+
+    tag = lib.get("Affinity")
+    assert tag.card.training["stage"] == 3
+    assert tag.card.template == "Protein {sequence:<Prot>} and drug {smiles} bind with <Affinity>"
+    assert [(s.name, s.kind, s.domain_tag) for s in tag.card.slots] == [
+        ("sequence", "protein", "Prot"), ("smiles", "smiles", None)]
+    # the frozen domain tag is stored unchanged in the function tag
+    assert set(tag.domain_vectors) == {"Prot"}
+    assert torch.equal(tag.domain_vectors["Prot"], dom.vectors)
+    assert torch.equal(tag.vectors, res.tag.vectors)
+
+    rows = [{"sequence": p, "smiles": s} for p, s in zip(prots[:5], sm[:5])] + [{"sequence": "MKTAY"}]
+    preds = Predictor(llama, tag, lib).predict(rows)
+    assert [p.ok for p in preds] == [True] * 5 + [False]
+    assert all(math.isfinite(p.prediction) for p in preds[:5])
+    # self-contained: the function tag still predicts after its domain tag left the library
+    lib.delete("Prot")
+    again = Predictor(llama, lib.get("Affinity")).predict(rows[:5])
+    assert [p.prediction for p in again] == pytest.approx([p.prediction for p in preds[:5]], abs=1e-6)
+
+
+# --- stage 1 --------------------------------------------------------------------------------------
+
+
+def test_stage1_domain_tag_lowers_held_out_perplexity(llama, library_factory):
+    lib = library_factory(llama)
+    rng = np.random.default_rng(0)
+    motifs = ["MKTAYIAK", "GSHMLEDP", "WWVKRQ", "PEPTIDE"]
+    corpus = ["".join(motifs[j] for j in rng.integers(0, len(motifs), rng.integers(2, 5))) for _ in range(100)]
+    corpus += ["not a protein!", ""]  # dropped, not fatal
+    cfg = DomainTagConfig(name="Motifs", input_kind="protein", n_tokens=4, steps=60, lr=1e-2)
+    res = train_domain_tag(llama, lib, cfg, corpus, data_name="motifs.fasta")
+
+    ppl = res.perplexity
+    assert ppl["n_valid_sequences"] == 10
+    assert ppl["trained"] < 0.95 * ppl["no_tag"], ppl
+    assert ppl["trained"] < 0.95 * ppl["random_tag"], ppl
+    assert res.dropped == 2
+    assert [h["step"] for h in res.history] == [12, 24, 36, 48, 60]
+    assert res.history[-1]["valid_perplexity"] == pytest.approx(ppl["trained"])
+    tag = lib.get("Motifs")
+    assert tag.kind == "domain" and tag.card.input_kind == "protein" and tag.vectors.shape == (4, llama.hidden_size)
+    assert tag.card.training["stage"] == 1 and tag.card.training["steps"] == 60
+    assert torch.equal(tag.vectors, res.tag.vectors)
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+
+def _resume_cfg():
+    # no warm start: the tag keeps improving, so the best epoch is a late one and its state
+    # depends on the optimiser state carried across the interruption
+    return smiles_cfg(epochs=3, readout="last", ridge_warm_start=False, head_lr=1e-2, patience=10)
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(llama, tmp_path):
+    df = small_frame(12)
+    full = train_function_tag(llama, None, _resume_cfg(), df, save=False)
+    assert full.tag.card.training["best_epoch"] > 1
+
+    ckpt = tmp_path / "ckpt"
+    seen = []
+
+    def interrupt_in_epoch_two(ev):
+        seen.append(ev.epoch)
+        if ev.epoch is not None and ev.epoch > 1.0 and not ev.metrics:
+            raise JobCancelled("interrupted")
+
+    with pytest.raises(JobCancelled):
+        train_function_tag(llama, None, _resume_cfg(), df, save=False, checkpoint_dir=ckpt,
+                           progress=interrupt_in_epoch_two)
+    assert sorted(os.listdir(ckpt)) == ["state.json", "state.safetensors"]
+
+    resumed_events = []
+    res = train_function_tag(llama, None, _resume_cfg(), df, save=False, checkpoint_dir=ckpt,
+                             progress=resumed_events.append)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    assert min(ev.epoch for ev in resumed_events if ev.epoch is not None) > 1.0  # epoch 1 was not rerun
+    for a, b in zip(res.history, full.history):
+        assert a.keys() == b.keys()
+        for k in a:
+            if b[k] is None:
+                assert a[k] is None
+            else:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a, b)
+    assert res.tag.card.training["best_epoch"] == full.tag.card.training["best_epoch"]
+    # Not bit-identical only because the resumed run fills its prefix cache in other batches
+    # (other padding): differences are ~1e-9.
+    torch.testing.assert_close(res.tag.vectors, full.tag.vectors, rtol=1e-5, atol=1e-6)
+    for k in full.tag.head_state:
+        torch.testing.assert_close(res.tag.head_state[k], full.tag.head_state[k], rtol=1e-5, atol=1e-6)
+    assert res.valid_pred == pytest.approx(full.valid_pred, rel=1e-5, abs=1e-6)
+    assert os.listdir(ckpt) == []  # a finished run clears its checkpoint
+
+
+# --- cancellation and killed jobs leave no tag -------------------------------------------------------
+
+
+def test_cancelled_function_training_leaves_no_tag(llama, library_factory):
+    lib = library_factory(llama)
+    lib.save(make_domain_tag(llama, name="Keep"))
+    steps = []
+
+    def cancel_at_step_5(ev):
+        steps.append(ev.step)
+        if ev.step >= 5:
+            raise JobCancelled("the job was cancelled")
+
+    with pytest.raises(JobCancelled):
+        train_function_tag(llama, lib, smiles_cfg("Doomed", epochs=3, batch_size=8), small_frame(8),
+                           progress=cancel_at_step_5)
+    assert max(steps) == 5
+    assert files_in(lib.user_dir) == ["Keep" + SUFFIX]
+    assert not lib.exists("Doomed")
+
+
+def test_cancelled_domain_training_leaves_no_tag(llama, library_factory):
+    lib = library_factory(llama)
+
+    def cancel_at_step_3(ev):
+        if ev.step >= 3:
+            raise JobCancelled("the job was cancelled")
+
+    with pytest.raises(JobCancelled):
+        train_domain_tag(llama, lib, DomainTagConfig(name="Doomed", input_kind="smiles", n_tokens=2, steps=20),
+                         family_smiles(4), progress=cancel_at_step_3)
+    assert files_in(lib.user_dir) == []
+
+
+_KILL_CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
+    from conftest import make_tiny_backbone, make_domain_tag
+    from test_training import small_frame, smiles_cfg
+    from tagllm_core.tags import TagLibrary
+    from tagllm_core.training import train_function_tag
+
+    bb = make_tiny_backbone("llama")
+    lib = TagLibrary(bb.fingerprint, user_dir={lib!r}, bundled_root={bundled!r})
+    lib.save(make_domain_tag(bb, name="Keep"))
+
+    def progress(ev):
+        print("EVENT", ev.stage, ev.step, ev.epoch, flush=True)
+        time.sleep(0.02)  # slow enough that the parent's SIGKILL lands mid-training
+
+    train_function_tag(bb, lib, smiles_cfg("Killed", epochs=200, patience=1000, batch_size=8), small_frame(8),
+                       progress=progress)
+    print("DONE", flush=True)
+""")
+
+
+def test_killed_training_process_leaves_no_tag_and_no_temp_files(tmp_path):
+    lib_dir = tmp_path / "lib"
+    script = tmp_path / "child.py"
+    script.write_text(_KILL_CHILD.format(tests=str(TESTS), repo=str(REPO), lib=str(lib_dir),
+                                         bundled=str(tmp_path / "bundled")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=str(tmp_path))
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            parts = line.split()
+            # a training step of the first epoch (after the warm start): kill it there
+            if parts[:2] == ["EVENT", "stage2"] and parts[3] != "None" and 0.0 < float(parts[3]) < 1.0:
+                proc.send_signal(signal.SIGKILL)
+                break
+        rc = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert rc == -signal.SIGKILL, "\n".join(lines[-30:])
+    assert "DONE" not in lines
+    assert files_in(lib_dir) == ["Keep" + SUFFIX]  # only the tag saved before training; no .tmp files
+
+
+# --- data errors ---------------------------------------------------------------------------------------
+
+
+def test_nan_label_names_the_row(llama):
+    df = small_frame(8)
+    df.loc[2, "y"] = float("nan")
+    with pytest.raises(TrainingError, match=r"row.*\b3\b"):
+        train_function_tag(llama, None, smiles_cfg(), df, save=False)
+    df = small_frame(8)
+    df["y"] = df["y"].astype(object)
+    df.loc[6, "y"] = "n/a"
+    with pytest.raises(TrainingError, match=r"non-numeric.*\b7\b"):
+        train_function_tag(llama, None, smiles_cfg(), df, save=False)
+
+
+def test_constant_labels(llama):
+    df = small_frame(8)
+    df["y"] = 3.0
+    with pytest.raises(TrainingError, match="constant"):
+        train_function_tag(llama, None, smiles_cfg(), df, save=False)
+    df["y"] = "yes"
+    with pytest.raises(TrainingError, match="one class"):
+        train_function_tag(llama, None, smiles_cfg(task="classification"), df, save=False)
+
+
+def test_too_few_rows(llama):
+    with pytest.raises(TrainingError, match=r"Only 5 usable rows"):
+        train_function_tag(llama, None, smiles_cfg(), small_frame(8).head(5), save=False)
+    # bad SMILES are dropped before counting
+    df = small_frame(8).head(12).copy()
+    df.loc[3:, "smiles"] = "C1CC"
+    with pytest.raises(TrainingError, match=r"Only 3 usable rows"):
+        train_function_tag(llama, None, smiles_cfg(), df, save=False)
+
+
+def test_missing_column_lists_the_columns(llama):
+    df = small_frame(8).rename(columns={"smiles": "molecule"})
+    with pytest.raises(InputError) as err:
+        train_function_tag(llama, None, smiles_cfg(), df, save=False)
+    msg = str(err.value)
+    assert "['smiles']" in msg and "['molecule', 'y']" in msg
+    with pytest.raises(InputError, match="validation"):
+        train_function_tag(llama, None, smiles_cfg(), small_frame(8), valid_df=df, save=False)
+
+
+def test_unknown_task_and_empty_config():
+    with pytest.raises(TrainingError, match="Unknown task"):
+        smiles_cfg(task="ranking")
+    with pytest.raises(TrainingError):
+        smiles_cfg(labels=[])
+    with pytest.raises(TrainingError):
+        smiles_cfg(slots=[])
+    with pytest.raises(TrainingError, match="Unknown input kind"):
+        DomainTagConfig(name="X", input_kind="dna")
+
+
+def test_existing_name_is_refused_before_training(llama, library_factory):
+    lib = library_factory(llama)
+    lib.save(make_function_tag(llama, name="Taken"))
+    events = []
+    with pytest.raises(TrainingError, match="already exists"):
+        train_function_tag(llama, lib, smiles_cfg("<Taken>"), small_frame(8), progress=events.append)
+    with pytest.raises(TrainingError, match="already exists"):
+        train_domain_tag(llama, lib, DomainTagConfig(name="Taken", input_kind="smiles"), family_smiles(4),
+                         progress=events.append)
+    assert events == []  # refused up front, not after the work
+    assert files_in(lib.user_dir) == ["Taken" + SUFFIX]
+
+
+def test_dropped_rows_are_reported(llama):
+    df = small_frame(8)
+    df.loc[4, "smiles"] = "C1CC"
+    df.loc[9, "smiles"] = ""
+    res = train_function_tag(llama, None, smiles_cfg(), df, save=False)
+    assert [r for r, _ in res.dropped] == [5, 10]
+    assert "C1CC" in res.dropped[0][1] and res.dropped[0][1].startswith("smiles")
+    assert res.tag.card.training["rows_dropped"] == 2
+    assert res.tag.card.training["rows_train"] + res.tag.card.training["rows_valid"] == len(df) - 2
+
+
+def test_dropped_rows_keep_file_row_numbers_with_max_rows(llama):
+    df = small_frame(8)  # 40 rows
+    bad = [4, 9, 14, 19, 24, 29, 34, 39]  # 0-based
+    df.loc[bad, "smiles"] = "C1CC"
+    cfg = smiles_cfg(max_rows=30)
+    sampled = df.sample(30, random_state=cfg.seed)
+    expected = sorted(i + 1 for i in sampled.index if i in bad)
+    assert expected  # some bad rows are in the sample
+    res = train_function_tag(llama, None, cfg, df, save=False)
+    assert sorted(r for r, _ in res.dropped) == expected
+
+
+def test_small_validation_set_saves_a_tag_without_interval(llama, library_factory):
+    lib = library_factory(llama)
+    res = train_function_tag(llama, lib, smiles_cfg("Small"), small_frame(8))  # 40 rows -> 4 validation rows
+    assert res.tag.card.training["rows_valid"] == 4
+    card = lib.get("Small").card
+    assert card.interval is None or math.isfinite(card.interval["halfwidth"][0])
+    pred = Predictor(llama, lib.get("Small")).predict([{"smiles": "CCO"}])[0]
+    assert pred.ok and (pred.lower is None or math.isfinite(pred.lower))
+
+
+def test_training_with_a_cache_budget_smaller_than_the_data(llama):
+    df = small_frame(12)
+    big = train_function_tag(llama, None, _resume_cfg(), df, save=False)
+    small = train_function_tag(llama, None, smiles_cfg(epochs=3, readout="last", ridge_warm_start=False,
+                                                       head_lr=1e-2, patience=10,
+                                                       cache_budget_gb=300_000 / 2**30), df, save=False)
+    torch.testing.assert_close(small.tag.vectors, big.tag.vectors, rtol=1e-5, atol=1e-6)
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+
+def _brute_force_ci(y, p) -> float:
+    num = den = 0.0
+    for i in range(len(y)):
+        for j in range(i + 1, len(y)):
+            if y[i] == y[j]:
+                continue
+            den += 1
+            if p[i] == p[j]:
+                num += 0.5
+            elif (y[i] - y[j]) * (p[i] - p[j]) > 0:
+                num += 1
+    return num / den
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_concordance_index_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = 120
+    y = rng.integers(0, 8, n).astype(float)  # many ties in the truth
+    p = np.round(y + rng.normal(0, 2, n))  # and in the prediction
+    assert concordance_index(y, p) == pytest.approx(_brute_force_ci(y, p), abs=1e-12)
+    assert concordance_index(y, y) == 1.0
+    assert concordance_index(y, -y) == 0.0
+    assert concordance_index(y, np.zeros(n)) == 0.5
+    assert math.isnan(concordance_index(np.ones(5), p[:5]))
+    # beyond max_pairs it samples pairs: close to the exact value
+    assert concordance_index(y, p, max_pairs=3000) == pytest.approx(_brute_force_ci(y, p), abs=0.03)
+
+
+def test_conformal_halfwidth_covers_fresh_data():
+    rng = np.random.default_rng(0)
+    for level in (0.8, 0.9, 0.95):
+        half = conformal_halfwidth(rng.normal(0, 2, 10_000), level)
+        coverage = np.mean(np.abs(rng.normal(0, 2, 10_000)) <= half)
+        assert level - 0.02 <= coverage <= level + 0.02, (level, coverage)
+    # finite samples: split-conformal covers with probability ceil((n+1)level)/(n+1), here 19/21
+    n, trials = 20, 4000
+    cal = rng.normal(size=(trials, n))
+    new = rng.normal(size=trials)
+    hits = [abs(x) <= conformal_halfwidth(c, 0.9) for c, x in zip(cal, new)]
+    assert np.mean(hits) == pytest.approx(19 / 21, abs=0.015)
+    assert conformal_halfwidth(np.arange(5.0), 0.9) == float("inf")  # too few residuals for 90 %
+    assert conformal_halfwidth(np.array([-3.0, 1.0, 2.0, -0.5]), 0.5) == 2.0  # k = ceil(5 * 0.5) = 3
+    assert math.isnan(conformal_halfwidth(np.array([]), 0.9))
