@@ -23,7 +23,7 @@ from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
 from .prefix_cache import SharedPrefix, common_prefix_length, features_after_shared_prefix, shared_prefix
 from .progress import ProgressCallback, ProgressEvent
-from .tags import Tag, TagLibrary
+from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "results_frame", "predict_table"]
@@ -81,7 +81,8 @@ class Predictor:
         vectors = {tag.name: tag.vectors}
         vectors.update(tag.domain_vectors)
         trained = {s.name: s.domain_tag for s in card.slots}
-        overrides = {k: v for k, v in (domain_overrides or {}).items() if v != trained.get(k)}
+        requested = {k: (normalize_tag_name(v) if v else None) for k, v in (domain_overrides or {}).items()}
+        overrides = {k: v for k, v in requested.items() if v != trained.get(k)}
         if overrides:
             template = template.with_domain_tags(overrides)
             for name in {v for v in overrides.values() if v}:
@@ -102,6 +103,8 @@ class Predictor:
                                  head=head, readout=card.readout)
         self.model.eval()
         self.scaler = LabelScaler(**card.label_scaling) if card.label_scaling else None
+        config = backbone.model.config
+        self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self._prefix: Optional[SharedPrefix] = None
         self._prefix_key = None
 
@@ -128,6 +131,10 @@ class Predictor:
                 cleaned[slot] = c.value
             if res.error is None:
                 plan = self.model.plan(cleaned)
+                if self.max_positions and len(plan) > self.max_positions:
+                    res.error = (f"row {res.row}: {len(plan)} tokens with the template, more than the backbone's "
+                                 f"context of {self.max_positions}; shorten the input")
+                    continue
                 pending.append((len(plan), i, plan))
         pending.sort(key=lambda t: t[0])
         batches = _length_batches(pending, batch_size, max_batch_tokens)

@@ -17,6 +17,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -119,8 +120,8 @@ class TagCard:
         return BackboneFingerprint.from_dict(self.backbone)
 
     def to_json(self) -> str:
-        d = asdict(self)
-        return json.dumps(d, allow_nan=False, default=float)
+        # NaN/inf (an undefined metric, say) are not JSON: store them as null.
+        return json.dumps(_finite(asdict(self)), allow_nan=False, default=_json_default)
 
     @classmethod
     def from_json(cls, text: str) -> "TagCard":
@@ -128,7 +129,11 @@ class TagCard:
         if not isinstance(data, dict):
             raise TagFormatError("The tag card is not a JSON object.")
         version = data.get("format_version")
-        if version is None or int(version) > FORMAT_VERSION:
+        try:
+            unsupported = version is None or int(version) > FORMAT_VERSION
+        except (TypeError, ValueError):
+            unsupported = True
+        if unsupported:
             raise TagFormatError(
                 f"Tag format version {version} is not supported by this Tag-LLM Studio (reads up to {FORMAT_VERSION})."
             )
@@ -137,6 +142,21 @@ class TagCard:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as err:
             raise TagFormatError(f"The tag card is incomplete: {err}") from err
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_default(obj):
+    value = float(obj)  # numpy scalars
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -209,8 +229,11 @@ def _open_checked(path: Path):
     if not path.is_file():
         raise TagNotFoundError(f"No tag file at {path}.")
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = fh.read(9)
+    # A safetensors header length can itself start with pickle's magic bytes (e.g. 896 = 0x380);
+    # the JSON header that follows it tells the two apart.
+    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_like_safetensors and head.startswith(_PICKLE_MAGIC):
         raise TagFormatError(
             f"{path.name} is a pickle/PyTorch file. Tag-LLM Studio only reads safetensors tags, "
             f"because pickle files can run code when opened."
@@ -228,9 +251,11 @@ def read_card(path: Path) -> TagCard:
     if meta.get("format") != "tagllm-tag" or "card" not in meta:
         raise TagFormatError(f"{Path(path).name} is a safetensors file but not a Tag-LLM tag (no card).")
     try:
-        return TagCard.from_json(meta["card"])
-    except json.JSONDecodeError as err:
-        raise TagFormatError(f"{Path(path).name} has a corrupted card: {err}") from err
+        card = TagCard.from_json(meta["card"])
+        card.fingerprint  # noqa: B018 - validates the backbone record now, not at first use
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise TagFormatError(f"{Path(path).name} has a corrupted card: {err!r}") from err
+    return card
 
 
 def load_tag_file(path: Path) -> Tag:

@@ -157,8 +157,6 @@ def gpt2(tiny_backbones) -> Backbone:
 # --- tag factories --------------------------------------------------------------
 
 SMILES_TEMPLATE = "Input: The SMILES of the molecule is {smiles:<SMILES>}. Output: The property is <{name}>"
-PAIR_TEMPLATE = ("Input: The protein sequence is {sequence:<Protein>}. The SMILES of the drug is "
-                 "{smiles:<SMILES>}. Output: The binding affinity is <{name}>")
 
 
 def make_domain_tag(backbone: Backbone, name: str = "SMILES", input_kind: str = "smiles", n_tokens: int = 2,

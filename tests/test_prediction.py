@@ -136,6 +136,20 @@ def test_rare_residue_warning_is_passed_on(llama):
     assert res.ok and res.warnings == ["seq: 1 × X (unknown residue)"]
 
 
+def test_bf16_backbone_predicts_close_to_fp32():
+    from conftest import make_tiny_backbone
+
+    fp32 = make_tiny_backbone("llama", seed=0)
+    bf16 = make_tiny_backbone("llama", seed=0, dtype="bf16")
+    assert bf16.fingerprint.matches(fp32.fingerprint)
+    tag = make_function_tag(fp32)
+    rows = [{"smiles": s} for s in SMILES[:6]]
+    a = np.array(_values(Predictor(fp32, tag).predict(rows)))
+    b = np.array(_values(Predictor(bf16, tag).predict(rows)))
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b, a, atol=0.1 * np.ptp(a) + 0.05)
+
+
 # --- regression scaling, intervals and classification ---------------------------------------------------
 
 
@@ -242,12 +256,6 @@ def test_domain_swap_to_a_function_tag_is_refused(llama, library_factory):
         Predictor(llama, make_function_tag(llama), library=lib, domain_overrides={"smiles": "Other"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG prediction.py Predictor.__init__: domain_overrides values are not normalised, so '<SMILES2>' "
-           "(the way the UI and templates write tag names) fails with 'lacks vectors for [<SMILES2>]', and "
-           "'<SMILES>' (the trained tag) is taken for a swap and looked up in the library.",
-)
 def test_domain_swap_accepts_bracketed_names(llama, library_factory):
     lib = library_factory(llama)
     lib.save(make_domain_tag(llama, "SMILES2", "smiles", seed=42))
@@ -330,3 +338,17 @@ def test_length_batches_respects_rows_and_tokens():
     assert all(max(x[0] for x in b) * len(b) <= 30 for b in batches)
     # a single row longer than the token budget still gets its own batch
     assert _length_batches([(100, 0, None)], 16, 10) == [[(100, 0, None)]]
+
+
+def test_row_longer_than_the_backbone_context_does_not_sink_the_batch():
+    from tagllm_core.backbone import wrap_model
+
+    from conftest import make_char_tokenizer, make_tiny_model
+
+    short_ctx = wrap_model(make_tiny_model("gpt2", n_positions=1024), make_char_tokenizer(add_bos=False),
+                           "tiny-gpt2-1024", device="cpu")
+    tag = make_function_tag(short_ctx, "Stab", slots=(("seq", "protein", "Protein"),))
+    res = Predictor(short_ctx, tag).predict([{"seq": "MK" * 50}, {"seq": "MKTAYIAKQR" * 100}])
+    assert res[0].ok and math.isfinite(res[0].prediction)
+    # the long row is either cropped to fit (with a warning) or reported as its own error
+    assert (res[1].ok and res[1].warnings) or (not res[1].ok and "row 2" in res[1].error)
