@@ -6,7 +6,6 @@ from tagllm_core.exceptions import InputError, TagLLMError
 from ui import cards, inputs, predict_view, results, state
 
 TRAINED = "(as trained)"
-EXAMPLE_FILES = {"smiles": "molecules.smi", "protein": "proteins.fasta"}
 
 st.title("Predict")
 bb = state.backbone()
@@ -55,10 +54,8 @@ mode = st.radio("Input", ["Paste", "Upload a CSV"], horizontal=True, key="predic
 rows, source, input_error = [], None, None
 if mode == "Paste":
     if st.button("Load example inputs", key="predict_examples"):
-        for slot, kind in slots:
-            path = state.EXAMPLES_DIR / EXAMPLE_FILES.get(kind, "")
-            if path.is_file():
-                st.session_state[f"paste::{slot}"] = path.read_text()
+        for slot, text in inputs.example_texts(slots, state.EXAMPLES_DIR).items():
+            st.session_state[f"paste::{slot}"] = text
     texts = {}
     for slot, kind in slots:
         hint = ("one per line, or FASTA records" if kind == "protein" else "one per line")

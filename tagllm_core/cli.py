@@ -17,18 +17,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .domains import guess_kind
 from .exceptions import InputError, TagLLMError
 
-__all__ = ["main", "build_parser", "parse_input_spec", "guess_kind"]
-
-
-def guess_kind(slot: str) -> str:
-    s = slot.lower()
-    if "smiles" in s or s in ("drug", "molecule", "ligand", "compound"):
-        return "smiles"
-    if s in ("sequence", "protein", "target", "seq") or "protein" in s:
-        return "protein"
-    return "text"
+__all__ = ["main", "build_parser", "parse_input_spec"]
 
 
 def parse_input_spec(spec: str, library=None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["KINDS", "CleanInput", "clean", "clean_smiles", "clean_protein", "clean_text", "split_entries",
-           "DEFAULT_MAX_LENGTH"]
+           "DEFAULT_MAX_LENGTH", "guess_kind"]
 
 KINDS = ("smiles", "protein", "text")
 STANDARD_AA = set("ACDEFGHIKLMNPQRSTVWY")
@@ -114,6 +114,16 @@ def clean(kind: str, text, max_length: Optional[int] = None) -> CleanInput:
     if kind not in _CLEANERS:
         return CleanInput(None, error=f"unknown input kind {kind!r}")
     return _CLEANERS[kind](text, max_length)
+
+
+def guess_kind(slot: str) -> str:
+    """The input kind a slot or column name suggests: "smiles", "protein" or "text"."""
+    s = slot.lower()
+    if "smiles" in s or s in ("drug", "molecule", "ligand", "compound"):
+        return "smiles"
+    if s in ("sequence", "protein", "target", "seq") or "protein" in s:
+        return "protein"
+    return "text"
 
 
 def split_entries(kind: str, text: str) -> list[str]:

@@ -33,7 +33,7 @@ def flat_metrics(card: TagCard) -> dict:
             for k, v in value.items():
                 walk(f"{prefix} {k}".strip(), v)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[prefix.replace("_", " ")] = float(value)
+            out[prefix.replace("_", " ")] = value
 
     walk("", card.metrics or {})
     return out
@@ -42,6 +42,8 @@ def flat_metrics(card: TagCard) -> dict:
 def format_number(value: Optional[float], digits: int = 3) -> str:
     if value is None:
         return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if value != value:  # NaN
         return "n/a"
     if abs(value) >= 1000 or (abs(value) < 1e-3 and value != 0):

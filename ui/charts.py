@@ -31,15 +31,21 @@ def percentiles(values: Sequence[Optional[float]], sample: Sequence[float]) -> l
 
 def prediction_histogram(predictions: Sequence[float], label_sample: Sequence[float], label: str = "prediction",
                          zero_shot: bool = False) -> go.Figure:
-    """Regression: predictions over the training-label distribution (both as densities)."""
+    """Regression: predictions over the training-label distribution, on shared bins, each as a share of its rows."""
+    preds = [float(p) for p in predictions if p is not None and np.isfinite(p)]
+    sample = [float(v) for v in label_sample if v is not None and np.isfinite(v)]
+    values = preds + sample
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    size = (hi - lo) / 30 or 1.0
+    bins = dict(start=lo - size / 2, end=hi + size / 2, size=size)
     fig = go.Figure()
-    if len(label_sample):
-        fig.add_histogram(x=list(label_sample), name="training labels", histnorm="probability density",
-                          marker_color=_TRAIN_COLOUR, opacity=0.6, nbinsx=40)
-    fig.add_histogram(x=list(predictions), name="your predictions" + (" (zero-shot)" if zero_shot else ""),
-                      histnorm="probability density", marker_color=_PRED_COLOUR, opacity=0.7, nbinsx=40)
+    if sample:
+        fig.add_histogram(x=sample, name="training labels", histnorm="probability", xbins=bins,
+                          marker_color=_TRAIN_COLOUR, opacity=0.6)
+    fig.add_histogram(x=preds, name="your predictions" + (" (zero-shot)" if zero_shot else ""),
+                      histnorm="probability", xbins=bins, marker_color=_PRED_COLOUR, opacity=0.7)
     fig.update_layout(barmode="overlay")
-    return _layout(fig, "Predictions against the training-label distribution", label, "density")
+    return _layout(fig, "Predictions against the training-label distribution", label, "share of rows")
 
 
 def class_bars(predicted: Sequence, label_sample: Sequence, classes: Sequence) -> go.Figure:
@@ -81,7 +87,9 @@ def parity_figure(true: Sequence[float], pred: Sequence[float], task: str = "reg
 
 def loss_figure(events: Sequence[dict]) -> Optional[go.Figure]:
     """Training loss per step from job events (None if there is none yet)."""
-    pts = [(e["step"], e["loss"]) for e in events if e.get("loss") is not None and e.get("step") is not None]
+    usable = [e for e in events if e.get("loss") is not None and e.get("step") is not None]
+    # Per-batch losses; the end-of-epoch summaries (which carry metrics) would double-plot their steps.
+    pts = [(e["step"], e["loss"]) for e in usable if not e.get("metrics")] or [(e["step"], e["loss"]) for e in usable]
     if not pts:
         return None
     fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines",

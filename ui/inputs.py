@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from tagllm_core import paths
-from tagllm_core.cli import guess_kind
+from tagllm_core.domains import guess_kind
 from tagllm_core.data import read_table, require_columns
 from tagllm_core.domains import clean, split_entries
 from tagllm_core.exceptions import InputError
@@ -45,6 +45,25 @@ def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]
                          f"number of lines, or a single entry to pair with all the others.")
     return [{slot: (values[i] if len(values) > 1 else values[0]) for slot, values in entries.items()}
             for i in range(n)]
+
+
+EXAMPLE_FILES = {"smiles": "molecules.smi", "protein": "proteins.fasta"}
+
+
+def example_texts(slots: Sequence[tuple[str, str]], folder: Path) -> dict:
+    """Paste-box contents from the bundled examples, one box per slot of a known kind.
+
+    With several slots every box gets the same number of entries, so the rows pair up.
+    """
+    entries = {}
+    for slot, kind in slots:
+        path = folder / EXAMPLE_FILES.get(kind, "")
+        if path.is_file():
+            entries[slot] = split_entries(kind, path.read_text())
+    if not entries:
+        return {}
+    n = min(len(v) for v in entries.values())
+    return {slot: "\n".join(values[:n]) for slot, values in entries.items()}
 
 
 def rows_from_table(df: pd.DataFrame, columns: dict) -> list[dict]:

@@ -147,7 +147,7 @@ def _finished(job: Job) -> None:
     if shown:
         cols = st.columns(len(shown))
         for col, (k, v) in zip(cols, shown):
-            col.metric(f"validation {k}", format_number(float(v)))
+            col.metric(k.replace("_", " "), format_number(v), help="on the validation rows")
     interval = res.get("interval") or {}
     if interval.get("halfwidth"):
         st.caption(f"{interval.get('level', 0.9):.0%} prediction interval: ± "

@@ -32,7 +32,8 @@ def _column_config(run: PredictionRun) -> dict:
 def render(run: PredictionRun, card: TagCard) -> None:
     st.subheader(f"Results · <{run.tag}>")
     if run.zero_shot:
-        swapped = ", ".join(f"{slot} → {f'<{tag}>' if tag else 'no domain tag'}" for slot, tag in run.overrides.items())
+        swapped = ", ".join(f"{slot} → {f'<{tag}>' if tag else 'no domain tag'}"
+                            for slot, tag in run.overrides.items())
         st.warning(f"**Zero-shot combination** ({swapped}): <{run.tag}> was not trained with these domain tags. "
                    f"The numbers are exploratory; every row is marked zero_shot in the table and the download.")
     c1, c2, c3, c4 = st.columns(4)
@@ -44,12 +45,13 @@ def render(run: PredictionRun, card: TagCard) -> None:
     if len(errors):
         st.error(f"{len(errors):,} row(s) could not be predicted; they are marked ❌ with the reason in the "
                  f"table. All other rows were predicted.")
-        with st.expander(f"Show the {min(len(errors), 50)} first error(s)"):
+        with st.expander("Show the error messages" if len(errors) <= 50 else "Show the first 50 error messages"):
             for msg in errors["error"].head(50):
                 st.markdown(f"- {msg}")
     st.dataframe(run.frame, hide_index=True, width="stretch", column_config=_column_config(run),
                  height=min(400, 38 + 35 * run.n_rows))
-    st.download_button("⬇️ Download all rows (CSV)", download_frame(run).to_csv(index=False).encode("utf-8"),
+    # The CSV is built only when the button is pressed (a callable), not on every rerun of a 10k-row result.
+    st.download_button("⬇️ Download all rows (CSV)", lambda: download_frame(run).to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.tag}_predictions.csv", mime="text/csv", key="predict_download",
                        on_click="ignore")
     ok = run.frame[run.frame["error"] == ""]

@@ -40,6 +40,7 @@ class FunctionJobSpec:
     n_tokens: int = 10
     tag_lr: float = 1e-3
     split: str = "auto"
+    valid_fraction: float = 0.1
     max_rows: Optional[int] = None
     valid_file: Optional[Path] = None
     extra: list = field(default_factory=list)
@@ -86,6 +87,20 @@ def resolve_template(text: str, slots: list, name: str, what: str = "property") 
     return tpl.text
 
 
+MIN_VALID_ROWS = 10
+
+
+def suggest_valid_fraction(n_rows: int) -> float:
+    """Hold out 10 %, but at least ``MIN_VALID_ROWS`` rows (up to half the data) on small data sets.
+
+    The validation rows pick the best epoch and calibrate the prediction interval; split-conformal
+    needs about ten residuals for a 90 % interval, so tiny hold-outs give no usable interval.
+    """
+    if n_rows <= 0:
+        return 0.1
+    return round(min(0.5, max(0.1, MIN_VALID_ROWS / n_rows)), 3)
+
+
 def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     argv = ["train-function-tag", "--name", spec.name, "--train", str(spec.train_file)]
     if spec.valid_file:
@@ -102,6 +117,8 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
         argv += ["--what", spec.what]
     argv += ["--epochs", str(int(spec.epochs)), "--batch-size", str(int(spec.batch_size)),
              "--n-tokens", str(int(spec.n_tokens)), "--tag-lr", repr(float(spec.tag_lr)), "--split", spec.split]
+    if not spec.valid_file:
+        argv += ["--valid-fraction", f"{float(spec.valid_fraction):.3f}"]
     if spec.max_rows:
         argv += ["--max-rows", str(int(spec.max_rows))]
     return argv + list(spec.extra)

@@ -1,0 +1,237 @@
+"""Train: forms that start background training jobs, and the live jobs panel.
+
+Nothing trains inside this script: Start saves the data and launches
+``python -m tagllm_core train-…`` as its own process (see ``tagllm_core.jobs``).
+"""
+
+import streamlit as st
+
+from tagllm_core.data import read_corpus
+from tagllm_core.domains import KINDS
+from tagllm_core.exceptions import InputError, TagLLMError
+from ui import cards, inputs, jobs_panel, state, training, widgets
+
+st.title("Train")
+bb = state.backbone()
+lib = state.library(bb)
+store = state.job_store()
+state.show_flash()
+domain_tags = lib.list("domain")
+
+
+def _domain_options(kind):
+    return ["none"] + [d.name for d in domain_tags if d.card.input_kind == kind]
+
+
+def _dom_label(option):
+    return "no domain tag" if option == "none" else f"<{option}>"
+
+
+def _start(kind, name, argv_builder, name_key, uploads):
+    """Button callback: save the uploads, create and launch the job, clear the name box."""
+    try:
+        folder = None
+        for data, fname, setter in uploads:
+            path = inputs.save_upload(data, fname, folder)
+            folder = path.parent
+            setter(path)
+        job = training.start_job(store, kind, name, argv_builder())
+    except TagLLMError as err:
+        state.flash(str(err), "error")
+        return
+    st.session_state["job_select"] = job.id
+    st.session_state[name_key] = ""
+    state.flash(f"Started job #{job.id}: training <{name}> in the background. Follow it under "
+                f"Training jobs below; it keeps running if you close this tab.")
+
+
+def _name_check(raw):
+    """(bare name or None, problem or None)."""
+    if not (raw or "").strip():
+        return None, None
+    try:
+        return training.check_new_tag_name(raw, lib, store), None
+    except TagLLMError as err:
+        return None, str(err)
+
+
+tab_fn, tab_dom = st.tabs(["Train new function tag", "Train new domain tag"])
+
+with tab_fn:
+    st.caption("Learn a function tag (and its task head) from a table of inputs and labels: the paper's "
+               "stages 2 and 3. The language model stays frozen; only the tag and a linear head are trained.")
+    data, fname, example_path = widgets.file_or_example("tf", "Training data", ["csv", "tsv", "txt", "gz"],
+                                                        (".csv",))
+    df = None
+    if data is not None:
+        try:
+            df = inputs.read_uploaded_table(data, fname)
+        except InputError as err:
+            st.error(str(err))
+    if df is not None:
+        st.caption(f"`{fname}`: {len(df):,} rows; columns {', '.join(map(str, df.columns))}")
+        st.dataframe(df.head(5), hide_index=True, width="stretch")
+        columns = [str(c) for c in df.columns]
+        problems = []
+        if len(columns) < 2:
+            problems.append(f"`{fname}` has only the column {columns}; training needs at least one input "
+                            f"column and one label column.")
+        guessed = [c for c in columns if inputs.guess_kind_of_column(c, df[c]) in ("smiles", "protein")][:2]
+        input_cols = st.multiselect("Input column(s)", columns, default=guessed or columns[:1], key="tf_inputs",
+                                    max_selections=3, help="Each input becomes a slot in the prompt template.")
+        slots = []
+        for col in input_cols:
+            c1, c2, c3 = st.columns([2, 2, 3])
+            guess = inputs.guess_kind_of_column(col, df[col])
+            kind = c1.selectbox(f"'{col}' holds", KINDS, index=KINDS.index(guess), key=f"tf_kind::{col}",
+                                format_func=lambda k: cards.KIND_LABEL.get(k, k))
+            options = _domain_options(kind)
+            dom = c2.selectbox(f"Domain tag for '{col}'", options, index=1 if len(options) > 1 else 0,
+                               key=f"tf_dom::{col}::{kind}", format_func=_dom_label,
+                               help="A domain tag trained on this kind of input (stage 1), or none.")
+            slot = inputs.slot_name_for(col, kind, [s.slot for s in slots])
+            c3.caption(f"template slot `{{{slot}}}`")
+            slots.append(training.SlotChoice(col, slot, kind, None if dom == "none" else dom))
+        if not input_cols:
+            problems.append("Choose at least one input column.")
+
+        label_options = inputs.label_candidates(df, exclude=input_cols)
+        labels = st.multiselect("Label column(s)", label_options, default=label_options[:1], key="tf_labels",
+                                help="What the tag learns to predict; several columns = multi-output regression.")
+        if not labels:
+            problems.append("Choose a label column.")
+        first = labels[0] if labels else ""
+        task_guess = inputs.guess_task(df[first]) if first else "regression"
+        task = st.radio("Task", ["regression", "classification"], horizontal=True, key=f"tf_task::{first}",
+                        index=0 if task_guess == "regression" else 1)
+        if task == "classification" and len(labels) > 1:
+            problems.append("A classification tag takes a single label column.")
+
+        c1, c2 = st.columns(2)
+        raw_name = c1.text_input("Tag name", key="tf_name", placeholder="e.g. LogP",
+                                 help="Letters, digits and _ . + - ; becomes <Name> in the prompt.")
+        name, name_problem = _name_check(raw_name)
+        if name_problem:
+            st.error(name_problem)
+            problems.append(name_problem)
+        elif name is None:
+            problems.append("Enter a tag name.")
+        what = c2.text_input("What is predicted (prompt wording)", key=f"tf_what::{first}",
+                             value=first.replace("_", " ") if first else "property")
+        template_text = st.text_area("Template (optional)", key="tf_template", height=80,
+                                     placeholder=training.resolve_template("", slots, name or "Tag", what or "property")
+                                     if slots else None,
+                                     help="Use {slot} for each input; the function tag goes at the end. "
+                                          "Leave empty for the default shown.")
+        template = None
+        if slots:
+            try:
+                resolved = training.resolve_template(template_text, slots, name or "Tag", what or "property")
+                st.caption(f"Prompt: `{resolved}`")
+                template = resolved if (template_text or "").strip() else None
+            except TagLLMError as err:
+                st.error(f"Template: {err}")
+                problems.append(str(err))
+
+        c1, c2 = st.columns(2)
+        epochs = c1.number_input("Epochs", min_value=1, max_value=200, value=10, key="tf_epochs")
+        batch_size = c2.number_input("Batch size", min_value=1, max_value=256, value=16, key="tf_batch")
+        with st.expander("Advanced settings"):
+            a1, a2 = st.columns(2)
+            tag_lr = a1.number_input("Tag learning rate", min_value=1e-5, max_value=1.0, value=1e-3, step=1e-4,
+                                     format="%.5f", key="tf_lr")
+            n_tokens = a2.number_input("Tag tokens (p)", min_value=1, max_value=64, value=10, key="tf_ntok")
+            split = a1.selectbox("Validation split", ["auto", "random", "scaffold"], key="tf_split",
+                                 help="auto: scaffold split when an input is a SMILES, else random.")
+            max_rows = a2.number_input("Use at most this many rows (0 = all)", min_value=0, value=0, step=100,
+                                       key="tf_maxrows")
+            n_rows = min(len(df), int(max_rows) or len(df))
+            valid_fraction = a1.number_input(
+                "Validation share", min_value=0.05, max_value=0.5, step=0.05, format="%.2f",
+                value=training.suggest_valid_fraction(n_rows), key=f"tf_vfrac::{n_rows}",
+                help="Held out to choose the best epoch and calibrate the prediction interval "
+                     "(at least 10 rows by default).")
+            valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
+                                        key="tf_valid")
+        n_train = max(1, int(n_rows * (1 - float(valid_fraction))))
+        n_steps = (n_train // int(batch_size) + 1) * int(epochs)
+        st.caption(f"{n_rows:,} rows, about {n_train:,} for training: {n_steps:,} optimiser steps. "
+                   f"Training runs in the background; you can leave this page.")
+        for p in problems:
+            if p != name_problem:
+                (st.caption if "Enter a tag name" in p else st.warning)(p)
+
+        spec = training.FunctionJobSpec(
+            name=name or "", train_file=example_path, slots=slots, labels=labels, task=task, template=template,
+            what=what or "property", epochs=int(epochs), batch_size=int(batch_size), n_tokens=int(n_tokens),
+            tag_lr=float(tag_lr), split=split, valid_fraction=float(valid_fraction), max_rows=int(max_rows) or None)
+        uploads = []
+        if example_path is None:
+            uploads.append((data, fname, lambda p: setattr(spec, "train_file", p)))
+        if valid_up is not None:
+            uploads.append((valid_up.getvalue(), "valid-" + valid_up.name, lambda p: setattr(spec, "valid_file", p)))
+        st.button("Start training", type="primary", key="tf_start", disabled=bool(problems),
+                  on_click=_start, args=("function-tag", name, lambda: training.function_tag_argv(spec),
+                                         "tf_name", uploads))
+
+with tab_dom:
+    st.caption("Learn a domain tag (stage 1) by next-token prediction on unlabelled inputs of one kind: "
+               "a FASTA file of proteins, a SMILES list, or a CSV column.")
+    data, fname, example_path = widgets.file_or_example(
+        "td", "Corpus", ["fasta", "fa", "faa", "smi", "txt", "csv", "tsv", "gz"], (".fasta", ".smi", ".csv"))
+    corpus, fmt, column = None, None, None
+    if data is not None:
+        lower = fname.lower().removesuffix(".gz")
+        guess = ("fasta" if lower.endswith((".fasta", ".fa", ".faa")) else
+                 "csv" if lower.endswith((".csv", ".tsv")) else "smiles")
+        formats = ["fasta", "smiles", "csv"]
+        fmt = st.selectbox("Format", formats, index=formats.index(guess), key=f"td_fmt::{fname}",
+                           format_func={"fasta": "FASTA", "smiles": "SMILES list (one per line)",
+                                        "csv": "CSV column"}.get)
+        try:
+            if fmt == "csv":
+                table = inputs.read_uploaded_table(data, fname)
+                cols = [str(c) for c in table.columns]
+                column = st.selectbox("Column", cols, key=f"td_col::{fname}",
+                                      index=next((i for i, c in enumerate(cols)
+                                                  if inputs.guess_kind_of_column(c, table[c]) != "text"), 0))
+            corpus = read_corpus(inputs.named_bytes(data, fname), fmt, column)
+        except InputError as err:
+            st.error(str(err))
+    if corpus is not None:
+        st.caption(f"{len(corpus):,} sequences, e.g. " + ", ".join(f"`{c[:40]}`" for c in corpus[:3]))
+        default_kind = "protein" if fmt == "fasta" else (
+            inputs.guess_kind_of_column(column or "", corpus) if fmt == "csv" else "smiles")
+        c1, c2 = st.columns(2)
+        kind = c1.selectbox("Input kind", KINDS, index=KINDS.index(default_kind), key=f"td_kind::{fname}",
+                            format_func=lambda k: cards.KIND_LABEL.get(k, k))
+        raw_name = c2.text_input("Tag name", key="td_name", placeholder="e.g. Peptide")
+        name, name_problem = _name_check(raw_name)
+        if name_problem:
+            st.error(name_problem)
+        steps = st.number_input("Training steps", min_value=1, max_value=100_000, value=200, key="td_steps")
+        with st.expander("Advanced settings"):
+            a1, a2 = st.columns(2)
+            n_tokens = a1.number_input("Tag tokens (p)", min_value=1, max_value=64, value=10, key="td_ntok")
+            max_tokens = a2.number_input("Crop each sequence to this many tokens", min_value=8, max_value=4096,
+                                         value=128, key="td_maxtok")
+            max_seq = a1.number_input("Use at most this many sequences (0 = all)", min_value=0, value=0,
+                                      step=1000, key="td_maxseq")
+            batch = a2.number_input("Batch size", min_value=1, max_value=128, value=8, key="td_batch")
+        problems = [] if name else ["name"]
+        if not name and not name_problem:
+            st.caption("Enter a tag name to start.")
+        if len(corpus) < 8:
+            st.warning("A domain tag needs at least 8 usable sequences.")
+            problems.append("corpus")
+        spec = training.DomainJobSpec(name=name or "", corpus_file=example_path, fmt=fmt, kind=kind, column=column,
+                                      steps=int(steps), n_tokens=int(n_tokens), max_sequences=int(max_seq) or None,
+                                      max_tokens=int(max_tokens), batch_size=int(batch))
+        uploads = [] if example_path is not None else [(data, fname, lambda p: setattr(spec, "corpus_file", p))]
+        st.button("Start training", type="primary", key="td_start", disabled=bool(problems),
+                  on_click=_start, args=("domain-tag", name, lambda: training.domain_tag_argv(spec),
+                                         "td_name", uploads))
+
+st.divider()
+st.subheader("Training jobs")
+jobs_panel.panel()
