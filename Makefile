@@ -23,7 +23,7 @@ run: setup
 # Chromium for the browser end-to-end test (Debian package; Playwright drives it).
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
 test: setup browser-deps

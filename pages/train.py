@@ -154,8 +154,9 @@ with tab_fn:
             valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
                                         key="tf_valid")
         n_train = max(1, int(n_rows * (1 - float(valid_fraction))))
-        n_steps = (n_train // int(batch_size) + 1) * int(epochs)
-        st.caption(f"{n_rows:,} rows, about {n_train:,} for training: {n_steps:,} optimiser steps. "
+        n_steps = -(-n_train // int(batch_size)) * int(epochs)  # ceil: the last batch may be partial
+        st.caption(f"{n_rows:,} rows, about {n_train:,} for training: {n_steps:,} optimiser steps "
+                   f"after a one-pass warm start. "
                    f"Training runs in the background; you can leave this page.")
         for p in problems:
             if p != name_problem:
