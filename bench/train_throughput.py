@@ -54,7 +54,7 @@ def step_naive(model, plans, y, autocast=False):
         out = model(plans)
     loss = torch.nn.functional.mse_loss(out.float(), y)
     loss.backward()
-    return float(loss), model.tag(model.template.function_tag).grad.clone()
+    return loss.item(), model.tag(model.template.function_tag).grad.clone()
 
 
 def step_cached(model, states, y):
@@ -63,7 +63,7 @@ def step_cached(model, states, y):
     model.zero_grad()
     loss = torch.nn.functional.mse_loss(model.head(suffix_features(model, states)), y)
     loss.backward()
-    return float(loss), model.tag(model.template.function_tag).grad.clone()
+    return loss.item(), model.tag(model.template.function_tag).grad.clone()
 
 
 def timed(fn, reps):
@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--protein-length", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", choices=["smiles", "protein"], help="run one workload")
     args = ap.parse_args()
     from tagllm_core.backbone import load_backbone
 
@@ -115,7 +116,10 @@ def main():
     model = build(bb, "Input: The SMILES of the molecule is {smiles:<SMILES>}. Output: The solubility is <Sol>",
                   {"smiles": "smiles"}, ["SMILES"])
     rows = [{"smiles": SMILES[i % len(SMILES)]} for i in range(args.batch)]
-    compare("single SMILES", model, rows, args.reps, bf16=True)
+    if args.only != "protein":
+        compare("single SMILES", model, rows, args.reps, bf16=True)
+    if args.only == "smiles":
+        return
     rng = random.Random(0)
     model2 = build(bb, "Input: The protein sequence is {sequence:<Protein>}. The SMILES of the drug is "
                        "{smiles:<SMILES>}. Output: The binding affinity is <Affinity>",
