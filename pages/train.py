@@ -138,8 +138,8 @@ with tab_fn:
         batch_size = c2.number_input("Batch size", min_value=1, max_value=256, value=16, key="tf_batch")
         with st.expander("Advanced settings"):
             a1, a2 = st.columns(2)
-            tag_lr = a1.number_input("Tag learning rate", min_value=1e-5, max_value=1.0, value=1e-3, step=1e-4,
-                                     format="%.5f", key="tf_lr")
+            tag_lr = a1.number_input("Tag learning rate", min_value=1e-5, max_value=1.0,
+                                     value=training.DEFAULT_TAG_LR, step=1e-4, format="%.5f", key="tf_lr")
             n_tokens = a2.number_input("Tag tokens (p)", min_value=1, max_value=64, value=10, key="tf_ntok")
             split = a1.selectbox("Validation split", ["auto", "random", "scaffold"], key="tf_split",
                                  help="auto: scaffold split when an input is a SMILES, else random.")

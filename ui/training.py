@@ -14,6 +14,10 @@ from tagllm_core.exceptions import TagLLMError, TemplateError
 from tagllm_core.jobs import Job, JobStore, launch
 from tagllm_core.tags import TagLibrary, normalize_tag_name
 from tagllm_core.templates import Template, default_template
+from tagllm_core.training import FunctionTagConfig
+
+# The engine's defaults, so the form and the CLI train the same way unless the user changes them.
+DEFAULT_TAG_LR = FunctionTagConfig.__dataclass_fields__["tag_lr"].default
 
 
 @dataclass
@@ -38,7 +42,7 @@ class FunctionJobSpec:
     epochs: int = 10
     batch_size: int = 16
     n_tokens: int = 10
-    tag_lr: float = 1e-3
+    tag_lr: float = DEFAULT_TAG_LR
     split: str = "auto"
     valid_fraction: float = 0.1
     max_rows: Optional[int] = None
