@@ -42,14 +42,21 @@ def final_hidden(backbone: Backbone, batch: TaggedBatch) -> torch.Tensor:
 
 
 def pool_features(hidden: torch.Tensor, readout_index: torch.Tensor, input_mask: torch.Tensor,
-                  readout: str) -> torch.Tensor:
-    """hidden (B, T, d), readout_index (B,), input_mask (B, T) -> (B, F) float32 features."""
+                  readout: str, prefix_sum: Optional[torch.Tensor] = None, prefix_count: int = 0) -> torch.Tensor:
+    """hidden (B, T, d), readout_index (B,), input_mask (B, T) -> (B, F) float32 features.
+
+    ``prefix_sum`` (d,) / ``prefix_count``: input-token states already summed in a
+    shared prefix that ``hidden`` does not contain, so the mean covers them too.
+    """
     hidden = hidden.float()
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), readout_index]
     if readout == "last":
         return last
     weights = input_mask.unsqueeze(-1)
-    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    total = (hidden * weights).sum(1)
+    if prefix_sum is not None:
+        total = total + prefix_sum
+    mean = total / (weights.sum(1) + prefix_count).clamp(min=1.0)
     return mean if readout == "mean" else torch.cat([last, mean], dim=-1)
 
 

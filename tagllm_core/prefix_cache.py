@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .model import TaggedModel
+from .model import TaggedModel, pool_features
 from .templates import RowPlan
 
 __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
@@ -50,6 +50,11 @@ class PrefixState:
         return n + (self.input_mean.numel() * 4 if self.input_mean is not None else 0)
 
 
+def _returned_cache(result):
+    """The key/value cache a base-model call returned (transformers 5 names it ``cache``)."""
+    return result.cache if getattr(result, "cache", None) is not None else result.past_key_values
+
+
 def _prefix_plan(model: TaggedModel, plan: RowPlan) -> RowPlan:
     fn = model.template.function_tag
     p = model.tag_lengths[fn]
@@ -65,10 +70,8 @@ def compute_prefix_states(model: TaggedModel, plans: list[RowPlan], batch_size: 
         with torch.no_grad():
             batch = model.batch(chunk)
             result = base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, use_cache=True)
-            cache = result.cache if hasattr(result, "cache") and result.cache is not None else result.past_key_values
-            hidden = result.last_hidden_state.float()
-            weights = batch.input_mask.unsqueeze(-1)
-            means = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            cache = _returned_cache(result)
+            means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean")
         for b, plan in enumerate(chunk):
             n = len(plan)
             keys = [layer.keys[b, :, :n].clone() for layer in cache.layers]
@@ -204,7 +207,7 @@ def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
     batch = model.batch([head])
     result = model.backbone.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                  use_cache=True)
-    cache = result.cache if getattr(result, "cache", None) is not None else result.past_key_values
+    cache = _returned_cache(result)
     hidden = result.last_hidden_state[0].float()
     total = hidden[inside].sum(0) if inside else hidden.new_zeros(hidden.shape[-1])
     return SharedPrefix([(layer.keys, layer.values) for layer in cache.layers], n, total, len(inside))
@@ -226,10 +229,6 @@ def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans
     T = batch.inputs_embeds.shape[1]
     position_ids = (n + torch.arange(T, device=bb.device)).unsqueeze(0).expand(B, -1)
     hidden = bb.base(inputs_embeds=batch.inputs_embeds, attention_mask=mask, cache=cache,
-                     position_ids=position_ids, use_cache=True).last_hidden_state.float()
-    last = hidden[torch.arange(B, device=hidden.device), batch.readout_index]
-    if model.readout == "last":
-        return last
-    weights = batch.input_mask.unsqueeze(-1)
-    mean = ((hidden * weights).sum(1) + prefix.input_sum) / (weights.sum(1) + prefix.input_count).clamp(min=1.0)
-    return mean if model.readout == "mean" else torch.cat([last, mean], dim=-1)
+                     position_ids=position_ids, use_cache=True).last_hidden_state
+    return pool_features(hidden, batch.readout_index, batch.input_mask, model.readout,
+                         prefix.input_sum, prefix.input_count)
