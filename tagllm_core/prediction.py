@@ -76,7 +76,9 @@ class Predictor:
             raise TemplateError(f"<{tag.name}> is a domain tag; predictions need a function tag.")
         card.fingerprint.require_match(backbone.fingerprint, f"Tag <{tag.name}>")
         self.backbone, self.tag, self.card = backbone, tag, card
-        self.max_length = max_length or {}
+        # Crop inputs as the tag's training data was cropped, unless told otherwise.
+        trained_crop = (card.training or {}).get("config", {}).get("max_length") or {}
+        self.max_length = {**trained_crop, **(max_length or {})}
         template = Template.parse(card.template)
         vectors = {tag.name: tag.vectors}
         vectors.update(tag.domain_vectors)

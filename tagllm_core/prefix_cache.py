@@ -12,13 +12,17 @@ from (prefix + p) tokens to p tokens.
 
 ``PrefixCache`` keeps states in an LRU bounded by a byte budget and recomputes
 what it evicted, so memory stays bounded on data sets of long proteins.
+Rows that begin alike (every row's template opening; in stage 3, one protein
+paired with many drugs) can share that beginning: ``PrefixCache.share`` finds
+each group's common prefix, stores its states once, and each row then keeps
+only the states of what follows.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, replace
+from typing import Hashable, Optional
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -34,18 +38,24 @@ __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_featur
 class PrefixState:
     """One row's frozen prefix.
 
-    keys/values: per layer (kv_heads, P, head_dim) in the backbone dtype;
-    input_mean: (d,) float32 mean final hidden state over the input tokens
-    (``None`` for the ``last`` read-out).
+    keys/values: per layer (kv_heads, length - start, head_dim) in the backbone
+    dtype, the states of positions ``start .. length``; positions before
+    ``start`` are the group's ``shared`` prefix (``start`` is 0 without one).
+    input_mean: (d,) float32 mean final hidden state over all the row's input
+    tokens, shared part included (``None`` for the ``last`` read-out).
     """
 
     keys: list
     values: list
     length: int
     input_mean: Optional[torch.Tensor]
+    start: int = 0
+    group: Hashable = None
+    shared: Optional["SharedPrefix"] = None  # set on the states PrefixCache.get returns, never stored
 
     @property
     def nbytes(self) -> int:
+        """Bytes this row holds on its own (a shared prefix is counted once, by the cache)."""
         n = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
         return n + (self.input_mean.numel() * 4 if self.input_mean is not None else 0)
 
@@ -61,23 +71,34 @@ def _prefix_plan(model: TaggedModel, plan: RowPlan) -> RowPlan:
     return RowPlan(plan.ids[:-p], [t for t in plan.tags if t[0] != fn], plan.input_positions)
 
 
-def compute_prefix_states(model: TaggedModel, plans: list[RowPlan], batch_size: int = 8) -> list[PrefixState]:
-    """Run every row's prefix (no gradients) and keep its key/value states."""
+def compute_prefix_states(model: TaggedModel, plans: list[RowPlan], batch_size: int = 8,
+                          shared: Optional["SharedPrefix"] = None, group: Hashable = None) -> list[PrefixState]:
+    """Run every row's prefix (no gradients) and keep its key/value states.
+
+    With ``shared`` (the first ``shared.length`` positions of every plan), only what follows is
+    run and kept; the states come back with ``start = shared.length`` and ``group``."""
     out: list[PrefixState] = []
     base = model.backbone.base
-    for start in range(0, len(plans), batch_size):
-        chunk = [_prefix_plan(model, p) for p in plans[start:start + batch_size]]
+    n = shared.length if shared is not None else 0
+    for begin in range(0, len(plans), batch_size):
+        chunk = [_prefix_plan(model, p) for p in plans[begin:begin + batch_size]]
         with torch.no_grad():
-            batch = model.batch(chunk)
-            result = base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, use_cache=True)
+            if shared is None:
+                batch = model.batch(chunk)
+                result = base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                              use_cache=True)
+                means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean")
+            else:
+                result, batch = _run_after(model, shared, chunk)
+                means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean",
+                                      shared.input_sum, shared.input_count)
             cache = _returned_cache(result)
-            means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean")
         for b, plan in enumerate(chunk):
-            n = len(plan)
-            keys = [layer.keys[b, :, :n].clone() for layer in cache.layers]
-            values = [layer.values[b, :, :n].clone() for layer in cache.layers]
+            end = len(plan)
+            keys = [layer.keys[b, :, n:end].clone() for layer in cache.layers]
+            values = [layer.values[b, :, n:end].clone() for layer in cache.layers]
             mean = means[b].clone() if model.readout != "last" else None
-            out.append(PrefixState(keys, values, n, mean))
+            out.append(PrefixState(keys, values, end, mean, n, group if shared is not None else None))
     return out
 
 
@@ -95,8 +116,12 @@ def suffix_features(model: TaggedModel, states: list[PrefixState]) -> torch.Tens
         keys = k0.new_zeros((B, k0.shape[0], P, k0.shape[2]))
         vals = k0.new_zeros((B, k0.shape[0], P, states[0].values[layer].shape[2]))
         for b, s in enumerate(states):
-            keys[b, :, : s.length] = s.keys[layer]
-            vals[b, :, : s.length] = s.values[layer]
+            if s.start:
+                shared_k, shared_v = s.shared.layers[layer]
+                keys[b, :, : s.start] = shared_k[0]
+                vals[b, :, : s.start] = shared_v[0]
+            keys[b, :, s.start: s.length] = s.keys[layer]
+            vals[b, :, s.start: s.length] = s.values[layer]
         layers.append((keys, vals))
     cache = DynamicCache(layers)
     # Padding sits between each prefix and its tag tokens; the mask hides it and the
@@ -118,7 +143,11 @@ def suffix_features(model: TaggedModel, states: list[PrefixState]) -> torch.Tens
 
 
 class PrefixCache:
-    """LRU of ``PrefixState`` keyed by row key, bounded by ``budget_bytes``; misses are recomputed."""
+    """LRU of ``PrefixState`` keyed by row key, bounded by ``budget_bytes``; misses are recomputed.
+
+    After ``share``, rows of a group keep only their own states; the group's common prefix is
+    an LRU entry of its own (recomputed if evicted), attached to the states ``get`` returns.
+    """
 
     def __init__(self, model: TaggedModel, budget_bytes: int = 4 << 30):
         self.model = model
@@ -127,6 +156,29 @@ class PrefixCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
+        self._group_of: dict = {}  # row key -> group
+        self._group_head: dict = {}  # group -> (length, a plan of the group)
+
+    def share(self, keys: list, plans: list[RowPlan], groups: Optional[list] = None, min_length: int = 2) -> dict:
+        """Declare rows that begin alike. ``groups[i]``: a hashable group for row i (default: all rows
+        one group). Each group of two or more rows whose prefixes agree on at least ``min_length``
+        positions shares them. Returns {group: shared length}."""
+        members = defaultdict(list)
+        for i in range(len(keys)):
+            members[None if groups is None else groups[i]].append(i)
+        lengths = {}
+        for group, idx in members.items():
+            if len(idx) < 2:
+                continue
+            heads = [_prefix_plan(self.model, plans[i]) for i in idx]
+            n = common_prefix_length(heads)
+            if n < min_length:
+                continue
+            self._group_head[group] = (n, heads[0])
+            for i in idx:
+                self._group_of[keys[i]] = group
+            lengths[group] = n
+        return lengths
 
     def get(self, keys: list, plans: list[RowPlan]) -> list[PrefixState]:
         result: dict = {}
@@ -138,13 +190,30 @@ class PrefixCache:
         missing = [i for i in range(len(keys)) if i not in result]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = compute_prefix_states(self.model, [plans[i] for i in missing]) if missing else []
-        for i, state in zip(missing, fresh):
-            result[i] = state
-            self._put(keys[i], state)
-        return [result[i] for i in range(len(keys))]
+        by_group = defaultdict(list)
+        for i in missing:
+            by_group[self._group_of.get(keys[i])].append(i)
+        for group, idx in by_group.items():
+            prefix = self._shared(group) if group in self._group_head else None
+            fresh = compute_prefix_states(self.model, [plans[i] for i in idx], shared=prefix, group=group)
+            for i, state in zip(idx, fresh):
+                result[i] = state
+                self._put(keys[i], state)
+        states = [result[i] for i in range(len(keys))]
+        return [replace(s, shared=self._shared(s.group)) if s.start else s for s in states]
 
-    def _put(self, key, state: PrefixState) -> None:
+    def _shared(self, group) -> "SharedPrefix":
+        key = ("__shared__", group)
+        if key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key]
+        n, plan = self._group_head[group]
+        with torch.no_grad():
+            prefix = shared_prefix(self.model, plan, n)
+        self._put(key, prefix)
+        return prefix
+
+    def _put(self, key, state) -> None:
         old = self._store.pop(key, None)
         if old is not None:
             self.nbytes -= old.nbytes
@@ -199,6 +268,10 @@ class SharedPrefix:
     input_sum: torch.Tensor
     input_count: int
 
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
 
 def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
     """Run the first ``n`` positions of ``plan`` once (callers hold no_grad/inference_mode)."""
@@ -213,9 +286,9 @@ def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
     return SharedPrefix([(layer.keys, layer.values) for layer in cache.layers], n, total, len(inside))
 
 
-def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]) -> torch.Tensor:
-    """(B, F) read-out features of ``plans``, whose first ``prefix.length`` positions are ``prefix``;
-    only each row's remainder is run. Equals ``model.features(plans)`` up to float rounding."""
+def _run_after(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]):
+    """Run what follows ``prefix`` in each plan, attending to its cached states.
+    Returns (the base model's output, the batch of remainders)."""
     bb = model.backbone
     n = prefix.length
     rest = [RowPlan(p.ids[n:], [(name, s - n) for name, s in p.tags if s >= n],
@@ -228,7 +301,14 @@ def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans
                       batch.attention_mask], dim=1)
     T = batch.inputs_embeds.shape[1]
     position_ids = (n + torch.arange(T, device=bb.device)).unsqueeze(0).expand(B, -1)
-    hidden = bb.base(inputs_embeds=batch.inputs_embeds, attention_mask=mask, cache=cache,
-                     position_ids=position_ids, use_cache=True).last_hidden_state
-    return pool_features(hidden, batch.readout_index, batch.input_mask, model.readout,
+    result = bb.base(inputs_embeds=batch.inputs_embeds, attention_mask=mask, cache=cache,
+                     position_ids=position_ids, use_cache=True)
+    return result, batch
+
+
+def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]) -> torch.Tensor:
+    """(B, F) read-out features of ``plans``, whose first ``prefix.length`` positions are ``prefix``;
+    only each row's remainder is run. Equals ``model.features(plans)`` up to float rounding."""
+    result, batch = _run_after(model, prefix, plans)
+    return pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, model.readout,
                          prefix.input_sum, prefix.input_count)

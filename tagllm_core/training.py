@@ -85,6 +85,7 @@ class FunctionTagConfig:
     interval_level: float = 0.9
     max_rows: Optional[int] = None
     cache_budget_gb: float = 4.0
+    max_length: dict = field(default_factory=dict)  # kind -> crop inputs to this length (prediction crops alike)
     description: str = ""
     min_rows: int = 10
 
@@ -166,7 +167,7 @@ def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Option
     for i in range(len(df)):
         row, reason = {}, None
         for slot in cfg.slots:
-            c = clean(slot.kind, df[columns[slot.name]].iat[i])
+            c = clean(slot.kind, df[columns[slot.name]].iat[i], cfg.max_length.get(slot.kind))
             if not c.ok:
                 reason = f"{slot.name}: {c.error}"
                 break
@@ -298,6 +299,11 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     valid_plans = [model.plan(r) for r in valid.inputs]
     train_keys = [("t", i) for i in range(len(train_plans))]
     valid_keys = [("v", i) for i in range(len(valid_plans))]
+    # Rows share their template opening; in stage 3, rows with the same first input (one protein,
+    # many drugs) share everything up to the second input: those states are stored once.
+    first = template.slots[0].name
+    groups = [r[first] for r in train.inputs + valid.inputs] if len(template.slots) > 1 else None
+    cache.share(train_keys + valid_keys, train_plans + valid_plans, groups)
     steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
     warm_steps = math.ceil(len(train_plans) / 32) if cfg.ridge_warm_start else 0
     report = _Progress(progress, "stage3" if len(cfg.slots) > 1 else "stage2", warm_steps + steps_per_epoch * cfg.epochs)

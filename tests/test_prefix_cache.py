@@ -243,3 +243,92 @@ def test_repeated_key_does_not_inflate_the_byte_count(llama):
     states = cache.get([keys[0], keys[0]], [plans[0], plans[0]])
     torch.testing.assert_close(_features(model, states), reference[[0, 0]], rtol=1e-4, atol=1e-5)
     assert cache.nbytes == sum(s.nbytes for s in cache._store.values())
+
+
+# --- shared prefixes (one protein, many drugs) ---------------------------------------------------
+
+
+def _pairs(n_proteins: int = 3, drugs_per_protein: int = 4) -> list[dict]:
+    return [{"sequence": PROTEINS[p], "smiles": SMILES[(p + d) % len(SMILES)]}
+            for p in range(n_proteins) for d in range(drugs_per_protein)]
+
+
+@pytest.mark.parametrize("readout", READOUTS)
+def test_grouped_shared_prefix_gives_the_full_pass_loss_and_gradients(backbone, readout):
+    model = _model(backbone, "two_slot", readout)
+    rows = _pairs()
+    plans = [model.plan(r) for r in rows]
+    keys = [("t", i) for i in range(len(plans))]
+    y = torch.randn(len(plans), 1, generator=torch.Generator().manual_seed(2))
+    full_loss, full_grads = _loss_and_grads(model, model(plans), y)
+
+    cache = PrefixCache(model)
+    lengths = cache.share(keys, plans, [r["sequence"] for r in rows])
+    assert len(lengths) == 3
+    # each group shares at least its protein: the opening words, the domain tag and the residues
+    for protein, n in lengths.items():
+        assert n > len(protein)
+    order = [5, 0, 11, 3, 7, 1, 10, 2, 4, 9, 6, 8]  # rows of different groups mixed in one batch
+    states = cache.get([keys[i] for i in order], [plans[i] for i in order])
+    assert all(s.start == lengths[rows[i]["sequence"]] for s, i in zip(states, order))
+    assert all(s.shared is not None for s in states)
+    out = model.head(suffix_features(model, states))
+    cached_loss, cached_grads = _loss_and_grads(model, out, y[order])
+    assert abs(float(cached_loss) - float(full_loss)) <= 1e-4 * abs(float(full_loss))
+    for g_cached, g_full in zip(cached_grads, full_grads):
+        if g_full.abs().sum() > 0:
+            assert _rel(g_cached, g_full) <= 1e-4
+
+
+def test_shared_prefix_is_stored_once_and_rows_hold_only_their_own_states(llama):
+    model = _model(llama, "two_slot", "last+mean")
+    rows = _pairs(2, 5)
+    plans = [model.plan(r) for r in rows]
+    keys = [("t", i) for i in range(len(plans))]
+    unshared = compute_prefix_states(model, plans)
+    cache = PrefixCache(model)
+    cache.share(keys, plans, [r["sequence"] for r in rows])
+    states = cache.get(keys, plans)
+    shared_entries = [v for k, v in cache._store.items() if isinstance(k, tuple) and k[0] == "__shared__"]
+    assert len(shared_entries) == 2
+    assert cache.nbytes == sum(v.nbytes for v in cache._store.values())
+    assert cache.nbytes < sum(s.nbytes for s in unshared)
+    for s, u in zip(states, unshared):
+        assert s.nbytes < u.nbytes and s.length == u.length
+        torch.testing.assert_close(s.input_mean, u.input_mean, rtol=1e-4, atol=1e-5)
+
+
+def test_evicted_shared_prefix_is_recomputed_to_the_same_features(gpt2):
+    model = _model(gpt2, "two_slot", "last+mean")
+    rows = _pairs(2, 3)
+    plans = [model.plan(r) for r in rows]
+    keys = [("t", i) for i in range(len(plans))]
+    with torch.no_grad():
+        reference = model.features(plans)
+    cache = PrefixCache(model, budget_bytes=1)  # keeps only the newest entry: everything else is recomputed
+    cache.share(keys, plans, [r["sequence"] for r in rows])
+    for i in [0, 3, 1, 4, 2, 5, 0]:
+        torch.testing.assert_close(_features(model, cache.get([keys[i]], [plans[i]])), reference[[i]],
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_features(model, cache.get(keys, plans)), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_single_group_shares_the_template_opening(backbone):
+    model = _model(backbone, "plain", "last+mean")
+    plans = [model.plan(r) for r in _rows(model.slot_kinds)]
+    keys = [("t", i) for i in range(len(plans))]
+    cache = PrefixCache(model)
+    lengths = cache.share(keys, plans)
+    assert list(lengths) == [None] and lengths[None] == min(plans[0].input_positions)
+    with torch.no_grad():
+        reference = model.features(plans)
+    torch.testing.assert_close(_features(model, cache.get(keys, plans)), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_lone_rows_and_short_common_prefixes_are_not_shared(llama):
+    model = _model(llama, "two_slot", "last")
+    rows = _pairs(3, 1)  # every protein once: nothing to share within a group
+    plans = [model.plan(r) for r in rows]
+    cache = PrefixCache(model)
+    assert cache.share([("t", i) for i in range(3)], plans, [r["sequence"] for r in rows]) == {}
+    assert all(s.start == 0 for s in cache.get([("t", i) for i in range(3)], plans))
