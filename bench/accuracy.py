@@ -13,6 +13,8 @@ Rows per data set (all fitted on `train`, scored on `valid` of ../shared/benchma
 Backbone features are cached in .tagllm-dev/features so reruns are cheap.
 
 Usage:  .venv/bin/python bench/accuracy.py --datasets esol bace [--max-train 2000] [--epochs 4]
+        .venv/bin/python bench/accuracy.py --datasets gb1 --crop protein=64
+        .venv/bin/python bench/accuracy.py --datasets davis --max-proteins 32 --crop protein=512
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ DATASETS = {
 }
 
 
-def load(name: str, max_train: int | None, max_valid: int | None, seed: int = 0):
+def load(name: str, max_train: int | None, max_valid: int | None, seed: int = 0, max_proteins: int | None = None):
     fname, slots, what = DATASETS[name]
     df = pd.read_csv(SHARED / fname)
+    if max_proteins and "target_id" in df and df.target_id.nunique() > max_proteins:
+        # Subsample whole targets (all their drugs), so each kept protein is shared by many pairs.
+        keep = pd.Series(df.target_id.unique()).sample(max_proteins, random_state=seed)
+        df = df[df.target_id.isin(set(keep))]
     tr = df[df.split == "train"].reset_index(drop=True)
     va = df[df.split == "valid"].reset_index(drop=True)
     if max_train and len(tr) > max_train:
@@ -60,28 +66,29 @@ def template_for(slots: dict, what: str, tag: str) -> str:
     return default_template([(s, k, None) for s, k in slots.items()], tag, what)
 
 
-def backbone_features(bb, df, slots, what) -> np.ndarray:
-    """(N, 2d) ``[last ; mean]`` features of the no-tag template, one forward pass; cached on disk."""
+def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
+    """(N, 2d) ``[last ; mean]`` features of the no-tag template, one forward pass; cached on disk.
+    Rows sharing their first input (stage 3: one protein, many drugs) share its states."""
     from tagllm_core.domains import clean
     from tagllm_core.model import TaggedModel
+    from tagllm_core.prefix_cache import grouped_features
     from tagllm_core.templates import Template
 
-    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean", list(slots),
+    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean", list(slots), crop,
                                      df[list(slots)].astype(str).values.tolist()]).encode()).hexdigest()[:16]
     path = CACHE / f"{key}.npy"
     if path.exists():
         return np.load(path)
     t = Template.parse(template_for(slots, what, "NoTag"))
     model = TaggedModel(bb, t, slots, {"NoTag": torch.zeros(0, bb.hidden_size)}, readout="last+mean")
-    rows = [{s: clean(k, v).value for (s, k), v in zip(slots.items(), r)} for r in df[list(slots)].values.tolist()]
+    rows = [{s: clean(k, v, crop.get(k)).value for (s, k), v in zip(slots.items(), r)}
+            for r in df[list(slots)].values.tolist()]
     plans = [model.plan(r) for r in rows]
-    order = np.argsort([len(p) for p in plans])
-    feats = np.zeros((len(plans), 2 * bb.hidden_size), np.float32)
+    first = list(slots)[0]
+    groups = [r[first] for r in rows] if len(slots) > 1 else None
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for s in range(0, len(order), 16):
-            idx = order[s:s + 16]
-            feats[idx] = model.features([plans[i] for i in idx]).numpy()
+        feats = grouped_features(model, plans, groups).numpy()
     print(f"    features for {len(plans)} rows: {time.perf_counter() - t0:.0f} s", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
@@ -135,7 +142,8 @@ def run_dataset(bb, name, args, table):
     from tagllm_core.tags import SlotSpec
     from tagllm_core.training import FunctionTagConfig, train_function_tag
 
-    tr, va, slots, what = load(name, args.max_train, args.max_valid)
+    tr, va, slots, what = load(name, args.max_train, args.max_valid, max_proteins=args.max_proteins)
+    crop = dict(args.crop)
     ytr, yva = tr.y.to_numpy(float), va.y.to_numpy(float)
     print(f"== {name}: train {len(tr)}, valid {len(va)}", flush=True)
 
@@ -150,7 +158,7 @@ def run_dataset(bb, name, args, table):
     add("mean", np.full(len(va), ytr.mean()))
     if "probe" in args.methods:
         d = bb.hidden_size
-        Xtr, Xva = backbone_features(bb, tr, slots, what), backbone_features(bb, va, slots, what)
+        Xtr, Xva = backbone_features(bb, tr, slots, what, crop), backbone_features(bb, va, slots, what, crop)
         add("probe-mean", ridge_cv(Xtr[:, d:], ytr, Xva[:, d:]))
         add("probe-last", ridge_cv(Xtr[:, :d], ytr, Xva[:, :d]))
         add("notag-head", ridge_cv(Xtr, ytr, Xva), extra="template, no tag, last+mean read-out")
@@ -166,7 +174,7 @@ def run_dataset(bb, name, args, table):
             overrides = json.loads(variant) if variant != "default" else {}
             cfg = FunctionTagConfig(name=f"Bench{name}", slots=[SlotSpec(s, k, None) for s, k in slots.items()],
                                     labels=["y"], what=what, epochs=args.epochs,
-                                    **{"cache_budget_gb": 12.0, **overrides})
+                                    **{"cache_budget_gb": 12.0, "max_length": crop, **overrides})
             t0 = time.perf_counter()
             res = train_function_tag(bb, None, cfg, tr.astype({"y": str}), va.astype({"y": str}), save=False)
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
@@ -182,6 +190,9 @@ def main():
                     help='JSON overrides of FunctionTagConfig, e.g. \'{"tag_lr": 1e-4}\'; "default" = library defaults')
     ap.add_argument("--max-train", type=int)
     ap.add_argument("--max-valid", type=int)
+    ap.add_argument("--max-proteins", type=int, help="DAVIS: keep this many targets (with all their drugs)")
+    ap.add_argument("--crop", nargs="*", default=[], type=lambda kv: (kv.split("=")[0], int(kv.split("=")[1])),
+                    help="crop inputs, e.g. protein=512 (applied to every method that reads the sequence)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--out", default=str(ROOT / ".tagllm-dev" / "accuracy.json"))
     args = ap.parse_args()

@@ -55,6 +55,15 @@ def _pairs(values: Optional[list], what: str) -> dict:
     return out
 
 
+def _lengths(values: Optional[list]) -> dict:
+    out = {}
+    for kind, n in _pairs(values, "--max-length").items():
+        if kind not in ("smiles", "protein", "text") or not (n or "").isdigit() or int(n) < 1:
+            raise InputError(f"--max-length expects KIND=N with KIND smiles, protein or text, got {kind}={n}.")
+        out[kind] = int(n)
+    return out
+
+
 def _backbone(args):
     from .backbone import get_backbone
 
@@ -210,6 +219,7 @@ def cmd_train_function_tag(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, tag_lr=args.tag_lr, head_lr=args.head_lr,
         anchor_decay=args.anchor_decay, ridge_warm_start=not args.no_warm_start, split=args.split,
         valid_fraction=args.valid_fraction, patience=args.patience, seed=args.seed, max_rows=args.max_rows,
+        augment=args.augment, max_length=_lengths(args.max_length),
         description=args.description or "",
     )
     train_df = read_table(args.train)
@@ -329,17 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--template")
     f.add_argument("--what", default="property", help="wording of the default template: 'The WHAT is <Tag>'")
     f.add_argument("--description")
-    f.add_argument("--epochs", type=int, default=10)
-    f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--n-tokens", type=int, default=10)
-    f.add_argument("--readout", choices=["last", "last+mean", "mean"], default="last+mean")
-    f.add_argument("--tag-lr", type=float, default=3e-4)
-    f.add_argument("--head-lr", type=float, default=1e-4)
-    f.add_argument("--anchor-decay", type=float, default=1e-2)
+    from .training import FunctionTagConfig
+
+    ft = {k: v.default for k, v in FunctionTagConfig.__dataclass_fields__.items()}  # one source of defaults
+    f.add_argument("--epochs", type=int, default=ft["epochs"])
+    f.add_argument("--batch-size", type=int, default=ft["batch_size"])
+    f.add_argument("--n-tokens", type=int, default=ft["n_tokens"])
+    f.add_argument("--readout", choices=["last", "last+mean", "mean"], default=ft["readout"])
+    f.add_argument("--tag-lr", type=float, default=ft["tag_lr"])
+    f.add_argument("--head-lr", type=float, default=ft["head_lr"])
+    f.add_argument("--anchor-decay", type=float, default=ft["anchor_decay"])
+    f.add_argument("--augment", type=int, default=ft["augment"],
+                   help="randomised SMILES spellings per training molecule (SMILES inputs)")
+    f.add_argument("--max-length", action="append", metavar="KIND=N",
+                   help="crop inputs of a kind, e.g. protein=512 (predictions with the tag crop alike)")
     f.add_argument("--no-warm-start", action="store_true")
-    f.add_argument("--split", choices=["auto", "random", "scaffold"], default="auto")
-    f.add_argument("--valid-fraction", type=float, default=0.1)
-    f.add_argument("--patience", type=int, default=3)
+    f.add_argument("--split", choices=["auto", "random", "scaffold"], default=ft["split"])
+    f.add_argument("--valid-fraction", type=float, default=ft["valid_fraction"])
+    f.add_argument("--patience", type=int, default=ft["patience"])
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--max-rows", type=int)
     f.add_argument("--checkpoint-dir")

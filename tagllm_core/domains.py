@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["KINDS", "CleanInput", "clean", "clean_smiles", "clean_protein", "clean_text", "split_entries",
-           "DEFAULT_MAX_LENGTH", "guess_kind"]
+           "DEFAULT_MAX_LENGTH", "guess_kind", "randomized_smiles"]
 
 KINDS = ("smiles", "protein", "text")
 STANDARD_AA = set("ACDEFGHIKLMNPQRSTVWY")
@@ -71,6 +71,30 @@ def clean_smiles(text, max_length: Optional[int] = None) -> CleanInput:
         warnings.append(f"SMILES of {len(canonical)} characters cropped to {limit}")
         canonical = canonical[:limit]
     return CleanInput(canonical, warnings)
+
+
+def randomized_smiles(smiles: str, n: int, seed: int = 0, max_tries: int = 5) -> list[str]:
+    """Up to ``n`` distinct non-canonical SMILES of the same molecule (random atom order), for
+    augmentation. Fewer come back for small molecules that have few spellings; none that
+    equals ``smiles`` itself."""
+    import numpy as np
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or n <= 0:
+        return []
+    # Our own atom permutation rather than RDKit's doRandom, so a seed gives the same variants.
+    rng = np.random.default_rng(seed)
+    seen, out = {smiles}, []
+    for _ in range(n * max_tries):
+        order = rng.permutation(mol.GetNumAtoms()).tolist()
+        s = Chem.MolToSmiles(Chem.RenumberAtoms(mol, order), canonical=False)
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+            if len(out) == n:
+                break
+    return out
 
 
 def clean_protein(text, max_length: Optional[int] = None) -> CleanInput:

@@ -27,11 +27,11 @@ from typing import Hashable, Optional
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .model import TaggedModel, pool_features
+from .model import TaggedModel, pool_features, readout_dim
 from .templates import RowPlan
 
 __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
-           "SharedPrefix", "shared_prefix", "features_after_shared_prefix"]
+           "SharedPrefix", "shared_prefix", "features_after_shared_prefix", "grouped_features"]
 
 
 @dataclass
@@ -312,3 +312,27 @@ def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans
     result, batch = _run_after(model, prefix, plans)
     return pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, model.readout,
                          prefix.input_sum, prefix.input_count)
+
+
+def grouped_features(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """(N, F) read-out features of ``plans`` (callers hold no_grad/inference_mode).
+
+    Rows are grouped by ``groups[i]`` (default: one group); each group's common prefix is run once
+    and only the rest of each row after it, in length-sorted batches. Equals ``model.features``
+    up to float rounding; much cheaper when many rows share a long beginning (one protein, many drugs)."""
+    members = defaultdict(list)
+    for i in range(len(plans)):
+        members[None if groups is None else groups[i]].append(i)
+    out: list = [None] * len(plans)
+    for idx in members.values():
+        idx = sorted(idx, key=lambda i: len(plans[i]))
+        group_plans = [plans[i] for i in idx]
+        n = common_prefix_length(group_plans) if len(idx) > 1 else 0
+        prefix = shared_prefix(model, group_plans[0], n) if n >= 2 else None
+        for s in range(0, len(idx), batch_size):
+            chunk = group_plans[s:s + batch_size]
+            feats = model.features(chunk) if prefix is None else features_after_shared_prefix(model, prefix, chunk)
+            for i, f in zip(idx[s:s + batch_size], feats):
+                out[i] = f
+    return torch.stack(out) if out else torch.zeros(0, readout_dim(model.readout, model.backbone.hidden_size))

@@ -35,7 +35,7 @@ import torch
 
 from .backbone import Backbone
 from .data import random_split, require_columns, scaffold_split
-from .domains import clean
+from .domains import clean, randomized_smiles
 from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead, fit_ridge
 from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
@@ -77,6 +77,7 @@ class FunctionTagConfig:
     tag_lr: float = 3e-4
     head_lr: float = 1e-4
     anchor_decay: float = 1e-2  # L2 pull of the tag towards its initial value
+    augment: int = 0  # randomised SMILES per training molecule; each epoch draws one spelling per molecule
     ridge_warm_start: bool = True
     split: str = "auto"  # "auto" (scaffold for a SMILES slot, else random), "random", "scaffold"
     valid_fraction: float = 0.1
@@ -299,11 +300,21 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     valid_plans = [model.plan(r) for r in valid.inputs]
     train_keys = [("t", i) for i in range(len(train_plans))]
     valid_keys = [("v", i) for i in range(len(valid_plans))]
+    # spellings[i]: (key, plan) of every SMILES spelling of training row i, the canonical one first.
+    spellings = [[(k, p)] for k, p in zip(train_keys, train_plans)]
+    extra_inputs = []
+    for i, row in enumerate(train.inputs):
+        for j, variant in enumerate(_augmented_rows(row, cfg, i)):
+            spellings[i].append((("a", i, j), model.plan(variant)))
+            extra_inputs.append(variant)
+    extra = [kp for sp in spellings for kp in sp[1:]]
     # Rows share their template opening; in stage 3, rows with the same first input (one protein,
     # many drugs) share everything up to the second input: those states are stored once.
     first = template.slots[0].name
-    groups = [r[first] for r in train.inputs + valid.inputs] if len(template.slots) > 1 else None
-    cache.share(train_keys + valid_keys, train_plans + valid_plans, groups)
+    all_inputs = train.inputs + valid.inputs + extra_inputs
+    groups = [r[first] for r in all_inputs] if len(template.slots) > 1 else None
+    cache.share(train_keys + valid_keys + [k for k, _ in extra], train_plans + valid_plans + [p for _, p in extra],
+                groups)
     steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
     warm_steps = math.ceil(len(train_plans) / 32) if cfg.ridge_warm_start else 0
     report = _Progress(progress, "stage3" if len(cfg.slots) > 1 else "stage2", warm_steps + steps_per_epoch * cfg.epochs)
@@ -353,11 +364,13 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     for epoch in range(start_epoch, cfg.epochs):
         # Seeded per epoch, so a resumed run shuffles exactly as an uninterrupted one.
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_plans))
+        pick = np.random.default_rng([cfg.seed, epoch, 1])
         model.train()
         losses = []
         for b, s in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[s:s + cfg.batch_size]
-            states = cache.get([train_keys[i] for i in idx], [train_plans[i] for i in idx])
+            chosen = [spellings[i][pick.integers(len(spellings[i]))] for i in idx]
+            states = cache.get([k for k, _ in chosen], [p for _, p in chosen])
             out = model.head(suffix_features(model, states))
             loss = model.head.loss(out, y_train[idx].to(out.device))
             total = loss + cfg.anchor_decay * (tag_param - anchor).pow(2).sum() / tag_param.shape[0]
@@ -420,6 +433,20 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     vt = (valid.y[:, 0] if cfg.task == "regression" else valid.y).tolist()
     vp = (pred[:, 0] if cfg.task == "regression" else pred[:, -1]).tolist()
     return TrainResult(tag, metrics, history, vt, vp, data.dropped, path)
+
+
+def _augmented_rows(row: dict, cfg: FunctionTagConfig, index: int) -> list[dict]:
+    """Up to ``cfg.augment`` copies of ``row`` with every SMILES input spelled differently."""
+    if not cfg.augment:
+        return []
+    smiles_slots = [s.name for s in cfg.slots if s.kind == "smiles"]
+    variants = {s: randomized_smiles(row[s], cfg.augment, seed=cfg.seed * 1_000_003 + index) for s in smiles_slots}
+    rows = []
+    for j in range(cfg.augment):
+        new = {**row, **{s: v[j] for s, v in variants.items() if j < len(v)}}
+        if new != row:
+            rows.append(new)
+    return rows
 
 
 def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:

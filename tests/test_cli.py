@@ -91,6 +91,7 @@ def test_parser_train_function_tag_defaults_and_repeats(monkeypatch):
         "regression", "last+mean", "auto", 16, 10)
     assert (args.job_db, args.job_id) == ("db.sqlite", "7")
     assert args.no_warm_start is False and args.valid is None and args.checkpoint_dir is None
+    assert args.augment == 0 and args.max_length is None
 
 
 def test_parser_other_commands(monkeypatch):
@@ -333,6 +334,18 @@ def test_train_function_tag_command(env, capsys, tmp_path, library):
     card = library.get("Heavy").card
     assert card.training["data"] == "train.csv" and card.training["stage"] == 2
     assert card.training["config"]["epochs"] == 1 and card.slots == [SlotSpec("smiles", "smiles", None)]
+
+    # crop and augmentation reach the card; a bad crop is one clear line
+    code, out, err = run_cli(capsys, "train-function-tag", "--name", "Aug", "--train", csv, "--input", "smiles",
+                             "--column", "smiles=mol", "--label", "heavy", "--epochs", "1", "--n-tokens", "4",
+                             "--split", "random", "--valid-fraction", "0.3", "--augment", "2",
+                             "--max-length", "smiles=60")
+    assert code == 0, err
+    config = library.get("Aug").card.training["config"]
+    assert config["augment"] == 2 and config["max_length"] == {"smiles": 60}
+    code, out, err = run_cli(capsys, "train-function-tag", "--name", "Bad", "--train", csv, "--input", "smiles",
+                             "--column", "smiles=mol", "--label", "heavy", "--max-length", "protein=many")
+    assert code == 2 and "--max-length expects KIND=N" in err
 
     # a name that exists is refused with a one-line error
     code, out, err = run_cli(capsys, "train-function-tag", "--name", "Heavy", "--train", csv, "--input", "smiles",

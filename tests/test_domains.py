@@ -165,3 +165,21 @@ def test_split_plain_lines():
     assert split_entries("text", ">a\nb") == [">a", "b"]
     assert split_entries("smiles", "") == []
     assert split_entries("smiles", None) == []
+
+
+def test_randomized_smiles_are_other_spellings_of_the_same_molecule():
+    from rdkit import Chem
+
+    from tagllm_core.domains import randomized_smiles
+
+    aspirin = "CC(=O)Oc1ccccc1C(=O)O"
+    variants = randomized_smiles(aspirin, 5, seed=3)
+    assert len(variants) == 5 and len(set(variants)) == 5 and aspirin not in variants
+    assert {Chem.CanonSmiles(v) for v in variants} == {Chem.CanonSmiles(aspirin)}
+    assert randomized_smiles(aspirin, 5, seed=3) == variants  # a seed gives the same spellings
+    assert randomized_smiles(aspirin, 5, seed=4) != variants
+    chiral = "C[C@H](N)C(=O)O"
+    assert {Chem.CanonSmiles(v) for v in randomized_smiles(chiral, 3)} == {Chem.CanonSmiles(chiral)}
+    assert randomized_smiles("C", 3) == []  # one atom, one spelling
+    assert len(randomized_smiles("CCO", 10)) <= 3  # only a few spellings exist
+    assert randomized_smiles("not a smiles", 3) == []

@@ -332,3 +332,17 @@ def test_lone_rows_and_short_common_prefixes_are_not_shared(llama):
     cache = PrefixCache(model)
     assert cache.share([("t", i) for i in range(3)], plans, [r["sequence"] for r in rows]) == {}
     assert all(s.start == 0 for s in cache.get([("t", i) for i in range(3)], plans))
+
+
+def test_grouped_features_equal_the_full_pass(backbone):
+    from tagllm_core.prefix_cache import grouped_features
+
+    model = _model(backbone, "two_slot", "last+mean")
+    rows = _pairs(3, 3) + [{"sequence": "MKV", "smiles": "CCN"}]  # and one lone row
+    plans = [model.plan(r) for r in rows]
+    with torch.no_grad():
+        reference = model.features(plans)
+        grouped = grouped_features(model, plans, [r["sequence"] for r in rows], batch_size=2)
+        single = grouped_features(model, plans)
+    torch.testing.assert_close(grouped, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(single, reference, rtol=1e-4, atol=1e-5)

@@ -536,3 +536,80 @@ def test_conformal_halfwidth_covers_fresh_data():
     assert conformal_halfwidth(np.arange(5.0), 0.9) == float("inf")  # too few residuals for 90 %
     assert conformal_halfwidth(np.array([-3.0, 1.0, 2.0, -0.5]), 0.5) == 2.0  # k = ceil(5 * 0.5) = 3
     assert math.isnan(conformal_halfwidth(np.array([]), 0.9))
+
+
+# --- shared prefixes, augmentation, cropping ------------------------------------------------------------
+
+
+def _pairs_frame(n_proteins: int = 4, drugs: int = 8) -> pd.DataFrame:
+    motifs = ["MKTAY", "GSH", "WWVKRQ", "PEPTIDE"]
+    prots = [motifs[p % 4] * (1 + p // 4) + "A" * p for p in range(n_proteins)]
+    sm = family_smiles(8)
+    rows = [(p, sm[(i * 3 + j) % len(sm)]) for i, p in enumerate(prots) for j in range(drugs)]
+    return pd.DataFrame({"sequence": [p for p, _ in rows], "smiles": [s for _, s in rows],
+                         "y": [len(p) + heavy_atoms(s) for p, s in rows]})
+
+
+def _pairs_cfg(**kw) -> FunctionTagConfig:
+    base = dict(name="Pairs", labels=["y"], slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)],
+                epochs=2, split="random", valid_fraction=0.25, n_tokens=3, readout="last+mean", patience=5,
+                head_lr=1e-2, tag_lr=1e-2)
+    base.update(kw)
+    return FunctionTagConfig(**base)
+
+
+def test_stage3_sharing_a_proteins_prefix_trains_exactly_like_no_sharing(llama, monkeypatch):
+    from tagllm_core.prefix_cache import PrefixCache
+
+    df = _pairs_frame()
+    shared_lengths = []
+    original = PrefixCache.share
+    monkeypatch.setattr(PrefixCache, "share", lambda self, *a, **k: shared_lengths.append(original(self, *a, **k))
+                        or shared_lengths[-1])
+    shared = train_function_tag(llama, None, _pairs_cfg(), df, save=False)
+    assert len(shared_lengths[0]) == 4  # one shared prefix per protein
+    monkeypatch.setattr(PrefixCache, "share", lambda self, *a, **k: {})
+    unshared = train_function_tag(llama, None, _pairs_cfg(), df, save=False)
+    torch.testing.assert_close(shared.tag.vectors, unshared.tag.vectors, rtol=1e-4, atol=1e-5)
+    assert shared.metrics["rmse"] == pytest.approx(unshared.metrics["rmse"], rel=1e-4)
+
+
+def test_smiles_augmentation_trains_on_other_spellings(llama, monkeypatch):
+    from rdkit import Chem
+
+    from tagllm_core.prefix_cache import PrefixCache
+
+    seen = []
+    original = PrefixCache.get
+    monkeypatch.setattr(PrefixCache, "get", lambda self, keys, plans: seen.extend(keys) or original(self, keys, plans))
+    df = small_frame(12)
+    res = train_function_tag(llama, None, smiles_cfg(epochs=2, augment=3), df, save=False)
+    augmented = {k for k in seen if k[0] == "a"}
+    assert len(augmented) > len(df) // 2  # each epoch draws a random spelling for most molecules
+    assert res.tag.card.training["config"]["augment"] == 3
+    assert math.isfinite(res.metrics["rmse"])
+    # the spellings are the same molecules
+    from tagllm_core.training import _augmented_rows
+
+    cfg = smiles_cfg(augment=3)
+    for row in _augmented_rows({"smiles": "CCCCc1ccccc1"}, cfg, 0):
+        assert row["smiles"] != "CCCCc1ccccc1"
+        assert Chem.CanonSmiles(row["smiles"]) == Chem.CanonSmiles("CCCCc1ccccc1")
+    assert _augmented_rows({"smiles": "CCCCc1ccccc1"}, cfg, 0) == _augmented_rows({"smiles": "CCCCc1ccccc1"}, cfg, 0)
+    assert _augmented_rows({"smiles": "C"}, cfg, 0) == []  # methane has one spelling
+    assert _augmented_rows({"smiles": "CCCCc1ccccc1"}, smiles_cfg(), 0) == []
+
+
+def test_max_length_crops_training_inputs_and_predictions_alike(llama, library_factory):
+    lib = library_factory(llama)
+    df = _pairs_frame(4, 4)
+    train_function_tag(llama, lib, _pairs_cfg(name="Cropped", epochs=1, max_length={"protein": 6}), df)
+    tag = lib.get("Cropped")
+    assert tag.card.training["config"]["max_length"] == {"protein": 6}
+    long = "MKTAYGSHWWVKRQ"
+    pred = Predictor(llama, tag).predict([{"sequence": long, "smiles": "CCO"}, {"sequence": long[:6], "smiles": "CCO"}])
+    assert any("cropped to the first 6" in w for w in pred[0].warnings)
+    assert pred[0].prediction == pytest.approx(pred[1].prediction, abs=1e-5)
+    # a caller can still ask for another length
+    other = Predictor(llama, tag, max_length={"protein": 10}).predict([{"sequence": long, "smiles": "CCO"}])
+    assert any("cropped to the first 10" in w for w in other[0].warnings)
