@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "data_dir", "user_tags_dir", "jobs_db_path", "REPO_ROOT", "ASSETS_DIR"]
+__all__ = ["cache_dir", "data_dir", "user_tags_dir", "jobs_db_path", "atomic_write", "REPO_ROOT", "ASSETS_DIR"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -37,3 +38,20 @@ def user_tags_dir() -> Path:
 
 def jobs_db_path() -> Path:
     return data_dir() / "jobs.sqlite"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename onto ``path`` (same folder, so the rename is atomic):
+    readers see the old file or the whole new one, and a crash leaves no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

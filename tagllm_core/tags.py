@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,7 +31,7 @@ from safetensors.torch import save_file
 
 from .backbone import BackboneFingerprint
 from .exceptions import TagFormatError, TagLLMError, TagNameError, TagNotFoundError
-from .paths import ASSETS_DIR, user_tags_dir
+from .paths import ASSETS_DIR, atomic_write, user_tags_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -199,21 +197,6 @@ def init_tag_vectors(embedding: torch.Tensor, n_tokens: int = DEFAULT_N_TOKENS, 
     return (base + noise_t).contiguous()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename onto ``path`` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tag_file(tag: Tag, path: Path) -> None:
     tensors = {"vectors": tag.vectors.detach().float().cpu().contiguous()}
     for k, v in tag.head_state.items():
@@ -221,7 +204,7 @@ def save_tag_file(tag: Tag, path: Path) -> None:
     for k, v in tag.domain_vectors.items():
         tensors[f"domain.{k}"] = v.detach().float().cpu().contiguous()
     meta = {"format": "tagllm-tag", "card": tag.card.to_json()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _open_checked(path: Path):
@@ -381,7 +364,7 @@ class TagLibrary:
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / info.path.name
-        _atomic_write(dest, lambda tmp: shutil.copyfile(info.path, tmp))
+        atomic_write(dest, lambda tmp: shutil.copyfile(info.path, tmp))
         return dest
 
     def import_file(self, src: Path, overwrite: bool = False) -> TagInfo:

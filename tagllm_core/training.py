@@ -474,7 +474,7 @@ class _Checkpoint:
     def save(self, epoch, history, best, best_epoch, bad_epochs, best_state, tag_param, head, optimizer):
         from safetensors.torch import save_file
 
-        from .tags import _atomic_write
+        from .paths import atomic_write
 
         opt = optimizer.state_dict()
         tensors = {"tag": tag_param.detach().cpu().contiguous(), "best_tag": best_state[0].cpu().contiguous()}
@@ -490,10 +490,10 @@ class _Checkpoint:
                 else:
                     scalars[f"{pid}.{name}"] = float(val)
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
+        atomic_write(self.folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
         meta = {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "opt_scalars": scalars, "param_groups": opt["param_groups"]}
-        _atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
     def load(self, tag_param, head, optimizer):
         from safetensors.torch import load_file
