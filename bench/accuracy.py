@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "benchmarks"
+DOMAIN_TAGS = {"smiles": "SMILES", "protein": "Protein"}
 CACHE = ROOT / ".tagllm-dev" / "features"
 
 DATASETS = {
@@ -139,7 +140,7 @@ def rf(Xtr, ytr, Xva, seed=0):
 
 def run_dataset(bb, name, args, table):
     from tagllm_core.metrics import regression_metrics
-    from tagllm_core.tags import SlotSpec
+    from tagllm_core.tags import SlotSpec, TagLibrary
     from tagllm_core.training import FunctionTagConfig, train_function_tag
 
     tr, va, slots, what = load(name, args.max_train, args.max_valid, max_proteins=args.max_proteins)
@@ -172,11 +173,16 @@ def run_dataset(bb, name, args, table):
     if "tagllm" in args.methods:
         for variant in args.variants:
             overrides = json.loads(variant) if variant != "default" else {}
-            cfg = FunctionTagConfig(name=f"Bench{name}", slots=[SlotSpec(s, k, None) for s, k in slots.items()],
+            # "domain_tags": true puts the bundled stage-1 tags (<SMILES>, <Protein>) in front of the inputs
+            use_domain = overrides.pop("domain_tags", False)
+            cfg = FunctionTagConfig(name=f"Bench{name}",
+                                    slots=[SlotSpec(s, k, DOMAIN_TAGS[k] if use_domain else None)
+                                           for s, k in slots.items()],
                                     labels=["y"], what=what, epochs=args.epochs,
                                     **{"cache_budget_gb": 12.0, "max_length": crop, **overrides})
             t0 = time.perf_counter()
-            res = train_function_tag(bb, None, cfg, tr.astype({"y": str}), va.astype({"y": str}), save=False)
+            res = train_function_tag(bb, TagLibrary(bb.fingerprint), cfg, tr.astype({"y": str}), va.astype({"y": str}),
+                                     save=False)
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
                 time.perf_counter() - t0, f"best epoch {res.tag.card.training['best_epoch']}; valid RMSE by epoch {hist}")

@@ -138,19 +138,26 @@ class Predictor:
                                  f"context of {self.max_positions}; shorten the input")
                     continue
                 pending.append((len(plan), i, plan))
-        pending.sort(key=lambda t: t[0])
-        batches = _length_batches(pending, batch_size, max_batch_tokens)
-        prefix = self._shared_prefix([plan for _, _, plan in pending]) if pending else None
+        # With two or more inputs, rows that share the first one (one protein against many drugs)
+        # share its states: each group's common prefix runs once.
+        first = self.model.template.slots[0].name
+        groups: dict = {}
+        for item in pending:
+            key = results[item[1]].inputs[first] if len(self.slot_kinds) > 1 else None
+            groups.setdefault(key, []).append(item)
         done, t0 = 0, time.perf_counter()
-        for batch in batches:
-            outputs = self._run([plan for _, _, plan in batch], prefix)
-            for (_, i, _), out in zip(batch, outputs):
-                self._fill(results[i], out)
-            done += len(batch)
-            if progress:
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                progress(ProgressEvent("predict", done, len(pending), throughput=rate,
-                                       eta_s=(len(pending) - done) / rate if rate else None))
+        for items in groups.values():
+            items.sort(key=lambda t: t[0])
+            prefix = self._shared_prefix([plan for _, _, plan in items])
+            for batch in _length_batches(items, batch_size, max_batch_tokens):
+                outputs = self._run([plan for _, _, plan in batch], prefix)
+                for (_, i, _), out in zip(batch, outputs):
+                    self._fill(results[i], out)
+                done += len(batch)
+                if progress:
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    progress(ProgressEvent("predict", done, len(pending), throughput=rate,
+                                           eta_s=(len(pending) - done) / rate if rate else None))
         return results
 
     def _shared_prefix(self, plans) -> Optional[SharedPrefix]:

@@ -122,6 +122,26 @@ def test_protein_and_smiles_pair(backbone):
     assert alone.prediction == pytest.approx(res[2].prediction, abs=1e-5)
 
 
+def test_many_proteins_each_against_many_drugs_equal_rows_predicted_alone(backbone, monkeypatch):
+    """Rows are grouped by protein and each protein's states are computed once per group."""
+    from tagllm_core import prediction
+
+    tag = make_function_tag(backbone, "Affinity",
+                            slots=(("sequence", "protein", "Protein"), ("smiles", "smiles", "SMILES")))
+    rows = [{"sequence": p, "smiles": s} for p in PROTEINS[:3] for s in SMILES[:4]]
+    rows.insert(5, {"sequence": PROTEINS[1], "smiles": "not a smiles"})
+    lengths = []
+    original = prediction.shared_prefix
+    monkeypatch.setattr(prediction, "shared_prefix", lambda m, plan, n: lengths.append(n) or original(m, plan, n))
+    res = Predictor(backbone, tag).predict(rows, batch_size=3)
+    assert [r.ok for r in res].count(False) == 1 and not res[5].ok
+    # one shared prefix per protein, each covering that protein's residues
+    assert len(lengths) == 3 and all(n > len(p) for n, p in zip(lengths, PROTEINS))
+    for i in (0, 6, 12):
+        alone = Predictor(backbone, tag).predict(rows[i:i + 1])[0]
+        assert alone.prediction == pytest.approx(res[i].prediction, abs=1e-5)
+
+
 def test_huge_protein_row_is_cropped_with_warning(backbone):
     tag = make_function_tag(backbone, "Stab", slots=(("seq", "protein", "Protein"),), readout="last+mean")
     res = Predictor(backbone, tag).predict([{"seq": "MKTAYIAKQR" * 10_000}, {"seq": "mktay"}])
