@@ -25,7 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# tests/_tag_builders.py (pytest-free); by folder, since site-packages may hold an unrelated `tests` package
+sys.path.insert(1, str(ROOT / "tests"))
 
 SMILES = [
     "CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
@@ -37,24 +40,13 @@ SMILES = [
 
 
 def _tag(bb):
-    import torch
-
-    from tagllm_core.heads import HeadConfig
-    from tagllm_core.tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors
+    from _tag_builders import synthetic_solubility_tag
+    from tagllm_core.tags import TagLibrary
 
     lib = TagLibrary(bb.fingerprint)
     if lib.exists("Solubility"):
         return lib.get("Solubility"), "bundled <Solubility>"
-    g = torch.Generator().manual_seed(0)
-    card = TagCard(
-        name="BenchTag", kind="function", backbone=bb.fingerprint.to_dict(), n_tokens=10,
-        template="Input: The SMILES of the molecule is {smiles}. Output: The aqueous solubility (log mol/L) is <BenchTag>",
-        slots=[SlotSpec("smiles", "smiles", None)], task="regression", labels=["y"],
-        label_scaling={"mean": [-3.0], "std": [2.0]}, readout="last+mean",
-        head=HeadConfig("regression", 1, 2 * bb.hidden_size).to_dict(),
-    )
-    head = {"weight": torch.randn(1, 2 * bb.hidden_size, generator=g) * 0.01, "bias": torch.zeros(1)}
-    return Tag(card, init_tag_vectors(bb.embedding_matrix, 10, generator=g), head), "synthetic tag (random head)"
+    return synthetic_solubility_tag(bb, "BenchTag"), "synthetic tag (random head)"
 
 
 def child(rows: int) -> None:

@@ -33,11 +33,9 @@ E2E_TAG = "E2ESolubility"
 
 def ensure_function_tag() -> str:
     """The name of a function tag (SMILES input, regression preferred) usable on the default backbone."""
-    import torch
-
+    from _tag_builders import synthetic_solubility_tag  # after __main__ has put the repository on sys.path
     from tagllm_core.backbone import get_backbone
-    from tagllm_core.heads import HeadConfig
-    from tagllm_core.tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors
+    from tagllm_core.tags import TagLibrary
 
     bb = get_backbone()
     lib = TagLibrary(bb.fingerprint)
@@ -50,18 +48,7 @@ def ensure_function_tag() -> str:
     if existing:
         preferred = [t for t in existing if t.name == "Solubility"]
         return (preferred or existing)[0].name
-    gen = torch.Generator().manual_seed(0)
-    card = TagCard(
-        name=E2E_TAG, kind="function", backbone=bb.fingerprint.to_dict(), n_tokens=10,
-        description="untrained tag written by the browser end-to-end test",
-        template="Input: The SMILES of the molecule is {smiles}. Output: The solubility is <%s>" % E2E_TAG,
-        slots=[SlotSpec("smiles", "smiles", None)], task="regression", labels=["y"],
-        label_scaling={"mean": [-3.0], "std": [2.0]}, readout="last+mean",
-        head=HeadConfig("regression", 1, 2 * bb.hidden_size).to_dict(),
-        label_sample=[-6.0, -4.5, -3.0, -2.0, -1.0, 0.5], interval={"level": 0.9, "halfwidth": [1.0]},
-    )
-    tag = Tag(card, init_tag_vectors(bb.embedding_matrix, 10, generator=gen),
-              {"weight": torch.randn(1, 2 * bb.hidden_size, generator=gen) * 0.01, "bias": torch.zeros(1)})
+    tag = synthetic_solubility_tag(bb, E2E_TAG, description="untrained tag written by the browser end-to-end test")
     lib.save(tag)
     return E2E_TAG
 

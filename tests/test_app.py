@@ -20,6 +20,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from _tag_builders import synthetic_solubility_tag
 from conftest import make_char_tokenizer, make_domain_tag, make_function_tag, make_tiny_model
 from tagllm_core.backbone import get_backbone
 from tagllm_core.jobs import JobStore, launch
@@ -453,21 +454,8 @@ def test_interpret_maths():
 def real_app(tagllm_home, monkeypatch):
     """The app on the bundled SmolLM2 backbone, with a test function tag built without training."""
     monkeypatch.delenv("TAGLLM_BACKBONE", raising=False)
-    from tagllm_core.heads import HeadConfig
-    from tagllm_core.tags import SlotSpec, Tag, TagCard, init_tag_vectors
-
     bb = get_backbone()
-    gen = torch.Generator().manual_seed(0)
-    card = TagCard(
-        name="TestSolubility", kind="function", backbone=bb.fingerprint.to_dict(), n_tokens=10,
-        template="Input: The SMILES of the molecule is {smiles}. Output: The solubility is <TestSolubility>",
-        slots=[SlotSpec("smiles", "smiles", None)], task="regression", labels=["y"],
-        label_scaling={"mean": [-3.0], "std": [2.0]}, readout="last+mean",
-        head=HeadConfig("regression", 1, 2 * bb.hidden_size).to_dict(),
-        label_sample=[-6.0, -4.5, -3.0, -2.0, -1.0, 0.5], interval={"level": 0.9, "halfwidth": [1.0]},
-    )
-    tag = Tag(card, init_tag_vectors(bb.embedding_matrix, 10, generator=gen),
-              {"weight": torch.randn(1, 2 * bb.hidden_size, generator=gen) * 0.01, "bias": torch.zeros(1)})
+    tag = synthetic_solubility_tag(bb, "TestSolubility")
     lib = TagLibrary(bb.fingerprint)
     lib.save(tag)
     return bb, lib
