@@ -118,7 +118,10 @@ class BackboneFingerprint:
 
 def pick_device(device: Optional[str] = None) -> torch.device:
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            # Under `accelerate launch` / torchrun each process takes its own GPU.
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(device)
 
 

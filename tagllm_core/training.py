@@ -317,7 +317,14 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                 groups)
     steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
     warm_steps = math.ceil(len(train_plans) / 32) if cfg.ridge_warm_start else 0
-    report = _Progress(progress, "stage3" if len(cfg.slots) > 1 else "stage2", warm_steps + steps_per_epoch * cfg.epochs)
+    # Under `accelerate launch`, every process holds the model and the cache, takes its share of each
+    # batch, and the gradients are summed across processes (_sync_grads); only the main one reports
+    # and writes. One process (CPU, one GPU) is the same loop with a world of one.
+    accelerator = _accelerator(backbone)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
+                       warm_steps + steps_per_epoch * cfg.epochs)
 
     if cfg.ridge_warm_start:
         feats = []
@@ -331,9 +338,6 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         alpha = _ridge_alpha(X.numpy(), Y.numpy(), cfg.seed)
         model.head.load_state(fit_ridge(X, Y, alpha))
 
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=backbone.device.type == "cpu")
     tag_param = model.tag(cfg.name)
     optimizer = torch.optim.Adam([
         {"params": [tag_param], "lr": cfg.tag_lr},
@@ -370,16 +374,24 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         for b, s in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[s:s + cfg.batch_size]
             chosen = [spellings[i][pick.integers(len(spellings[i]))] for i in idx]
-            states = cache.get([k for k, _ in chosen], [p for _, p in chosen])
-            out = model.head(suffix_features(model, states))
-            loss = model.head.loss(out, y_train[idx].to(out.device))
-            total = loss + cfg.anchor_decay * (tag_param - anchor).pow(2).sum() / tag_param.shape[0]
+            mine = list(range(rank, len(idx), world))
+            if mine:
+                states = cache.get([chosen[j][0] for j in mine], [chosen[j][1] for j in mine])
+                out = model.head(suffix_features(model, states))
+                # the batch mean, split into per-process parts that sum to it
+                loss = model.head.loss(out, y_train[idx[mine]].to(out.device)) * (len(mine) / len(idx))
+            else:
+                loss = tag_param.sum() * 0.0
+            total = loss
+            if main:
+                total = total + cfg.anchor_decay * (tag_param - anchor).pow(2).sum() / tag_param.shape[0]
             optimizer.zero_grad()
             accelerator.backward(total)
+            batch_loss = _sync_grads(accelerator, [tag_param, *model.head.parameters()], loss)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(batch_loss)
             step = warm_steps + epoch * steps_per_epoch + b + 1
-            report(step, loss=loss.item(), epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
+            report(step, loss=batch_loss, epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
         model.eval()
         metrics, _ = validate()
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
@@ -391,7 +403,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             bad_epochs += 1
         report(warm_steps + (epoch + 1) * steps_per_epoch, loss=entry["train_loss"],
                metrics={k: v for k, v in entry.items() if k.startswith("valid_")}, epoch=float(epoch + 1))
-        if ckpt:
+        if ckpt and main:
             ckpt.save(epoch + 1, history, best, best_epoch, bad_epochs, best_state, tag_param, model.head, optimizer)
         if bad_epochs >= cfg.patience:
             break
@@ -427,8 +439,8 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     )
     tag = Tag(card, best_state[0].detach().float().cpu(), {k: v.cpu() for k, v in best_state[1].items()},
               {k: v.float().cpu() for k, v in domain_vecs.items()})
-    path = library.save(tag) if (save and library is not None) else None
-    if ckpt:
+    path = library.save(tag) if (save and library is not None and main) else None
+    if ckpt and main:
         ckpt.clear()
     vt = (valid.y[:, 0] if cfg.task == "regression" else valid.y).tolist()
     vp = (pred[:, 0] if cfg.task == "regression" else pred[:, -1]).tolist()
@@ -447,6 +459,24 @@ def _augmented_rows(row: dict, cfg: FunctionTagConfig, index: int) -> list[dict]
         if new != row:
             rows.append(new)
     return rows
+
+
+def _accelerator(backbone: Backbone, grad_accum: int = 1):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=backbone.device.type == "cpu", gradient_accumulation_steps=grad_accum)
+
+
+def _sync_grads(accelerator, params: list, loss: torch.Tensor) -> float:
+    """Sum gradients (and the loss) over processes; each process's loss is its share of the batch
+    mean, so the sum is the full-batch gradient. Returns the batch loss. A no-op for one process."""
+    if accelerator.num_processes == 1:
+        return float(loss.detach())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad = accelerator.reduce(p.grad, reduction="sum")
+    return float(accelerator.reduce(loss.detach().clone(), reduction="sum"))
 
 
 def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:
@@ -632,11 +662,11 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     random_tag = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens,
                                   generator=torch.Generator().manual_seed(cfg.seed + 1))
     tag = torch.nn.Parameter(init.clone().to(backbone.device))
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=backbone.device.type == "cpu", gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = _accelerator(backbone, cfg.grad_accum)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
     optimizer = accelerator.prepare(torch.optim.Adam([tag], lr=cfg.lr))
-    report = _Progress(progress, "stage1", cfg.steps)
+    report = _Progress(progress if main else None, "stage1", cfg.steps)
     # Length bucketing: batches of similar length waste little on padding.
     by_len = sorted(range(len(train)), key=lambda i: len(train[i]))
     buckets = [by_len[s:s + cfg.batch_size] for s in range(0, len(by_len), cfg.batch_size)]
@@ -644,14 +674,22 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     eval_every = max(1, cfg.steps // 5)
     while step < cfg.steps:
         for bi in rng.permutation(len(buckets)):
+            rows = buckets[bi]
+            mine = rows[rank::world]  # this process's share of the batch
+            n_batch = sum(len(train[i]) - 1 for i in rows)  # predicted tokens in the whole batch
             with accelerator.accumulate(tag):
-                embeds, mask, targets = _lm_batch(backbone, encoder, [train[i] for i in buckets[bi]], tag)
-                loss, n = _lm_loss(backbone, embeds, mask, targets)
+                if mine:
+                    embeds, mask, targets = _lm_batch(backbone, encoder, [train[i] for i in mine], tag)
+                    loss, n = _lm_loss(backbone, embeds, mask, targets)
+                    loss = loss * (n / n_batch)  # token mean over the whole batch, in per-process parts
+                else:
+                    loss = tag.sum() * 0.0
                 accelerator.backward(loss)
+                loss = torch.tensor(_sync_grads(accelerator, [tag], loss))
                 optimizer.step()
                 optimizer.zero_grad()
             step += 1
-            tokens += n
+            tokens += n_batch
             metrics = {}
             if step % eval_every == 0 or step == cfg.steps:
                 metrics = {"valid_perplexity": domain_perplexity(backbone, encoder, valid, tag.detach())}
@@ -673,5 +711,5 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
                   "config": asdict(cfg), "history": history},
     )
     result_tag = Tag(card, tag.detach().float().cpu())
-    path = library.save(result_tag) if (save and library is not None) else None
+    path = library.save(result_tag) if (save and library is not None and main) else None
     return DomainTrainResult(result_tag, ppl, history, dropped, path)
