@@ -151,6 +151,16 @@ with tab_fn:
                 value=training.suggest_valid_fraction(n_rows), key=f"tf_vfrac::{n_rows}",
                 help="Held out to choose the best epoch and calibrate the prediction interval "
                      "(at least 10 rows by default).")
+            kinds = {s.kind for s in slots}
+            augment = a2.number_input(
+                "SMILES augmentation (extra spellings per molecule)", min_value=0, max_value=20,
+                value=training.DEFAULT_AUGMENT, key="tf_augment", disabled="smiles" not in kinds,
+                help="Each epoch shows every molecule under one of its randomised SMILES spellings. "
+                     "Costs one extra prefix pass per spelling.")
+            crop = a1.number_input(
+                "Crop proteins to (residues, 0 = 1000)", min_value=0, max_value=100_000, value=0, step=64,
+                key="tf_crop", disabled="protein" not in kinds,
+                help="Longer sequences are cut; predictions with this tag are cropped alike.")
             valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
                                         key="tf_valid")
         n_train = max(1, int(n_rows * (1 - float(valid_fraction))))
@@ -165,7 +175,8 @@ with tab_fn:
         spec = training.FunctionJobSpec(
             name=name or "", train_file=example_path, slots=slots, labels=labels, task=task, template=template,
             what=what or "property", epochs=int(epochs), batch_size=int(batch_size), n_tokens=int(n_tokens),
-            tag_lr=float(tag_lr), split=split, valid_fraction=float(valid_fraction), max_rows=int(max_rows) or None)
+            tag_lr=float(tag_lr), split=split, valid_fraction=float(valid_fraction), max_rows=int(max_rows) or None,
+            augment=int(augment), max_length={"protein": int(crop)} if crop and "protein" in kinds else {})
         uploads = []
         if example_path is None:
             uploads.append((data, fname, lambda p: setattr(spec, "train_file", p)))

@@ -26,6 +26,7 @@ from tagllm_core.backbone import get_backbone
 from tagllm_core.jobs import JobStore, launch
 from tagllm_core.paths import jobs_db_path
 from tagllm_core.tags import TagLibrary, load_tag_file, save_tag_file
+from ui import training
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -247,6 +248,22 @@ def _fill_function_form(at: AppTest, name: str, epochs: int = 1, max_rows: int =
     return at
 
 
+def test_function_job_argv_carries_augmentation_and_protein_crop(tmp_path):
+    slots = [training.SlotChoice("target", "sequence", "protein", "Protein"),
+             training.SlotChoice("drug", "smiles", "smiles", None)]
+    spec = training.FunctionJobSpec(name="Aff", train_file=tmp_path / "t.csv", slots=slots, labels=["pkd"],
+                                    augment=3, max_length={"protein": 512})
+    argv = training.function_tag_argv(spec)
+    assert argv[argv.index("--augment") + 1] == "3"
+    assert argv[argv.index("--max-length") + 1] == "protein=512"
+    from tagllm_core.cli import build_parser
+
+    args = build_parser().parse_args(argv)  # the job's command line is one the CLI accepts
+    assert args.augment == 3 and args.max_length == ["protein=512"]
+    protein_only = training.FunctionJobSpec(name="P", train_file=tmp_path / "t.csv", slots=slots[:1], labels=["y"])
+    assert "--augment" not in training.function_tag_argv(protein_only)
+
+
 def test_train_function_tag_job_runs_to_the_end(tiny_app):
     bb, lib = tiny_app
     at = _fill_function_form(new_app("pages/train.py"), "TinyLogP")
@@ -260,6 +277,8 @@ def test_train_function_tag_job_runs_to_the_end(tiny_app):
     job = store.list()[0]
     assert job.kind == "function-tag" and job.name == "TinyLogP"
     assert "--max-rows" in job.argv and "smiles=<SMILES>:smiles" in job.argv
+    assert job.argv[job.argv.index("--augment") + 1] == str(training.DEFAULT_AUGMENT)
+    assert "--max-length" not in job.argv  # no protein input: no crop
     job = wait_for_job(store, job.id)
     assert job.state == "finished", (job.error, job.log_tail())
     assert lib.exists("TinyLogP")

@@ -18,6 +18,7 @@ from tagllm_core.training import FunctionTagConfig
 
 # The engine's defaults, so the form and the CLI train the same way unless the user changes them.
 DEFAULT_TAG_LR = FunctionTagConfig.__dataclass_fields__["tag_lr"].default
+DEFAULT_AUGMENT = FunctionTagConfig.__dataclass_fields__["augment"].default
 
 
 @dataclass
@@ -47,6 +48,8 @@ class FunctionJobSpec:
     valid_fraction: float = 0.1
     max_rows: Optional[int] = None
     valid_file: Optional[Path] = None
+    augment: int = DEFAULT_AUGMENT  # randomised SMILES spellings per molecule
+    max_length: dict = field(default_factory=dict)  # kind -> crop length
     extra: list = field(default_factory=list)
 
 
@@ -125,6 +128,10 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
         argv += ["--valid-fraction", f"{float(spec.valid_fraction):.3f}"]
     if spec.max_rows:
         argv += ["--max-rows", str(int(spec.max_rows))]
+    if any(s.kind == "smiles" for s in spec.slots):
+        argv += ["--augment", str(int(spec.augment))]
+    for kind, n in spec.max_length.items():
+        argv += ["--max-length", f"{kind}={int(n)}"]
     return argv + list(spec.extra)
 
 
