@@ -195,6 +195,10 @@ def cmd_evaluate(args) -> int:
 
 def _run_maybe_as_job(args, work) -> int:
     """Run ``work(progress)`` directly (tqdm) or, with --job-db/--job-id, as a tracked job."""
+    if int(os.environ.get("RANK", "0")):
+        # A helper process under torchrun/accelerate launch: it trains its share; the main one reports.
+        work(None)
+        return 0
     if args.job_db:
         from .jobs import JobStore, run_job
 

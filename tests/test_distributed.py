@@ -47,3 +47,30 @@ def test_two_processes_train_the_same_tags_as_one(tmp_path):
         assert not torch.equal(one[key], torch.zeros_like(one[key]))
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0)  # replicas stay identical
         torch.testing.assert_close(ranks[0][key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_under_torchrun_reports_and_saves_once(tmp_path):
+    """`torchrun -m tagllm_core train-function-tag ...`: one JSON result, one tag file."""
+    import pandas as pd
+
+    sys.path.insert(0, str(HERE))
+    from conftest import make_char_tokenizer, make_tiny_model
+
+    model_dir = tmp_path / "tiny-llama"
+    make_tiny_model("llama").save_pretrained(model_dir)
+    make_char_tokenizer(add_bos=True).save_pretrained(model_dir)
+    smiles = [("C" * n) + tail for n in range(1, 11) for tail in ("", "O", "N")]
+    pd.DataFrame({"smiles": smiles, "y": [len(s) for s in smiles]}).to_csv(tmp_path / "train.csv", index=False)
+    home = tmp_path / "home"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGLLM_BACKBONE": str(model_dir), "TAGLLM_HOME": str(home),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "tagllm_core", "train-function-tag", "--name", "Twice", "--train", str(tmp_path / "train.csv"),
+         "--input", "smiles", "--label", "y", "--epochs", "1", "--n-tokens", "2", "--split", "random"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('"tag": "Twice"') == 1
+    files = list(home.rglob("*.tag.safetensors"))
+    assert [f.name for f in files] == ["Twice.tag.safetensors"]
+    assert not list(home.rglob("*.tmp"))
