@@ -8,6 +8,7 @@ Rows per data set (all fitted on `train`, scored on `valid` of ../shared/benchma
   * rf-morgan       random forest on Morgan fingerprints (SMILES inputs);
   * rf-rdkit        random forest on RDKit 2D descriptors (SMILES inputs);
   * ridge-onehot    ridge on one-hot residues (protein inputs, aligned by position);
+  * rf-morgan+onehot  random forest on drug Morgan bits + protein one-hot (protein-drug pairs);
   * tagllm          train_function_tag with the library defaults (and --variant settings).
 
 Backbone features are cached in .tagllm-dev/features so reruns are cheap.
@@ -138,6 +139,14 @@ def rf(Xtr, ytr, Xva, seed=0):
     return RandomForestRegressor(n_estimators=300, n_jobs=-1, random_state=seed).fit(Xtr, ytr).predict(Xva)
 
 
+def _epoch_printer(t0: float):
+    def show(ev):
+        if ev.metrics:  # once per epoch (and after the warm start)
+            print(f"      epoch {ev.epoch:.0f}: valid RMSE {ev.metrics.get('valid_rmse', float('nan')):.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return show
+
+
 def run_dataset(bb, name, args, table):
     from tagllm_core.metrics import regression_metrics
     from tagllm_core.tags import SlotSpec, TagLibrary
@@ -168,8 +177,13 @@ def run_dataset(bb, name, args, table):
             add("rf-morgan", rf(morgan(tr.smiles), ytr, morgan(va.smiles)))
             add("rf-rdkit", rf(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
         if "sequence" in slots:
-            L = max(map(len, tr.sequence))
-            add("ridge-onehot", ridge_cv(onehot(tr.sequence, L), ytr, onehot(va.sequence, L)))
+            L = min(max(map(len, tr.sequence)), crop.get("protein", 10**9))
+            add("ridge-onehot", ridge_cv(onehot(tr.sequence, L), ytr, onehot(va.sequence, L)),
+                extra="protein one-hot only" if len(slots) > 1 else "")
+        if "smiles" in slots and "sequence" in slots:
+            Xtr = np.concatenate([morgan(tr.smiles), onehot(tr.sequence, L)], 1)
+            Xva = np.concatenate([morgan(va.smiles), onehot(va.sequence, L)], 1)
+            add("rf-morgan+onehot", rf(Xtr, ytr, Xva), extra="drug Morgan bits + protein one-hot")
     if "tagllm" in args.methods:
         for variant in args.variants:
             overrides = json.loads(variant) if variant != "default" else {}
@@ -182,7 +196,7 @@ def run_dataset(bb, name, args, table):
                                     **{"cache_budget_gb": 12.0, "max_length": crop, **overrides})
             t0 = time.perf_counter()
             res = train_function_tag(bb, TagLibrary(bb.fingerprint), cfg, tr.astype({"y": str}), va.astype({"y": str}),
-                                     save=False)
+                                     save=False, progress=_epoch_printer(t0))
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
                 time.perf_counter() - t0, f"best epoch {res.tag.card.training['best_epoch']}; valid RMSE by epoch {hist}")
