@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .domains import guess_kind
+from .domains import KINDS, guess_kind
 from .exceptions import InputError, TagLLMError
 
 __all__ = ["main", "build_parser", "parse_input_spec"]
@@ -40,7 +40,7 @@ def parse_input_spec(spec: str, library=None):
     if not kind and domain and library is not None and library.exists(domain):
         kind = library.find(domain).card.input_kind or ""
     kind = kind or guess_kind(slot)
-    if kind not in ("smiles", "protein", "text"):
+    if kind not in KINDS:
         raise InputError(f"Bad --input {spec!r}: kind must be smiles, protein or text.")
     return SlotSpec(slot, kind, domain)
 
@@ -58,7 +58,7 @@ def _pairs(values: Optional[list], what: str) -> dict:
 def _lengths(values: Optional[list]) -> dict:
     out = {}
     for kind, n in _pairs(values, "--max-length").items():
-        if kind not in ("smiles", "protein", "text") or not (n or "").isdigit() or int(n) < 1:
+        if kind not in KINDS or not (n or "").isdigit() or int(n) < 1:
             raise InputError(f"--max-length expects KIND=N with KIND smiles, protein or text, got {kind}={n}.")
         out[kind] = int(n)
     return out
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--corpus", required=True, help="FASTA, .smi/.txt, CSV (with --column), or 'moses'")
     d.add_argument("--format", choices=["fasta", "smiles", "csv"])
     d.add_argument("--column")
-    d.add_argument("--kind", choices=["smiles", "protein", "text"])
+    d.add_argument("--kind", choices=list(KINDS))
     d.add_argument("--steps", type=int, default=200)
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--grad-accum", type=int, default=1)

@@ -35,7 +35,7 @@ import torch
 
 from .backbone import Backbone
 from .data import random_split, require_columns, scaffold_split
-from .domains import clean, randomized_smiles
+from .domains import KINDS, clean, randomized_smiles
 from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead, fit_ridge
 from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
@@ -572,7 +572,7 @@ class DomainTagConfig:
 
     def __post_init__(self):
         self.name = normalize_tag_name(self.name)
-        if self.input_kind not in ("smiles", "protein", "text"):
+        if self.input_kind not in KINDS:
             raise TrainingError(f"Unknown input kind {self.input_kind!r}.")
 
 
