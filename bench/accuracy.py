@@ -73,7 +73,7 @@ def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
     Rows sharing their first input (stage 3: one protein, many drugs) share its states."""
     from tagllm_core.domains import clean
     from tagllm_core.model import TaggedModel
-    from tagllm_core.prefix_cache import grouped_features
+    from tagllm_core.prefix_cache import grouped_features, row_groups
     from tagllm_core.templates import Template
 
     key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean", list(slots), crop,
@@ -86,8 +86,7 @@ def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
     rows = [{s: clean(k, v, crop.get(k)).value for (s, k), v in zip(slots.items(), r)}
             for r in df[list(slots)].values.tolist()]
     plans = [model.plan(r) for r in rows]
-    first = list(slots)[0]
-    groups = [r[first] for r in rows] if len(slots) > 1 else None
+    groups = row_groups(t, rows)
     t0 = time.perf_counter()
     with torch.inference_mode():
         feats = grouped_features(model, plans, groups).numpy()

@@ -21,7 +21,8 @@ from .domains import clean
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
-from .prefix_cache import SharedPrefix, common_prefix_length, features_after_shared_prefix, shared_prefix
+from .prefix_cache import (SharedPrefix, common_prefix_length, features_with_prefix, grouped_batches, row_groups,
+                           shared_prefix)
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
@@ -118,7 +119,9 @@ class Predictor:
                 max_batch_tokens: int = 8192) -> list[PredictionRow]:
         """rows: [{slot: raw text}]. Never raises for a bad row; see ``PredictionRow.error``."""
         results = [PredictionRow(row=i + 1, inputs=dict(r)) for i, r in enumerate(rows)]
-        pending = []  # (length, index, plan)
+        pending: list[int] = []  # indices of rows that passed cleaning
+        cleaned_rows: list[dict] = []
+        plans: list = []
         for i, (res, row) in enumerate(zip(results, rows)):
             cleaned = {}
             for slot, kind in self.slot_kinds.items():
@@ -137,27 +140,22 @@ class Predictor:
                     res.error = (f"row {res.row}: {len(plan)} tokens with the template, more than the backbone's "
                                  f"context of {self.max_positions}; shorten the input")
                     continue
-                pending.append((len(plan), i, plan))
+                pending.append(i)
+                cleaned_rows.append(cleaned)
+                plans.append(plan)
         # With two or more inputs, rows that share the first one (one protein against many drugs)
         # share its states: each group's common prefix runs once.
-        first = self.model.template.slots[0].name
-        groups: dict = {}
-        for item in pending:
-            key = results[item[1]].inputs[first] if len(self.slot_kinds) > 1 else None
-            groups.setdefault(key, []).append(item)
+        groups = row_groups(self.model.template, cleaned_rows)
         done, t0 = 0, time.perf_counter()
-        for items in groups.values():
-            items.sort(key=lambda t: t[0])
-            prefix = self._shared_prefix([plan for _, _, plan in items])
-            for batch in _length_batches(items, batch_size, max_batch_tokens):
-                outputs = self._run([plan for _, _, plan in batch], prefix)
-                for (_, i, _), out in zip(batch, outputs):
-                    self._fill(results[i], out)
-                done += len(batch)
-                if progress:
-                    rate = done / max(time.perf_counter() - t0, 1e-9)
-                    progress(ProgressEvent("predict", done, len(pending), throughput=rate,
-                                           eta_s=(len(pending) - done) / rate if rate else None))
+        for idx, prefix in grouped_batches(self.model, plans, groups, batch_size, max_batch_tokens,
+                                           prefix_fn=self._shared_prefix):
+            for j, out in zip(idx, self._run([plans[j] for j in idx], prefix)):
+                self._fill(results[pending[j]], out)
+            done += len(idx)
+            if progress:
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                progress(ProgressEvent("predict", done, len(pending), throughput=rate,
+                                       eta_s=(len(pending) - done) / rate if rate else None))
         return results
 
     def _shared_prefix(self, plans) -> Optional[SharedPrefix]:
@@ -177,10 +175,7 @@ class Predictor:
 
     def _run(self, plans, prefix: Optional[SharedPrefix] = None) -> np.ndarray:
         with self.backbone.lock, torch.inference_mode():
-            if prefix is None:
-                out = self.model(plans)
-            else:
-                out = self.model.head(features_after_shared_prefix(self.model, prefix, plans))
+            out = self.model.head(features_with_prefix(self.model, plans, prefix))
         return out.float().cpu().numpy()
 
     def _fill(self, res: PredictionRow, out: np.ndarray) -> None:
@@ -201,20 +196,6 @@ class Predictor:
                 half = float(self.card.interval["halfwidth"][0])
                 res.lower, res.upper = res.prediction - half, res.prediction + half
         res.zero_shot = self.zero_shot
-
-
-def _length_batches(items: list, batch_size: int, max_tokens: int) -> list[list]:
-    """Consecutive groups of length-sorted items, capped by rows and by padded tokens."""
-    batches, current = [], []
-    for item in items:
-        longest = max([item[0]] + [c[0] for c in current])
-        if current and (len(current) >= batch_size or longest * (len(current) + 1) > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(item)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optional[TagLibrary] = None,

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
-from typing import Hashable, Optional
+from typing import Callable, Hashable, Iterator, Optional
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from .model import TaggedModel, pool_features, readout_dim
-from .templates import RowPlan
+from .templates import RowPlan, Template
 
 __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
-           "SharedPrefix", "shared_prefix", "features_after_shared_prefix", "grouped_features"]
+           "SharedPrefix", "shared_prefix", "features_after_shared_prefix", "row_groups", "length_batches",
+           "grouped_batches", "features_with_prefix", "grouped_features"]
 
 
 @dataclass
@@ -314,25 +315,73 @@ def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans
                          prefix.input_sum, prefix.input_count)
 
 
-def grouped_features(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None,
-                     batch_size: int = 16) -> torch.Tensor:
-    """(N, F) read-out features of ``plans`` (callers hold no_grad/inference_mode).
+def row_groups(template: Template, rows: list[dict]) -> Optional[list]:
+    """The sharing group of each row, for ``PrefixCache.share`` and ``grouped_batches``.
 
-    Rows are grouped by ``groups[i]`` (default: one group); each group's common prefix is run once
-    and only the rest of each row after it, in length-sorted batches. Equals ``model.features``
-    up to float rounding; much cheaper when many rows share a long beginning (one protein, many drugs)."""
+    With two or more inputs, rows with the same first input (one protein against many drugs)
+    share everything up to the second one, so the first input's text is the group. With one
+    input, ``None``: all rows form one group and share the template's opening words."""
+    if len(template.slots) < 2:
+        return None
+    first = template.slots[0].name
+    return [r[first] for r in rows]
+
+
+def length_batches(lengths: list[int], batch_size: int, max_tokens: Optional[int] = None) -> list[list[int]]:
+    """Consecutive index groups of ``lengths`` (sorted ascending by the caller), capped at
+    ``batch_size`` rows and, if given, ``max_tokens`` padded tokens; a row longer than the
+    token cap still gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i, n in enumerate(lengths):
+        longest = max([n] + [lengths[j] for j in current])
+        if current and (len(current) >= batch_size or (max_tokens and longest * (len(current) + 1) > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _group_prefix(model: TaggedModel, plans: list[RowPlan]) -> Optional[SharedPrefix]:
+    n = common_prefix_length(plans) if len(plans) > 1 else 0
+    return shared_prefix(model, plans[0], n) if n >= 2 else None
+
+
+def grouped_batches(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None, batch_size: int = 16,
+                    max_tokens: Optional[int] = None,
+                    prefix_fn: Optional[Callable[[list[RowPlan]], Optional[SharedPrefix]]] = None,
+                    ) -> Iterator[tuple[list[int], Optional[SharedPrefix]]]:
+    """Yield ``(rows, prefix)``: indices into ``plans`` to run together, and the prefix they share.
+
+    Rows are grouped by ``groups[i]`` (default: one group, see ``row_groups``); each group's
+    common prefix is computed once by ``prefix_fn(group_plans)`` (default: ``shared_prefix`` of
+    the group's common beginning, ``None`` for a lone row) and its rows come in length-sorted
+    batches (``length_batches``). Callers hold no_grad/inference_mode."""
     members = defaultdict(list)
     for i in range(len(plans)):
         members[None if groups is None else groups[i]].append(i)
-    out: list = [None] * len(plans)
     for idx in members.values():
         idx = sorted(idx, key=lambda i: len(plans[i]))
         group_plans = [plans[i] for i in idx]
-        n = common_prefix_length(group_plans) if len(idx) > 1 else 0
-        prefix = shared_prefix(model, group_plans[0], n) if n >= 2 else None
-        for s in range(0, len(idx), batch_size):
-            chunk = group_plans[s:s + batch_size]
-            feats = model.features(chunk) if prefix is None else features_after_shared_prefix(model, prefix, chunk)
-            for i, f in zip(idx[s:s + batch_size], feats):
-                out[i] = f
+        prefix = (prefix_fn or (lambda ps: _group_prefix(model, ps)))(group_plans)
+        for batch in length_batches([len(p) for p in group_plans], batch_size, max_tokens):
+            yield [idx[j] for j in batch], prefix
+
+
+def features_with_prefix(model: TaggedModel, plans: list[RowPlan], prefix: Optional[SharedPrefix]) -> torch.Tensor:
+    """(B, F) read-out features of ``plans``: the full pass, or only what follows ``prefix``."""
+    return model.features(plans) if prefix is None else features_after_shared_prefix(model, prefix, plans)
+
+
+def grouped_features(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """(N, F) read-out features of ``plans`` (callers hold no_grad/inference_mode), each group's
+    common prefix run once (``grouped_batches``). Equals ``model.features`` up to float rounding;
+    much cheaper when many rows share a long beginning (one protein, many drugs)."""
+    out: list = [None] * len(plans)
+    for idx, prefix in grouped_batches(model, plans, groups, batch_size):
+        for i, f in zip(idx, features_with_prefix(model, [plans[i] for i in idx], prefix)):
+            out[i] = f
     return torch.stack(out) if out else torch.zeros(0, readout_dim(model.readout, model.backbone.hidden_size))

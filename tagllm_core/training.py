@@ -40,7 +40,7 @@ from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead, fit_ridge
 from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
 from .model import TaggedModel, readout_dim
-from .prefix_cache import PrefixCache, suffix_features
+from .prefix_cache import PrefixCache, row_groups, suffix_features
 from .progress import ProgressCallback, ProgressEvent
 from .tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
 from .templates import PromptEncoder, Template, default_template
@@ -310,9 +310,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     extra = [kp for sp in spellings for kp in sp[1:]]
     # Rows share their template opening; in stage 3, rows with the same first input (one protein,
     # many drugs) share everything up to the second input: those states are stored once.
-    first = template.slots[0].name
-    all_inputs = train.inputs + valid.inputs + extra_inputs
-    groups = [r[first] for r in all_inputs] if len(template.slots) > 1 else None
+    groups = row_groups(template, train.inputs + valid.inputs + extra_inputs)
     cache.share(train_keys + valid_keys + [k for k, _ in extra], train_plans + valid_plans + [p for _, p in extra],
                 groups)
     steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)

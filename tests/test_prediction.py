@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tagllm_core.exceptions import BackboneMismatchError, TagLLMError, TemplateError
-from tagllm_core.prediction import PredictionRow, Predictor, _length_batches, predict, rows_from_columns
+from tagllm_core.prediction import PredictionRow, Predictor, predict, rows_from_columns
 
 from conftest import make_domain_tag, make_function_tag  # noqa: E402
 
@@ -348,16 +348,6 @@ def test_predict_wrapper_and_rows_from_columns(llama):
     assert rows_from_columns({}) == []
     with pytest.raises(TagLLMError, match="different lengths"):
         rows_from_columns({"a": [1, 2], "b": [1]})
-
-
-def test_length_batches_respects_rows_and_tokens():
-    items = [(n, i, None) for i, n in enumerate([3, 3, 4, 5, 10, 10, 20])]
-    batches = _length_batches(items, batch_size=3, max_tokens=30)
-    assert [x for b in batches for x in b] == items
-    assert all(len(b) <= 3 for b in batches)
-    assert all(max(x[0] for x in b) * len(b) <= 30 for b in batches)
-    # a single row longer than the token budget still gets its own batch
-    assert _length_batches([(100, 0, None)], 16, 10) == [[(100, 0, None)]]
 
 
 def test_row_longer_than_the_backbone_context_does_not_sink_the_batch():

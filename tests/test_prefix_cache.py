@@ -13,6 +13,8 @@ that evicted rows are recomputed to the same states.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -346,3 +348,45 @@ def test_grouped_features_equal_the_full_pass(backbone):
         single = grouped_features(model, plans)
     torch.testing.assert_close(grouped, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(single, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_length_batches_respects_rows_and_tokens():
+    from tagllm_core.prefix_cache import length_batches
+
+    lengths = [3, 3, 4, 5, 10, 10, 20]
+    batches = length_batches(lengths, batch_size=3, max_tokens=30)
+    assert [i for b in batches for i in b] == list(range(len(lengths)))
+    assert all(len(b) <= 3 for b in batches)
+    assert all(max(lengths[i] for i in b) * len(b) <= 30 for b in batches)
+    # a single row longer than the token budget still gets its own batch
+    assert length_batches([100], 16, 10) == [[0]]
+    assert length_batches(lengths, 4) == [[0, 1, 2, 3], [4, 5, 6]]  # no token cap
+
+
+def test_row_groups_follow_the_first_input_only_with_two_slots():
+    from tagllm_core.prefix_cache import row_groups
+    from tagllm_core.templates import Template
+
+    rows = [{"sequence": "MKV", "smiles": "CCO"}, {"sequence": "MKV", "smiles": "CCN"}, {"sequence": "AAA", "smiles": "C"}]
+    two = Template.parse(TEMPLATES["two_slot"][0])
+    one = Template.parse(TEMPLATES["plain"][0])
+    assert row_groups(two, rows) == ["MKV", "MKV", "AAA"]
+    assert row_groups(one, rows) is None
+
+
+def test_grouped_batches_cover_every_row_once_with_its_groups_prefix(backbone):
+    from tagllm_core.prefix_cache import grouped_batches
+
+    model = _model(backbone, "two_slot", "last+mean")
+    rows = _pairs(2, 3) + [{"sequence": "MKV", "smiles": "CCN"}]
+    plans = [model.plan(r) for r in rows]
+    size = Counter(r["sequence"] for r in rows)
+    seen = []
+    with torch.no_grad():
+        for idx, prefix in grouped_batches(model, plans, [r["sequence"] for r in rows], batch_size=2):
+            seen += idx
+            proteins = {rows[i]["sequence"] for i in idx}
+            assert len(proteins) == 1 and len(idx) <= 2  # a batch never mixes groups
+            # a group shares its beginning (up to the drug); a lone row has nothing to share
+            assert (prefix is None) == (size[proteins.pop()] == 1)
+    assert sorted(seen) == list(range(len(rows)))
