@@ -90,6 +90,32 @@ def files_in(folder: Path) -> list[str]:
 # --- stage 2: regression ---------------------------------------------------------------------------
 
 
+def test_bf16_backbone_the_cuda_default_trains_both_stages_like_fp32(library_factory, molecules):
+    """GPUs load the backbone in bf16; the tag, head and loss stay fp32. Same data, same seed:
+    the bf16 run must learn the target as the fp32 one does and predict what it validated."""
+    from conftest import make_tiny_backbone
+
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        bb = make_tiny_backbone("llama", dtype=dtype)
+        assert bb.dtype == dtype
+        lib = library_factory(bb)
+        res = train_function_tag(bb, lib, smiles_cfg(epochs=2, valid_fraction=0.2), molecules, save=False)
+        assert res.tag.vectors.dtype == torch.float32
+        vt, vp = np.array(res.valid_true), np.array(res.valid_pred)
+        assert np.sqrt(np.mean((vt - vp) ** 2)) < 0.5 * vt.std()
+        preds = Predictor(bb, res.tag, lib).predict([{"smiles": s} for s in molecules["smiles"]])
+        assert all(p.ok for p in preds)
+        dom = train_domain_tag(bb, lib, DomainTagConfig("SMILES", "smiles", steps=20, batch_size=8, n_tokens=2),
+                               molecules["smiles"].tolist(), save=False)
+        assert dom.perplexity["trained"] < dom.perplexity["random_tag"]
+        runs[dtype] = (vp, np.array([p.prediction for p in preds]), dom.perplexity["trained"])
+    (vp32, pred32, ppl32), (vp16, pred16, ppl16) = runs[torch.float32], runs[torch.bfloat16]
+    assert np.corrcoef(vp32, vp16)[0, 1] > 0.99
+    assert np.corrcoef(pred32, pred16)[0, 1] > 0.99
+    assert ppl16 == pytest.approx(ppl32, rel=0.02)
+
+
 def test_stage2_regression_learns_heavy_atoms_and_round_trips(llama, library_factory, molecules):
     lib = library_factory(llama)
     cfg = smiles_cfg(epochs=3, valid_fraction=0.2)  # default read-out last+mean, ridge warm start
