@@ -65,26 +65,19 @@ def sync(device: str) -> None:
 
 def step_check(bb, device: str, label: str, rows_fn, template: str, slot_kinds: dict, domains: list, reps: int):
     """Naive against cached step: time and agreement. Returns a dict of figures."""
-    from train_throughput import build, step_cached, step_naive
+    from train_throughput import build, step_cached, step_naive, timed
 
     from tagllm_core.prefix_cache import compute_prefix_states
 
     model = build(bb, template, slot_kinds, domains)
     plans = [model.plan(r) for r in rows_fn()]
     y = torch.randn(len(plans), 1, generator=torch.Generator().manual_seed(1)).to(device)
+    # Each step ends in loss.item(), which waits for the GPU, so wall time is device time.
     step_naive(model, plans, y)
-    t = time.perf_counter()
-    for _ in range(reps):
-        loss_n, grad_n = step_naive(model, plans, y)
-    sync(device)
-    t_naive = (time.perf_counter() - t) / reps
+    t_naive, (loss_n, grad_n) = timed(lambda: step_naive(model, plans, y), reps)
     states = compute_prefix_states(model, plans)
     step_cached(model, states, y)
-    t = time.perf_counter()
-    for _ in range(reps):
-        loss_c, grad_c = step_cached(model, states, y)
-    sync(device)
-    t_cached = (time.perf_counter() - t) / reps
+    t_cached, (loss_c, grad_c) = timed(lambda: step_cached(model, states, y), reps)
     rel = float((grad_n.float() - grad_c.float()).norm() / grad_n.float().norm())
     out = {"rows": len(plans), "tokens_per_row": sum(map(len, plans)) / len(plans), "naive_s": t_naive,
            "cached_s": t_cached, "speedup": t_naive / t_cached, "loss_naive": loss_n, "loss_cached": loss_c,

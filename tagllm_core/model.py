@@ -78,12 +78,15 @@ class TaggedModel(nn.Module):
         self.slot_kinds = dict(slot_kinds)
         self.readout = readout
         self.encoder = PromptEncoder(backbone.tokenizer, max_tokens)
-        # ParameterDict keys may not contain '.', which tag names may: index by position instead.
+        # ParameterDict keys may not contain '.', which tag names may: index by position instead. On the
+        # backbone's device, so optimiser steps and gradient all-reduces (NCCL) stay on the GPU.
         self.tag_names = list(tag_vectors)
         self.tag_params = nn.ParameterList(
-            nn.Parameter(tag_vectors[n].detach().float().clone(), requires_grad=n in trainable) for n in self.tag_names
+            nn.Parameter(tag_vectors[n].detach().float().to(backbone.device, copy=True), requires_grad=n in trainable)
+            for n in self.tag_names
         )
-        self.head = head
+        # Heads are built on the CPU (from files, ridge fits); features come from the backbone's device.
+        self.head = head.to(backbone.device) if head is not None else None
         missing = {s.name for s in template.slots} - set(self.slot_kinds)
         if missing:
             raise TemplateError(f"No input kind given for slot(s) {sorted(missing)}.")

@@ -294,7 +294,6 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     head_cfg = HeadConfig(cfg.task, n_out, readout_dim(cfg.readout, backbone.hidden_size))
     model = TaggedModel(backbone, template, {s.name: s.kind for s in cfg.slots}, {cfg.name: init, **domain_vecs},
                         trainable=frozenset({cfg.name}), head=TaskHead(head_cfg), readout=cfg.readout)
-    model.head.to(backbone.device)
     cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))
     train_plans = [model.plan(r) for r in train.inputs]
     valid_plans = [model.plan(r) for r in valid.inputs]
