@@ -21,7 +21,9 @@ requested = st.session_state.pop("predict_tag_request", None)
 if requested in tags:
     st.session_state["predict_tag"] = requested
 if st.session_state.get("predict_tag") not in tags:
-    st.session_state["predict_tag"] = next(iter(tags))
+    # Open on a one-input tag when there is one: one molecule or sequence per line is the common case.
+    single = [n for n, t in tags.items() if len(t.card.slots) == 1]
+    st.session_state["predict_tag"] = (single or list(tags))[0]
 name = st.selectbox("Function tag", list(tags), key="predict_tag", format_func=lambda n: cards.tag_label(tags[n]))
 info = tags[name]
 card = info.card

@@ -220,6 +220,16 @@ def test_predict_zero_shot_swap_is_marked(tiny_app):
     assert "Zero-shot combination" in texts(at.warning)
 
 
+def test_predict_opens_on_a_one_input_tag(tiny_app):
+    """A two-input tag that sorts first (like the bundled <BindingAffinity>) is not the default."""
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "Affinity", slots=(("sequence", "protein", "Protein"),
+                                                      ("smiles", "smiles", "SMILES"))))
+    at = new_app("pages/predict.py")
+    assert at.selectbox(key="predict_tag").value == "Solubility"
+    assert any(o.startswith("<Affinity>") for o in at.selectbox(key="predict_tag").options)
+
+
 def test_predict_protein_detail_view(tiny_app):
     bb, lib = tiny_app
     lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", "Protein"),)))
