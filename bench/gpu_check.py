@@ -33,9 +33,6 @@ sys.path.insert(2, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-SKELETON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-
-
 def export_skeleton(dest: Path) -> None:
     """Copy the default backbone's config and tokenizer (no weights) to ``dest``."""
     from tagllm_core.backbone import load_backbone

@@ -126,10 +126,11 @@ def make_tiny_model(arch: str, seed: int = 0, n_positions: int = 2048):
     return model
 
 
-def make_tiny_backbone(arch: str, seed: int = 0, dtype=torch.float32, name: Optional[str] = None) -> Backbone:
+def make_tiny_backbone(arch: str, seed: int = 0, dtype=torch.float32, name: Optional[str] = None,
+                       device: str = "cpu") -> Backbone:
     model = make_tiny_model(arch, seed)
     tok = make_char_tokenizer(add_bos=(arch == "llama"))
-    return wrap_model(model, tok, name or f"tiny-{arch}", device="cpu", dtype=dtype)
+    return wrap_model(model, tok, name or f"tiny-{arch}", device=device, dtype=dtype)
 
 
 @pytest.fixture(scope="session")

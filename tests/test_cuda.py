@@ -13,7 +13,7 @@ from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SlotSpec
 from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag
 
-from conftest import make_char_tokenizer, make_tiny_model  # noqa: E402
+from conftest import make_tiny_backbone  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -22,10 +22,7 @@ SMILES = ["C" * i + "O" for i in range(1, 21)] + ["C" * i + "N" for i in range(1
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_training_and_prediction_stay_on_the_gpu(library_factory, dtype):
-    from tagllm_core.backbone import wrap_model
-
-    bb = wrap_model(make_tiny_model("llama"), make_char_tokenizer(add_bos=True), "tiny-llama", device="cuda",
-                    dtype=dtype)
+    bb = make_tiny_backbone("llama", dtype=dtype, device="cuda")
     assert bb.device.type == "cuda"
     lib = library_factory(bb)
     df = pd.DataFrame({"smiles": SMILES, "y": [float(len(s)) for s in SMILES]})

@@ -41,7 +41,7 @@ from tagllm_core.training import (
     train_function_tag,
 )
 
-from conftest import REPO, make_domain_tag, make_function_tag  # noqa: E402
+from conftest import REPO, make_domain_tag, make_function_tag, make_tiny_backbone  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 SUFFIX = ".tag.safetensors"
@@ -93,8 +93,6 @@ def files_in(folder: Path) -> list[str]:
 def test_bf16_backbone_the_cuda_default_trains_both_stages_like_fp32(library_factory, molecules):
     """GPUs load the backbone in bf16; the tag, head and loss stay fp32. Same data, same seed:
     the bf16 run must learn the target as the fp32 one does and predict what it validated."""
-    from conftest import make_tiny_backbone
-
     runs = {}
     for dtype in (torch.float32, torch.bfloat16):
         bb = make_tiny_backbone("llama", dtype=dtype)
