@@ -34,6 +34,7 @@ import torch
 
 from .exceptions import BackboneError, BackboneMismatchError
 from .paths import cache_dir
+from .stack import decoder_layers, num_layers
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -195,6 +196,7 @@ class Backbone:
     load_seconds: float = 0.0
     loaded_from_cache: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _blocks: Optional[torch.nn.ModuleList] = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -203,6 +205,18 @@ class Backbone:
     @property
     def hidden_size(self) -> int:
         return self.fingerprint.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks."""
+        return num_layers(self.model)
+
+    @property
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The decoder blocks, in order (``stack.run_stack`` stops after the deepest read-out layer)."""
+        if self._blocks is None:
+            self._blocks = decoder_layers(self.model)
+        return self._blocks
 
     @property
     def base(self) -> torch.nn.Module:
@@ -228,7 +242,7 @@ class Backbone:
             "parameters": n_params,
             "hidden_size": self.hidden_size,
             "vocab_size": self.fingerprint.vocab_size,
-            "layers": getattr(self.model.config, "num_hidden_layers", None),
+            "layers": self.n_layers,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "fingerprint": self.fingerprint.embedding_sha256[:16],

@@ -5,6 +5,13 @@ are trained with MSE; classification heads output logits (2 for binary, K for
 K classes) trained with cross-entropy. A head is one linear layer: with the
 backbone frozen, the tag is what adapts; a deeper head would only overfit the
 small data sets scientists bring.
+
+A head may standardise its input (``HeadConfig.standardize``): each feature is
+centred and scaled with statistics of the training rows, missing values (NaN
+descriptors) become the training mean, and standardised values are clipped to
++-``CLIP`` so that an input far outside the training data cannot push the
+prediction arbitrarily far. Heads of tags trained before this existed read
+their features as they are.
 """
 
 from __future__ import annotations
@@ -18,18 +25,22 @@ from torch import nn
 
 from .exceptions import TrainingError
 
-__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "fit_ridge", "build_head"]
+__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "fit_ridge", "build_head", "CLIP"]
 
 TASKS = ("regression", "classification")
+CLIP = 8.0  # standard deviations
 
 
 @dataclass
 class HeadConfig:
-    """``n_outputs``: number of regression targets, or of classes (>= 2)."""
+    """``n_outputs``: number of regression targets, or of classes (>= 2). ``in_dim``: input width,
+    the read-out features followed by ``n_extra`` descriptor columns."""
 
     task: str
     n_outputs: int
     in_dim: int
+    n_extra: int = 0
+    standardize: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -42,15 +53,46 @@ class HeadConfig:
 
 
 class TaskHead(nn.Module):
-    """(B, in_dim) float32 features -> (B, n_outputs) predictions (standardised) or logits."""
+    """(B, F) read-out features [+ (B, n_extra) descriptors] -> (B, n_outputs) predictions
+    (standardised) or logits."""
 
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
         self.linear = nn.Linear(config.in_dim, config.n_outputs)
+        self.register_buffer("x_mean", torch.zeros(config.in_dim))
+        self.register_buffer("x_std", torch.ones(config.in_dim))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features.float())
+    def inputs(self, features: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, in_dim) float32 head input: features and descriptors side by side, standardised
+        if the head standardises."""
+        x = features.float()
+        if extra is not None:
+            x = torch.cat([x, extra.to(device=x.device, dtype=torch.float32)], dim=-1)
+        if x.shape[-1] != self.config.in_dim:
+            raise TrainingError(f"The head reads {self.config.in_dim} features but got {x.shape[-1]}"
+                                f"{'' if extra is not None or not self.config.n_extra else ' (descriptors missing)'}.")
+        if not self.config.standardize:
+            return x
+        x = torch.where(torch.isnan(x), self.x_mean, x)
+        return ((x - self.x_mean) / self.x_std).clamp(-CLIP, CLIP)
+
+    def forward(self, features: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.linear(self.inputs(features, extra))
+
+    def fit_scaling(self, x: torch.Tensor) -> None:
+        """Set the standardisation from (N, in_dim) training inputs (NaN ignored; a constant or
+        all-missing column is centred and left unscaled)."""
+        x = x.double()
+        ok = ~torch.isnan(x)
+        count = ok.sum(0).clamp(min=1)
+        mean = torch.where(ok, x, 0.0).sum(0) / count
+        var = torch.where(ok, (x - mean) ** 2, 0.0).sum(0) / count
+        std = var.sqrt()
+        std = torch.where(std > 1e-8 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
+        with torch.no_grad():
+            self.x_mean.copy_(mean.float())
+            self.x_std.copy_(std.float())
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """targets: (B, n_outputs) standardised floats, or (B,) class indices."""
@@ -59,12 +101,20 @@ class TaskHead(nn.Module):
         return nn.functional.cross_entropy(outputs, targets.long())
 
     def state(self) -> dict:
-        return {"weight": self.linear.weight.detach().clone(), "bias": self.linear.bias.detach().clone()}
+        out = {"weight": self.linear.weight.detach().clone(), "bias": self.linear.bias.detach().clone()}
+        if self.config.standardize:
+            out.update(x_mean=self.x_mean.detach().clone(), x_std=self.x_std.detach().clone())
+        return out
 
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
             self.linear.weight.copy_(state["weight"])
             self.linear.bias.copy_(state["bias"])
+            if self.config.standardize:
+                if "x_mean" not in state or "x_std" not in state:
+                    raise TrainingError("The head standardises its input but its state has no statistics.")
+                self.x_mean.copy_(state["x_mean"])
+                self.x_std.copy_(state["x_std"])
 
 
 def build_head(config: HeadConfig, state: Optional[dict] = None) -> TaskHead:

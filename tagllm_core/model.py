@@ -4,12 +4,17 @@ One class serves prediction and training. The backbone is held, not owned:
 it is shared between every ``TaggedModel`` and never receives gradients;
 only the tag vectors marked trainable and the head are parameters.
 
-Read-outs (features for the head, all float32):
+Read-outs (features for the head, all float32), from the hidden states at the
+read-out layers (``stack``: chosen layers, side by side, so w = k*d for k
+layers; or the final state, w = d):
 
-* ``last``: final hidden state at the last function-tag token, (B, d), as in the paper;
-* ``last+mean``: that, concatenated with the mean final hidden state over the
-  slots' content tokens, (B, 2d);
-* ``mean``: the mean over content tokens alone, (B, d): the linear-probe baseline.
+* ``last``: the state at the last function-tag token, (B, w), as in the paper;
+* ``last+mean``: that, concatenated with the mean state over the slots'
+  content tokens, (B, 2w);
+* ``mean``: the mean over content tokens alone, (B, w): the linear-probe baseline.
+
+The head may also read fixed descriptors of the inputs (``descriptors``),
+passed beside the features as ``extra``.
 """
 
 from __future__ import annotations
@@ -22,23 +27,25 @@ from torch import nn
 from .backbone import Backbone
 from .exceptions import TemplateError
 from .heads import TaskHead
+from .stack import check_layers, run_stack
 from .templates import PromptEncoder, RowPlan, TaggedBatch, Template, collate
 
-__all__ = ["READOUTS", "readout_dim", "TaggedModel", "final_hidden", "pool_features"]
+__all__ = ["READOUTS", "readout_dim", "TaggedModel", "readout_hidden", "pool_features"]
 
 READOUTS = ("last", "last+mean", "mean")
 
 
-def readout_dim(readout: str, hidden_size: int) -> int:
+def readout_dim(readout: str, hidden_size: int, n_layers: int = 1) -> int:
+    """Feature width of a read-out over ``n_layers`` read-out layers of width ``hidden_size``."""
     if readout not in READOUTS:
         raise TemplateError(f"Unknown read-out {readout!r}; use one of {READOUTS}.")
-    return 2 * hidden_size if readout == "last+mean" else hidden_size
+    width = hidden_size * n_layers
+    return 2 * width if readout == "last+mean" else width
 
 
-def final_hidden(backbone: Backbone, batch: TaggedBatch) -> torch.Tensor:
-    """(B, T, d) final hidden states (after the model's final norm) for a tagged batch."""
-    out = backbone.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, use_cache=False)
-    return out.last_hidden_state
+def readout_hidden(backbone: Backbone, batch: TaggedBatch, layers: Optional[tuple] = None) -> torch.Tensor:
+    """(B, T, w) hidden states at the read-out ``layers`` (``None``: the final, normed state)."""
+    return run_stack(backbone, layers, batch.inputs_embeds, batch.attention_mask).hidden
 
 
 def pool_features(hidden: torch.Tensor, readout_index: torch.Tensor, input_mask: torch.Tensor,
@@ -66,17 +73,20 @@ class TaggedModel(nn.Module):
     ``tag_vectors``: name -> (p, d) tensor for every tag the template uses;
     names in ``trainable`` become trainable parameters, the rest are frozen
     buffers. ``slot_kinds``: slot -> "smiles" | "protein" | "text".
+    ``layers``: 1-based read-out layers (the stack stops at the deepest);
+    ``None`` reads the final hidden state.
     """
 
     def __init__(self, backbone: Backbone, template: Template, slot_kinds: dict, tag_vectors: dict,
                  trainable: frozenset = frozenset(), head: Optional[TaskHead] = None, readout: str = "last",
-                 max_tokens: Optional[dict] = None):
+                 max_tokens: Optional[dict] = None, layers: Optional[tuple] = None):
         super().__init__()
         readout_dim(readout, backbone.hidden_size)  # validates the name
         self.backbone = backbone
         self.template = template
         self.slot_kinds = dict(slot_kinds)
         self.readout = readout
+        self.layers = check_layers(layers, backbone.n_layers)
         self.encoder = PromptEncoder(backbone.tokenizer, max_tokens)
         # ParameterDict keys may not contain '.', which tag names may: index by position instead. On the
         # backbone's device, so optimiser steps and gradient all-reduces (NCCL) stay on the GPU.
@@ -90,6 +100,16 @@ class TaggedModel(nn.Module):
         missing = {s.name for s in template.slots} - set(self.slot_kinds)
         if missing:
             raise TemplateError(f"No input kind given for slot(s) {sorted(missing)}.")
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the read-out features (before any descriptors)."""
+        return readout_dim(self.readout, self.backbone.hidden_size, len(self.layers or (0,)))
+
+    @property
+    def cache_layers(self) -> int:
+        """How many decoder layers run (and hold key/value states in a prefix cache)."""
+        return max(self.layers) if self.layers else self.backbone.n_layers
 
     def tag(self, name: str) -> nn.Parameter:
         return self.tag_params[self.tag_names.index(name)]
@@ -110,9 +130,10 @@ class TaggedModel(nn.Module):
     def features(self, plans: list[RowPlan]) -> torch.Tensor:
         """(B, F) float32 read-out features."""
         batch = self.batch(plans)
-        hidden = final_hidden(self.backbone, batch)
+        hidden = readout_hidden(self.backbone, batch, self.layers)
         return pool_features(hidden, batch.readout_index, batch.input_mask, self.readout)
 
-    def forward(self, plans: list[RowPlan]) -> torch.Tensor:
-        """(B, n_outputs) head outputs (standardised predictions or logits)."""
-        return self.head(self.features(plans))
+    def forward(self, plans: list[RowPlan], extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, n_outputs) head outputs (standardised predictions or logits). ``extra``: (B, E)
+        descriptors of the rows, for heads that read them."""
+        return self.head(self.features(plans), extra)

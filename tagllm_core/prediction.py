@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
+from .descriptors import feature_names, row_features
 from .domains import clean
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
@@ -103,7 +104,14 @@ class Predictor:
             raise TemplateError(f"Tag <{tag.name}> lacks vectors for {sorted(missing)}.")
         head = build_head(HeadConfig(**card.head), tag.head_state)
         self.model = TaggedModel(backbone, template, self.slot_kinds, {n: vectors[n] for n in used},
-                                 head=head, readout=card.readout)
+                                 head=head, readout=card.readout, layers=card.layers)
+        self.descriptors = card.features == "descriptors"
+        if self.descriptors:
+            names = [n for s in card.slots for n in feature_names(s.kind)]
+            if names != list(card.descriptor_names):
+                raise TemplateError(
+                    f"Tag <{tag.name}> reads {len(card.descriptor_names)} descriptors that this installation "
+                    f"computes differently ({len(names)} now; another RDKit version?). Retrain the tag here.")
         self.model.eval()
         self.scaler = LabelScaler(**card.label_scaling) if card.label_scaling else None
         config = backbone.model.config
@@ -146,10 +154,13 @@ class Predictor:
         # With two or more inputs, rows that share the first one (one protein against many drugs)
         # share its states: each group's common prefix runs once.
         groups = row_groups(self.model.template, cleaned_rows)
+        extra = (torch.tensor(row_features(self.slot_kinds, cleaned_rows), dtype=torch.float32)
+                 if self.descriptors else None)
         done, t0 = 0, time.perf_counter()
         for idx, prefix in grouped_batches(self.model, plans, groups, batch_size, max_batch_tokens,
                                            prefix_fn=self._shared_prefix):
-            for j, out in zip(idx, self._run([plans[j] for j in idx], prefix)):
+            ex = extra[idx] if extra is not None else None
+            for j, out in zip(idx, self._run([plans[j] for j in idx], prefix, ex)):
                 self._fill(results[pending[j]], out)
             done += len(idx)
             if progress:
@@ -173,9 +184,9 @@ class Predictor:
                 self._prefix_key = key
             return self._prefix
 
-    def _run(self, plans, prefix: Optional[SharedPrefix] = None) -> np.ndarray:
+    def _run(self, plans, prefix: Optional[SharedPrefix] = None, extra: Optional[torch.Tensor] = None) -> np.ndarray:
         with self.backbone.lock, torch.inference_mode():
-            out = self.model.head(features_with_prefix(self.model, plans, prefix))
+            out = self.model.head(features_with_prefix(self.model, plans, prefix), extra)
         return out.float().cpu().numpy()
 
     def _fill(self, res: PredictionRow, out: np.ndarray) -> None:

@@ -27,7 +27,8 @@ from typing import Callable, Hashable, Iterator, Optional
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .model import TaggedModel, pool_features, readout_dim
+from .model import TaggedModel, pool_features
+from .stack import run_stack
 from .templates import RowPlan, Template
 
 __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
@@ -39,10 +40,11 @@ __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_featur
 class PrefixState:
     """One row's frozen prefix.
 
-    keys/values: per layer (kv_heads, length - start, head_dim) in the backbone
+    keys/values: per layer that runs (``TaggedModel.cache_layers``: up to the
+    deepest read-out layer) (kv_heads, length - start, head_dim) in the backbone
     dtype, the states of positions ``start .. length``; positions before
     ``start`` are the group's ``shared`` prefix (``start`` is 0 without one).
-    input_mean: (d,) float32 mean final hidden state over all the row's input
+    input_mean: (w,) float32 mean read-out state over all the row's input
     tokens, shared part included (``None`` for the ``last`` read-out).
     """
 
@@ -61,11 +63,6 @@ class PrefixState:
         return n + (self.input_mean.numel() * 4 if self.input_mean is not None else 0)
 
 
-def _returned_cache(result):
-    """The key/value cache a base-model call returned (transformers 5 names it ``cache``)."""
-    return result.cache if getattr(result, "cache", None) is not None else result.past_key_values
-
-
 def _prefix_plan(model: TaggedModel, plan: RowPlan) -> RowPlan:
     fn = model.template.function_tag
     p = model.tag_lengths[fn]
@@ -79,25 +76,24 @@ def compute_prefix_states(model: TaggedModel, plans: list[RowPlan], batch_size: 
     With ``shared`` (the first ``shared.length`` positions of every plan), only what follows is
     run and kept; the states come back with ``start = shared.length`` and ``group``."""
     out: list[PrefixState] = []
-    base = model.backbone.base
     n = shared.length if shared is not None else 0
     for begin in range(0, len(plans), batch_size):
         chunk = [_prefix_plan(model, p) for p in plans[begin:begin + batch_size]]
         with torch.no_grad():
             if shared is None:
                 batch = model.batch(chunk)
-                result = base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                              use_cache=True)
-                means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean")
+                result = run_stack(model.backbone, model.layers, batch.inputs_embeds, batch.attention_mask,
+                                   use_cache=True)
+                means = pool_features(result.hidden, batch.readout_index, batch.input_mask, "mean")
             else:
                 result, batch = _run_after(model, shared, chunk)
-                means = pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, "mean",
+                means = pool_features(result.hidden, batch.readout_index, batch.input_mask, "mean",
                                       shared.input_sum, shared.input_count)
-            cache = _returned_cache(result)
+        cache_layers = result.cache.layers[: model.cache_layers]
         for b, plan in enumerate(chunk):
             end = len(plan)
-            keys = [layer.keys[b, :, n:end].clone() for layer in cache.layers]
-            values = [layer.values[b, :, n:end].clone() for layer in cache.layers]
+            keys = [layer.keys[b, :, n:end].clone() for layer in cache_layers]
+            values = [layer.values[b, :, n:end].clone() for layer in cache_layers]
             mean = means[b].clone() if model.readout != "last" else None
             out.append(PrefixState(keys, values, end, mean, n, group if shared is not None else None))
     return out
@@ -134,9 +130,8 @@ def suffix_features(model: TaggedModel, states: list[PrefixState]) -> torch.Tens
     lengths = torch.tensor([s.length for s in states], device=bb.device)
     position_ids = lengths[:, None] + torch.arange(p, device=bb.device)[None, :]
     embeds = vectors.to(bb.dtype).unsqueeze(0).expand(B, -1, -1)
-    result = bb.base(inputs_embeds=embeds, attention_mask=mask, cache=cache, position_ids=position_ids,
-                     use_cache=True)
-    last = result.last_hidden_state[:, -1].float()
+    result = run_stack(bb, model.layers, embeds, mask, cache=cache, position_ids=position_ids, use_cache=True)
+    last = result.hidden[:, -1].float()
     if model.readout == "last":
         return last
     means = torch.stack([s.input_mean for s in states]).to(last.device)
@@ -259,8 +254,8 @@ def _tag_len(plan: RowPlan, start: int) -> int:
 class SharedPrefix:
     """The first ``length`` positions common to a set of rows.
 
-    layers: per layer (keys, values), each (1, kv_heads, length, head_dim);
-    input_sum: (d,) float32 sum of final hidden states over input tokens inside
+    layers: per layer that runs (keys, values), each (1, kv_heads, length, head_dim);
+    input_sum: (w,) float32 sum of read-out states over input tokens inside
     the prefix, input_count how many (for ``mean`` read-outs).
     """
 
@@ -279,17 +274,16 @@ def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
     inside = [i for i in plan.input_positions if i < n]
     head = RowPlan(plan.ids[:n], [t for t in plan.tags if t[1] < n], inside)
     batch = model.batch([head])
-    result = model.backbone.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                 use_cache=True)
-    cache = _returned_cache(result)
-    hidden = result.last_hidden_state[0].float()
+    result = run_stack(model.backbone, model.layers, batch.inputs_embeds, batch.attention_mask, use_cache=True)
+    hidden = result.hidden[0].float()
     total = hidden[inside].sum(0) if inside else hidden.new_zeros(hidden.shape[-1])
-    return SharedPrefix([(layer.keys, layer.values) for layer in cache.layers], n, total, len(inside))
+    layers = result.cache.layers[: model.cache_layers]
+    return SharedPrefix([(layer.keys, layer.values) for layer in layers], n, total, len(inside))
 
 
 def _run_after(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]):
     """Run what follows ``prefix`` in each plan, attending to its cached states.
-    Returns (the base model's output, the batch of remainders)."""
+    Returns (the ``StackOutput``, the batch of remainders)."""
     bb = model.backbone
     n = prefix.length
     rest = [RowPlan(p.ids[n:], [(name, s - n) for name, s in p.tags if s >= n],
@@ -302,8 +296,8 @@ def _run_after(model: TaggedModel, prefix: SharedPrefix, plans: list[RowPlan]):
                       batch.attention_mask], dim=1)
     T = batch.inputs_embeds.shape[1]
     position_ids = (n + torch.arange(T, device=bb.device)).unsqueeze(0).expand(B, -1)
-    result = bb.base(inputs_embeds=batch.inputs_embeds, attention_mask=mask, cache=cache,
-                     position_ids=position_ids, use_cache=True)
+    result = run_stack(bb, model.layers, batch.inputs_embeds, mask, cache=cache, position_ids=position_ids,
+                       use_cache=True)
     return result, batch
 
 
@@ -311,7 +305,7 @@ def features_after_shared_prefix(model: TaggedModel, prefix: SharedPrefix, plans
     """(B, F) read-out features of ``plans``, whose first ``prefix.length`` positions are ``prefix``;
     only each row's remainder is run. Equals ``model.features(plans)`` up to float rounding."""
     result, batch = _run_after(model, prefix, plans)
-    return pool_features(result.last_hidden_state, batch.readout_index, batch.input_mask, model.readout,
+    return pool_features(result.hidden, batch.readout_index, batch.input_mask, model.readout,
                          prefix.input_sum, prefix.input_count)
 
 
@@ -376,12 +370,17 @@ def features_with_prefix(model: TaggedModel, plans: list[RowPlan], prefix: Optio
 
 
 def grouped_features(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None,
-                     batch_size: int = 16) -> torch.Tensor:
+                     batch_size: int = 16, on_batch: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """(N, F) read-out features of ``plans`` (callers hold no_grad/inference_mode), each group's
     common prefix run once (``grouped_batches``). Equals ``model.features`` up to float rounding;
-    much cheaper when many rows share a long beginning (one protein, many drugs)."""
+    much cheaper when many rows share a long beginning (one protein, many drugs).
+    ``on_batch(rows_done)`` is called after each batch (progress)."""
     out: list = [None] * len(plans)
+    done = 0
     for idx, prefix in grouped_batches(model, plans, groups, batch_size):
         for i, f in zip(idx, features_with_prefix(model, [plans[i] for i in idx], prefix)):
-            out[i] = f
-    return torch.stack(out) if out else torch.zeros(0, readout_dim(model.readout, model.backbone.hidden_size))
+            out[i] = f.cpu()
+        done += len(idx)
+        if on_batch:
+            on_batch(done)
+    return torch.stack(out) if out else torch.zeros(0, model.feature_dim)

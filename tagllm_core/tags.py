@@ -104,6 +104,9 @@ class TagCard:
     classes: list = field(default_factory=list)
     label_scaling: Optional[dict] = None  # {"mean": [...], "std": [...]}
     readout: Optional[str] = None  # "last" | "last+mean"
+    layers: Optional[list] = None  # 1-based read-out layers; None: the final hidden state
+    features: str = "none"  # "descriptors": the head also reads descriptors of the inputs
+    descriptor_names: list = field(default_factory=list)  # their columns, to check at prediction time
     head: Optional[dict] = None  # HeadConfig as dict
     metrics: dict = field(default_factory=dict)
     interval: Optional[dict] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}

@@ -12,9 +12,12 @@ tag's ``p`` tokens with gradients. Gradients equal those of the full pass.
 
 Defaults come from the ablations in docs/BENCHMARKS.md: the head is
 warm-started by ridge regression on the initial features (so training starts
-at the linear probe, not at noise), the read-out sees the input as well as
-the tag (``last+mean``), the best validation epoch is kept, and the tag is
-pulled towards its initial value by weight decay.
+at the linear probe, not at noise, ``warm_start``), the read-out depth is
+chosen on validation in that warm start and the layers above it never run
+(``stack``), the read-out sees the input as well as the tag (``last+mean``),
+the best validation epoch is kept, and the tag is pulled towards its initial
+value by weight decay. The head may also read classic descriptors of the
+inputs (``descriptors``).
 
 Nothing is written to the tag library until training has finished: a job
 that dies or is cancelled leaves no tag behind.
@@ -35,17 +38,20 @@ import torch
 
 from .backbone import Backbone
 from .data import random_split, require_columns, scaffold_split
+from .descriptors import FEATURE_SETS, feature_names, row_features
 from .domains import KINDS, clean, randomized_smiles
 from .exceptions import TrainingError
-from .heads import HeadConfig, LabelScaler, TaskHead, fit_ridge
+from .heads import HeadConfig, LabelScaler, TaskHead
 from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
-from .model import TaggedModel, readout_dim
-from .prefix_cache import PrefixCache, row_groups, suffix_features
+from .model import TaggedModel
+from .prefix_cache import PrefixCache, grouped_features, row_groups, suffix_features
+from .warm_start import choose_layer, fit_head, layer_slice
 from .progress import ProgressCallback, ProgressEvent
 from .tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
 from .templates import PromptEncoder, Template, default_template
 
 __all__ = [
+    "parse_layers",
     "FunctionTagConfig",
     "DomainTagConfig",
     "PreparedData",
@@ -72,6 +78,11 @@ class FunctionTagConfig:
     what: str = "property"  # wording of the default template: "The <what> is <Tag>"
     n_tokens: int = 10
     readout: str = "last+mean"
+    # Read-out depth: "auto" (the layer whose ridge head scores best on validation), "final" (the
+    # last layer's normed state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
+    layers: object = "auto"
+    features: str = "none"  # "descriptors": the head also reads RDKit / ProtParam descriptors
+    select_rows: int = 2000  # training rows (at most) in the read-out layer choice and the warm start
     epochs: int = 10
     batch_size: int = 16
     tag_lr: float = 3e-4
@@ -99,11 +110,32 @@ class FunctionTagConfig:
             raise TrainingError("Choose at least one label column.")
         if self.task not in ("regression", "classification"):
             raise TrainingError(f"Unknown task {self.task!r}; use regression or classification.")
+        if self.features not in FEATURE_SETS:
+            raise TrainingError(f"Unknown feature set {self.features!r}; use one of {FEATURE_SETS}.")
+        self.layers = parse_layers(self.layers)
 
     def template_text(self) -> str:
         if self.template:
             return Template.parse(self.template).with_function_tag(self.name).text
         return default_template([(s.name, s.kind, s.domain_tag) for s in self.slots], self.name, self.what)
+
+
+def parse_layers(value) -> object:
+    """"auto" | "final" | [int, ...] from what a person typed ("auto", "final", "12", "7,15")."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", "final"):
+            return text
+        try:
+            value = [int(x) for x in text.replace(" ", ",").split(",") if x]
+        except ValueError:
+            raise TrainingError(
+                f"Read-out layers {value!r}: use auto, final or layer numbers such as 12 or 7,15.") from None
+    if isinstance(value, int):
+        value = [value]
+    if not value or not all(isinstance(x, int) and x >= 1 for x in value):
+        raise TrainingError(f"Read-out layers {value!r}: use auto, final or layer numbers (1 or more).")
+    return list(value)
 
 
 @dataclass
@@ -222,13 +254,15 @@ class _Progress:
                                     examples / elapsed if elapsed > 0 and examples else None, eta, message))
 
 
-def _predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list, batch_size: int) -> np.ndarray:
-    """(N, n_outputs) head outputs on cached prefixes, no gradients."""
+def _predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list, batch_size: int,
+                 extra: Optional[torch.Tensor] = None) -> np.ndarray:
+    """(N, n_outputs) head outputs on cached prefixes, no gradients. ``extra``: (N, E) descriptors."""
     outs = []
     with torch.no_grad():
         for s in range(0, len(plans), batch_size):
             states = cache.get(keys[s:s + batch_size], plans[s:s + batch_size])
-            outs.append(model.head(suffix_features(model, states)).float().cpu().numpy())
+            ex = extra[s:s + batch_size] if extra is not None else None
+            outs.append(model.head(suffix_features(model, states), ex).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, model.head.config.n_outputs))
 
 
@@ -244,12 +278,18 @@ def _better(a: float, b: Optional[float], larger: bool) -> bool:
     return b is None or (a > b if larger else a < b)
 
 
-def _ridge_alpha(features: np.ndarray, targets: np.ndarray, seed: int) -> float:
-    from sklearn.linear_model import RidgeCV
+def _descriptors(cfg: FunctionTagConfig, rows: list) -> Optional[torch.Tensor]:
+    """(N, E) float32 descriptors of ``rows`` (NaN where undefined), or ``None`` without them."""
+    if cfg.features != "descriptors":
+        return None
+    return torch.tensor(row_features({s.name: s.kind for s in cfg.slots}, rows), dtype=torch.float32)
 
-    alphas = np.logspace(-2, 4, 13)
-    fit = RidgeCV(alphas=alphas).fit(features, targets)
-    return float(fit.alpha_)
+
+def _sample(n: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``cap`` of ``n`` rows, drawn at random."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, cap, replace=False))
 
 
 def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: FunctionTagConfig,
@@ -290,13 +330,67 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     domain_vecs = _domain_vectors(library, cfg.slots)
     gen = torch.Generator().manual_seed(cfg.seed)
     init = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens, generator=gen)
+    vectors = {cfg.name: init, **domain_vecs}
+    kinds = {s.name: s.kind for s in cfg.slots}
     n_out = train.y.shape[1] if cfg.task == "regression" else len(classes)
-    head_cfg = HeadConfig(cfg.task, n_out, readout_dim(cfg.readout, backbone.hidden_size))
-    model = TaggedModel(backbone, template, {s.name: s.kind for s in cfg.slots}, {cfg.name: init, **domain_vecs},
-                        trainable=frozenset({cfg.name}), head=TaskHead(head_cfg), readout=cfg.readout)
+    Y = y_train if cfg.task == "regression" else torch.nn.functional.one_hot(y_train, n_out).float() * 2 - 1
+    # Plans do not depend on the read-out depth: make them once, with a model reading the final state.
+    planner = TaggedModel(backbone, template, kinds, vectors, readout=cfg.readout)
+    train_plans = [planner.plan(r) for r in train.inputs]
+    valid_plans = [planner.plan(r) for r in valid.inputs]
+    extra_train, extra_valid = _descriptors(cfg, train.inputs), _descriptors(cfg, valid.inputs)
+    n_extra = extra_train.shape[1] if extra_train is not None else 0
+    # Under `accelerate launch`, every process holds the model and the cache, takes its share of each
+    # batch, and the gradients are summed across processes (_sync_grads); only the main one reports
+    # and writes. One process (CPU, one GPU) is the same loop with a world of one.
+    accelerator = _accelerator(backbone)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
+    warm_rows = _sample(len(train_plans), cfg.select_rows, cfg.seed)  # rows of the layer choice / warm start
+    if cfg.layers == "auto":
+        warm_steps = math.ceil((len(warm_rows) + len(valid_plans)) / 16)
+    else:
+        warm_steps = math.ceil(len(warm_rows) / 32)
+    report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
+                       warm_steps + steps_per_epoch * cfg.epochs)
+
+    def head_config(feature_dim: int) -> HeadConfig:
+        return HeadConfig(cfg.task, n_out, feature_dim + n_extra, n_extra, standardize=True)
+
+    layer_choice, warm = None, None  # warm: (features, targets, descriptors) of the ridge warm start
+    if cfg.layers == "auto":
+        # One pass through the whole stack gives every layer's features; a ridge head per layer,
+        # scored on validation, picks the read-out depth. The layers above it never run again.
+        n_layers = backbone.n_layers
+        scan = TaggedModel(backbone, template, kinds, vectors, readout=cfg.readout,
+                           layers=tuple(range(1, n_layers + 1)))
+        scan_plans = [train_plans[i] for i in warm_rows] + valid_plans
+        scan_groups = row_groups(template, [train.inputs[i] for i in warm_rows] + valid.inputs)
+        with torch.no_grad():
+            feats = grouped_features(scan, scan_plans, scan_groups, on_batch=lambda done: report(
+                math.ceil(done / 16), message="warm start: features at every layer", examples=done))
+        f_train, f_valid = feats[: len(warm_rows)], feats[len(warm_rows):]
+        metric_name, larger = PRIMARY_METRIC[cfg.task]
+
+        def loss(out: np.ndarray) -> float:
+            value = _evaluate(cfg.task, out, valid.y, scaler)[0].get(metric_name)
+            return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
+
+        layer_choice = choose_layer(lambda: TaskHead(head_config(scan.feature_dim // n_layers)), f_train,
+                                    Y[warm_rows], f_valid, loss, n_layers, cfg.readout,
+                                    extra_train[warm_rows] if n_extra else None, extra_valid)
+        layers = (layer_choice.layer,)
+        warm = (layer_slice(f_train, n_layers, layer_choice.layer, cfg.readout), Y[warm_rows],
+                extra_train[warm_rows] if n_extra else None)
+        del feats, f_train, f_valid
+    else:
+        layers = None if cfg.layers == "final" else tuple(cfg.layers)
+    model = TaggedModel(backbone, template, kinds, vectors, trainable=frozenset({cfg.name}),
+                        readout=cfg.readout, layers=layers)
+    head_cfg = head_config(model.feature_dim)
+    model.head = TaskHead(head_cfg).to(backbone.device)
     cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))
-    train_plans = [model.plan(r) for r in train.inputs]
-    valid_plans = [model.plan(r) for r in valid.inputs]
     train_keys = [("t", i) for i in range(len(train_plans))]
     valid_keys = [("v", i) for i in range(len(valid_plans))]
     # spellings[i]: (key, plan) of every SMILES spelling of training row i, the canonical one first.
@@ -312,28 +406,25 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     groups = row_groups(template, train.inputs + valid.inputs + extra_inputs)
     cache.share(train_keys + valid_keys + [k for k, _ in extra], train_plans + valid_plans + [p for _, p in extra],
                 groups)
-    steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
-    warm_steps = math.ceil(len(train_plans) / 32) if cfg.ridge_warm_start else 0
-    # Under `accelerate launch`, every process holds the model and the cache, takes its share of each
-    # batch, and the gradients are summed across processes (_sync_grads); only the main one reports
-    # and writes. One process (CPU, one GPU) is the same loop with a world of one.
-    accelerator = _accelerator(backbone)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
-    report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
-                       warm_steps + steps_per_epoch * cfg.epochs)
 
-    if cfg.ridge_warm_start:
+    if warm is None:
         feats = []
         with torch.no_grad():
-            for k, s in enumerate(range(0, len(train_plans), 32)):
-                states = cache.get(train_keys[s:s + 32], train_plans[s:s + 32])
+            for k, s in enumerate(range(0, len(warm_rows), 32)):
+                rows = warm_rows[s:s + 32]
+                states = cache.get([train_keys[i] for i in rows], [train_plans[i] for i in rows])
                 feats.append(suffix_features(model, states).cpu())
                 report(k + 1, message="warm start: features for the ridge head", examples=s + len(states))
-        X = torch.cat(feats)
-        Y = y_train if cfg.task == "regression" else torch.nn.functional.one_hot(y_train, n_out).float() * 2 - 1
-        alpha = _ridge_alpha(X.numpy(), Y.numpy(), cfg.seed)
-        model.head.load_state(fit_ridge(X, Y, alpha))
+        warm = (torch.cat(feats), Y[warm_rows], extra_train[warm_rows] if n_extra else None)
+    if cfg.ridge_warm_start:
+        fit_head(model.head, *warm)
+    else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
+        model.head.fit_scaling(warm[0] if warm[2] is None else torch.cat([warm[0], warm[2]], 1))
+        with torch.no_grad():
+            model.head.linear.weight.zero_()
+            model.head.linear.bias.zero_()
+    model.head.to(backbone.device)
+    del warm
 
     tag_param = model.tag(cfg.name)
     optimizer = torch.optim.Adam([
@@ -348,7 +439,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         return tag_param.detach().clone(), model.head.state()
 
     def validate():
-        out = _predict_std(model, cache, valid_keys, valid_plans, 32)
+        out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
         return _evaluate(cfg.task, out, valid.y, scaler)
 
     start_epoch, history, best, best_state, best_epoch, bad_epochs = 0, [], None, None, 0, 0
@@ -374,7 +465,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             mine = list(range(rank, len(idx), world))
             if mine:
                 states = cache.get([chosen[j][0] for j in mine], [chosen[j][1] for j in mine])
-                out = model.head(suffix_features(model, states))
+                out = model.head(suffix_features(model, states), extra_train[idx[mine]] if n_extra else None)
                 # the batch mean, split into per-process parts that sum to it
                 loss = model.head.loss(out, y_train[idx[mine]].to(out.device)) * (len(mine) / len(idx))
             else:
@@ -408,7 +499,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     with torch.no_grad():
         tag_param.copy_(best_state[0])
     model.head.load_state(best_state[1])
-    out = _predict_std(model, cache, valid_keys, valid_plans, 32)
+    out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
     metrics, pred = _evaluate(cfg.task, out, valid.y, scaler)
     interval = None
     if cfg.task == "regression":
@@ -423,8 +514,9 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
         description=cfg.description, template=template.text, slots=cfg.slots, task=cfg.task,
         labels=list(cfg.labels), classes=classes, label_scaling=scaler.to_dict() if scaler else None,
-        readout=cfg.readout, head=head_cfg.to_dict(), metrics={"valid": metrics}, interval=interval,
-        label_sample=label_sample,
+        readout=cfg.readout, layers=list(model.layers) if model.layers else None, features=cfg.features,
+        descriptor_names=[n for s in cfg.slots for n in feature_names(s.kind)] if n_extra else [],
+        head=head_cfg.to_dict(), metrics={"valid": metrics}, interval=interval, label_sample=label_sample,
         training={
             "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
             "rows_valid": len(valid.inputs), "rows_dropped": len(data.dropped),
@@ -432,6 +524,9 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             "epochs_run": len(history) - 1, "seconds": round(time.perf_counter() - t_start, 1),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("slots", "name", "description")},
             "history": history,
+            "layer_choice": ({"chosen": layer_choice.layer, "rows": len(warm_rows),
+                              f"valid_{metric_name}_by_layer": _layer_metrics(layer_choice.scores, larger)}
+                             if layer_choice else None),
         },
     )
     tag = Tag(card, best_state[0].detach().float().cpu(), {k: v.cpu() for k, v in best_state[1].items()},
@@ -442,6 +537,11 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     vt = (valid.y[:, 0] if cfg.task == "regression" else valid.y).tolist()
     vp = (pred[:, 0] if cfg.task == "regression" else pred[:, -1]).tolist()
     return TrainResult(tag, metrics, history, vt, vp, data.dropped, path)
+
+
+def _layer_metrics(scores: dict, larger: bool) -> dict:
+    """Layer-choice losses back in metric units: {layer: metric of its ridge head on validation}."""
+    return {int(k): (-v if larger else v) if np.isfinite(v) else None for k, v in scores.items()}
 
 
 def _augmented_rows(row: dict, cfg: FunctionTagConfig, index: int) -> list[dict]:
@@ -529,7 +629,7 @@ class _Checkpoint:
         t = load_file(str(self.folder / "state.safetensors"))
         with torch.no_grad():
             tag_param.copy_(t["tag"])
-        head.load_state({"weight": t["head.weight"], "bias": t["head.bias"]})
+        head.load_state({k[5:]: v for k, v in t.items() if k.startswith("head.")})
         state: dict = {}
         for key, val in t.items():
             if key.startswith("opt."):
@@ -539,7 +639,7 @@ class _Checkpoint:
             pid, name = key.split(".", 1)
             state.setdefault(int(pid), {})[name] = torch.tensor(val)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        best_state = (t["best_tag"], {"weight": t["best_head.weight"], "bias": t["best_head.bias"]})
+        best_state = (t["best_tag"], {k[10:]: v for k, v in t.items() if k.startswith("best_head.")})
         return meta["epoch"], meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"], best_state
 
     def clear(self):

@@ -69,7 +69,7 @@ def test_second_load_comes_from_the_cache(real):
 
 
 def test_tagged_input_gives_finite_hidden_states(real):
-    from tagllm_core.model import TaggedModel, final_hidden
+    from tagllm_core.model import TaggedModel, readout_hidden
     from tagllm_core.templates import Template
 
     tag = make_function_tag(real, "Func", slots=(("sequence", "protein", "Protein"), ("smiles", "smiles", "SMILES")))
@@ -86,7 +86,7 @@ def test_tagged_input_gives_finite_hidden_states(real):
         for name, start in plan.tags:
             p = vectors[name].shape[0]
             assert torch.equal(batch.inputs_embeds[0, start:start + p], vectors[name].to(real.dtype))
-        hidden = final_hidden(real, batch)
+        hidden = readout_hidden(real, batch)
     assert hidden.shape == (1, len(plan), 576)
     assert torch.isfinite(hidden).all()
     assert hidden.float().abs().max() > 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tagllm_core.exceptions import TagLLMError, TagNameError, TemplateError
-from tagllm_core.model import READOUTS, TaggedModel, final_hidden, pool_features, readout_dim
+from tagllm_core.model import READOUTS, TaggedModel, readout_hidden, pool_features, readout_dim
 from tagllm_core.templates import (
     PromptEncoder,
     RowPlan,
@@ -368,7 +368,7 @@ def test_missing_slot_kind_is_refused(backbone):
                                                                                  "BindingAffinity": 1}))
 
 
-def test_final_hidden_matches_the_base_model_on_plain_tokens(backbone):
+def test_readout_hidden_matches_the_base_model_on_plain_tokens(backbone):
     """With no tags, the spliced path is exactly the model's own forward on token ids."""
     from tagllm_core.templates import TaggedBatch
 
@@ -376,7 +376,7 @@ def test_final_hidden_matches_the_base_model_on_plain_tokens(backbone):
     batch = TaggedBatch(backbone.embed_ids(ids), torch.ones_like(ids), torch.tensor([ids.shape[1] - 1]),
                         torch.zeros(ids.shape, dtype=torch.float32))
     with torch.inference_mode():
-        ours = final_hidden(backbone, batch)
+        ours = readout_hidden(backbone, batch)
         ref = backbone.base(input_ids=ids).last_hidden_state
     torch.testing.assert_close(ours, ref)
 
@@ -414,7 +414,7 @@ def test_collate_keeps_autograd_to_raw_vectors(backbone):
     plans = [enc.plan(Template.parse(SMILES_T), {"smiles": "smiles"}, {"smiles": s}, lengths) for s in ROWS[:2]]
     batch = collate(plans, backbone.embed_ids, vectors, backbone.tokenizer.pad_token_id, backbone.dtype,
                     backbone.device)
-    hidden = final_hidden(backbone, batch)
+    hidden = readout_hidden(backbone, batch)
     _probe(hidden[torch.arange(2), batch.readout_index]).backward()
     assert vectors["Func"].grad is not None and vectors["Func"].grad.abs().sum() > 0
     assert vectors["SMILES"].grad is None
