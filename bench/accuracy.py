@@ -2,9 +2,12 @@
 
 Rows per data set (all fitted on `train`, scored on `valid` of ../shared/benchmarks):
   * mean            predict the training mean;
-  * probe-mean      ridge (alpha by CV) on mean-pooled final hidden states of the same backbone;
-  * probe-last      ridge on the final hidden state at the last token;
+  * probe-mean      ridge (alpha by CV, standardised features) on mean-pooled last-layer states of the same backbone;
+  * probe-last      ridge on the last layer's state at the last token;
   * notag-head      the Tag-LLM template with no tag tokens, ridge head on its last+mean read-out;
+  * probe-mean@L    probe-mean at the layer L that scores best on valid (L printed; optimistic: chosen on valid);
+  * probe@L+rdkit   ridge on [mean-pooled layer-L states ; RDKit 2D descriptors] (SMILES inputs);
+  * ridge-rdkit     ridge on RDKit 2D descriptors (SMILES inputs);
   * rf-morgan       random forest on Morgan fingerprints (SMILES inputs);
   * rf-rdkit        random forest on RDKit 2D descriptors (SMILES inputs);
   * ridge-onehot    ridge on one-hot residues (protein inputs, aligned by position);
@@ -69,27 +72,30 @@ def template_for(slots: dict, what: str, tag: str) -> str:
 
 
 def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
-    """(N, 2d) ``[last ; mean]`` features of the no-tag template, one forward pass; cached on disk.
-    Rows sharing their first input (stage 3: one protein, many drugs) share its states."""
+    """(N, 2, L, d) ``[last ; mean]`` features of the no-tag template at every layer (RMS-normalised,
+    ``tagllm_core.stack``), one forward pass; cached on disk. Rows sharing their first input (stage 3:
+    one protein, many drugs) share its states."""
     from tagllm_core.domains import clean
     from tagllm_core.model import TaggedModel
     from tagllm_core.prefix_cache import grouped_features, row_groups
     from tagllm_core.templates import Template
 
-    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean", list(slots), crop,
+    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean@all", list(slots), crop,
                                      df[list(slots)].astype(str).values.tolist()]).encode()).hexdigest()[:16]
     path = CACHE / f"{key}.npy"
     if path.exists():
         return np.load(path)
     t = Template.parse(template_for(slots, what, "NoTag"))
-    model = TaggedModel(bb, t, slots, {"NoTag": torch.zeros(0, bb.hidden_size)}, readout="last+mean")
+    n = bb.n_layers
+    model = TaggedModel(bb, t, slots, {"NoTag": torch.zeros(0, bb.hidden_size)}, readout="last+mean",
+                        layers=tuple(range(1, n + 1)))
     rows = [{s: clean(k, v, crop.get(k)).value for (s, k), v in zip(slots.items(), r)}
             for r in df[list(slots)].values.tolist()]
     plans = [model.plan(r) for r in rows]
     groups = row_groups(t, rows)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        feats = grouped_features(model, plans, groups).numpy()
+        feats = grouped_features(model, plans, groups).numpy().reshape(len(plans), 2, n, bb.hidden_size)
     print(f"    features for {len(plans)} rows: {time.perf_counter() - t0:.0f} s", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
@@ -101,8 +107,8 @@ def ridge_cv(Xtr, ytr, Xva):
     from sklearn.preprocessing import StandardScaler
 
     sc = StandardScaler().fit(Xtr)
-    m = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(sc.transform(Xtr), ytr)
-    return m.predict(sc.transform(Xva))
+    m = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(np.clip(sc.transform(Xtr), -8, 8), ytr)
+    return m.predict(np.clip(sc.transform(Xva), -8, 8))
 
 
 def morgan(smiles):
@@ -165,14 +171,23 @@ def run_dataset(bb, name, args, table):
               flush=True)
 
     add("mean", np.full(len(va), ytr.mean()))
+    single_smiles = "smiles" in slots and len(slots) == 1
     if "probe" in args.methods:
-        d = bb.hidden_size
-        Xtr, Xva = backbone_features(bb, tr, slots, what, crop), backbone_features(bb, va, slots, what, crop)
-        add("probe-mean", ridge_cv(Xtr[:, d:], ytr, Xva[:, d:]))
-        add("probe-last", ridge_cv(Xtr[:, :d], ytr, Xva[:, :d]))
-        add("notag-head", ridge_cv(Xtr, ytr, Xva), extra="template, no tag, last+mean read-out")
+        Ftr, Fva = backbone_features(bb, tr, slots, what, crop), backbone_features(bb, va, slots, what, crop)
+        add("probe-mean", ridge_cv(Ftr[:, 1, -1], ytr, Fva[:, 1, -1]))
+        add("probe-last", ridge_cv(Ftr[:, 0, -1], ytr, Fva[:, 0, -1]))
+        add("notag-head", ridge_cv(Ftr[:, :, -1].reshape(len(tr), -1), ytr, Fva[:, :, -1].reshape(len(va), -1)),
+            extra="template, no tag, last+mean read-out")
+        by_layer = {layer + 1: ridge_cv(Ftr[:, 1, layer], ytr, Fva[:, 1, layer]) for layer in range(Ftr.shape[2])}
+        best = min(by_layer, key=lambda k: np.sqrt(np.mean((by_layer[k] - yva) ** 2)))
+        add(f"probe-mean@{best}", by_layer[best], extra="layer chosen on valid (optimistic)")
+        if single_smiles:
+            Dtr, Dva = rdkit_desc(tr.smiles), rdkit_desc(va.smiles)
+            add(f"probe@{best}+rdkit", ridge_cv(np.hstack([Ftr[:, 1, best - 1], Dtr]), ytr,
+                                                 np.hstack([Fva[:, 1, best - 1], Dva])))
     if "classic" in args.methods:
-        if "smiles" in slots and len(slots) == 1:
+        if single_smiles:
+            add("ridge-rdkit", ridge_cv(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
             add("rf-morgan", rf(morgan(tr.smiles), ytr, morgan(va.smiles)))
             add("rf-rdkit", rf(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
         if "sequence" in slots:
@@ -197,8 +212,10 @@ def run_dataset(bb, name, args, table):
             res = train_function_tag(bb, TagLibrary(bb.fingerprint), cfg, tr.astype({"y": str}), va.astype({"y": str}),
                                      save=False, progress=_epoch_printer(t0))
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
+            card = res.tag.card
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
-                time.perf_counter() - t0, f"best epoch {res.tag.card.training['best_epoch']}; valid RMSE by epoch {hist}")
+                time.perf_counter() - t0, f"layers {card.layers}; best epoch {card.training['best_epoch']}; "
+                f"valid RMSE by epoch {hist}; seconds by phase {card.training['phase_seconds']}")
 
 
 def main():

@@ -161,6 +161,21 @@ with tab_fn:
                 "Crop proteins to (residues, 0 = 1000)", min_value=0, max_value=100_000, value=0, step=64,
                 key="tf_crop", disabled="protein" not in kinds,
                 help="Longer sequences are cut; predictions with this tag are cropped alike.")
+            layers = a1.text_input(
+                "Read-out depth", value=str(training.DEFAULT_LAYERS), key="tf_layers",
+                help="auto: the layer whose linear head scores best on validation, chosen in the warm start; "
+                     "the layers above it never run, so training and prediction are faster. final: the last "
+                     "layer, as in the paper. Or layer numbers, e.g. 12 or 7,15.")
+            layers_problem = training.layers_problem(layers)
+            if layers_problem:
+                st.error(layers_problem)
+                problems.append(layers_problem)
+            descriptors = a2.checkbox(
+                "Head also reads classic descriptors", value=training.DEFAULT_FEATURES == "descriptors",
+                key="tf_features",
+                help="Beside the tag, the head reads RDKit 2D descriptors of each SMILES and composition/"
+                     "ProtParam features of each protein. Often more accurate with little data; off is the "
+                     "paper's pure-tag method.")
             valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
                                         key="tf_valid")
         n_train = max(1, int(n_rows * (1 - float(valid_fraction))))
@@ -176,7 +191,8 @@ with tab_fn:
             name=name or "", train_file=example_path, slots=slots, labels=labels, task=task, template=template,
             what=what or "property", epochs=int(epochs), batch_size=int(batch_size), n_tokens=int(n_tokens),
             tag_lr=float(tag_lr), split=split, valid_fraction=float(valid_fraction), max_rows=int(max_rows) or None,
-            augment=int(augment), max_length={"protein": int(crop)} if crop and "protein" in kinds else {})
+            augment=int(augment), max_length={"protein": int(crop)} if crop and "protein" in kinds else {},
+            layers=layers.strip() or "auto", features="descriptors" if descriptors else "none")
         uploads = []
         if example_path is None:
             uploads.append((data, fname, lambda p: setattr(spec, "train_file", p)))

@@ -223,7 +223,7 @@ def cmd_train_function_tag(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, tag_lr=args.tag_lr, head_lr=args.head_lr,
         anchor_decay=args.anchor_decay, ridge_warm_start=not args.no_warm_start, split=args.split,
         valid_fraction=args.valid_fraction, patience=args.patience, seed=args.seed, max_rows=args.max_rows,
-        augment=args.augment, max_length=_lengths(args.max_length),
+        augment=args.augment, max_length=_lengths(args.max_length), layers=args.layers, features=args.features,
         description=args.description or "",
     )
     train_df = read_table(args.train)
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--template")
     f.add_argument("--what", default="property", help="wording of the default template: 'The WHAT is <Tag>'")
     f.add_argument("--description")
+    from .descriptors import FEATURE_SETS
     from .training import FunctionTagConfig
 
     ft = {k: v.default for k, v in FunctionTagConfig.__dataclass_fields__.items()}  # one source of defaults
@@ -350,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=ft["batch_size"])
     f.add_argument("--n-tokens", type=int, default=ft["n_tokens"])
     f.add_argument("--readout", choices=["last", "last+mean", "mean"], default=ft["readout"])
+    f.add_argument("--layers", default=ft["layers"], metavar="auto|final|N[,M…]",
+                   help="read-out depth: auto (the layer whose ridge head scores best on validation; the layers "
+                        "above never run), final (the last layer, as in the paper), or layer numbers (12 or 7,15)")
+    f.add_argument("--features", choices=list(FEATURE_SETS), default=ft["features"],
+                   help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
+                        "features (proteins) beside the tag; none: the tag alone (the paper's method)")
     f.add_argument("--tag-lr", type=float, default=ft["tag_lr"])
     f.add_argument("--head-lr", type=float, default=ft["head_lr"])
     f.add_argument("--anchor-decay", type=float, default=ft["anchor_decay"])

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from .backbone import Backbone
+from .baselines import mean_baseline, rf_descriptors
 from .data import random_split, require_columns, scaffold_split
 from .descriptors import FEATURE_SETS, feature_names, row_features
 from .domains import KINDS, clean, randomized_smiles
@@ -98,6 +99,7 @@ class FunctionTagConfig:
     max_rows: Optional[int] = None
     cache_budget_gb: float = 4.0
     max_length: dict = field(default_factory=dict)  # kind -> crop inputs to this length (prediction crops alike)
+    baselines: bool = True  # fit classic baselines on the same rows for the card (``baselines``)
     description: str = ""
     min_rows: int = 10
 
@@ -352,8 +354,12 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         warm_steps = math.ceil((len(warm_rows) + len(valid_plans)) / 16)
     else:
         warm_steps = math.ceil(len(warm_rows) / 32)
+    n_cached = len(train_plans) + len(valid_plans)
+    prefix_steps = math.ceil(n_cached / 32)
     report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
-                       warm_steps + steps_per_epoch * cfg.epochs)
+                       warm_steps + prefix_steps + steps_per_epoch * cfg.epochs)
+    phase_seconds: dict = {"epochs": []}
+    t_phase = time.perf_counter()
 
     def head_config(feature_dim: int) -> HeadConfig:
         return HeadConfig(cfg.task, n_out, feature_dim + n_extra, n_extra, standardize=True)
@@ -425,6 +431,18 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             model.head.linear.bias.zero_()
     model.head.to(backbone.device)
     del warm
+    phase_seconds["warm_start"] = round(time.perf_counter() - t_phase, 1)
+
+    # The frozen part of every prompt, once (rows the warm start ran are already there).
+    t_phase = time.perf_counter()
+    cached_keys, cached_plans = train_keys + valid_keys, train_plans + valid_plans
+    with torch.no_grad():
+        for k, s in enumerate(range(0, n_cached, 32)):
+            cache.get(cached_keys[s:s + 32], cached_plans[s:s + 32])
+            report(warm_steps + k + 1, message="prefix pass: the frozen part of every prompt, once",
+                   examples=min(s + 32, n_cached))
+    phase_seconds["prefix_pass"] = round(time.perf_counter() - t_phase, 1)
+    warm_steps += prefix_steps  # progress steps before the first epoch
 
     tag_param = model.tag(cfg.name)
     optimizer = torch.optim.Adam([
@@ -454,6 +472,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                message="validation of the warm start")
 
     for epoch in range(start_epoch, cfg.epochs):
+        t_phase = time.perf_counter()
         # Seeded per epoch, so a resumed run shuffles exactly as an uninterrupted one.
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_plans))
         pick = np.random.default_rng([cfg.seed, epoch, 1])
@@ -482,6 +501,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             report(step, loss=batch_loss, epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
         model.eval()
         metrics, _ = validate()
+        phase_seconds["epochs"].append(round(time.perf_counter() - t_phase, 1))
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
         history.append(entry)
         value = metrics.get(metric_name)
@@ -510,18 +530,31 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             interval = {"level": cfg.interval_level, "halfwidth": [half],
                         "crossfit_coverage": _crossfit_coverage(resid, cfg.interval_level), "n_calibration": len(resid)}
     label_sample = (train.y[:, 0] if cfg.task == "regression" else train.y).tolist()[:2000]
+    baselines = {}
+    if cfg.baselines and main:
+        report(report.total, message="classic baselines on the same rows")
+        n_classes = len(classes or [])
+        baselines["mean"] = mean_baseline(cfg.task, train.y, valid.y, n_classes)
+        baselines["warm_start"] = {k[6:]: v for k, v in history[0].items() if k.startswith("valid_")}
+        x_tr = extra_train.numpy() if n_extra else row_features(kinds, train.inputs)
+        x_va = extra_valid.numpy() if n_extra else row_features(kinds, valid.inputs)
+        rf = rf_descriptors(cfg.task, x_tr, train.y, x_va, valid.y, n_classes, cfg.seed)
+        if rf is not None:
+            baselines["rf_descriptors"] = rf
     card = TagCard(
         name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
         description=cfg.description, template=template.text, slots=cfg.slots, task=cfg.task,
         labels=list(cfg.labels), classes=classes, label_scaling=scaler.to_dict() if scaler else None,
         readout=cfg.readout, layers=list(model.layers) if model.layers else None, features=cfg.features,
         descriptor_names=[n for s in cfg.slots for n in feature_names(s.kind)] if n_extra else [],
-        head=head_cfg.to_dict(), metrics={"valid": metrics}, interval=interval, label_sample=label_sample,
+        head=head_cfg.to_dict(), metrics={"valid": metrics, **({"baselines": baselines} if baselines else {})},
+        interval=interval, label_sample=label_sample,
         training={
             "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
             "rows_valid": len(valid.inputs), "rows_dropped": len(data.dropped),
             "split": "given" if valid_df is not None else cfg.split, "best_epoch": best_epoch,
             "epochs_run": len(history) - 1, "seconds": round(time.perf_counter() - t_start, 1),
+            "phase_seconds": phase_seconds,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("slots", "name", "description")},
             "history": history,
             "layer_choice": ({"chosen": layer_choice.layer, "rows": len(warm_rows),

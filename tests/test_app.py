@@ -274,6 +274,44 @@ def test_function_job_argv_carries_augmentation_and_protein_crop(tmp_path):
     assert "--augment" not in training.function_tag_argv(protein_only)
 
 
+def test_function_job_argv_carries_readout_depth_and_descriptors(tmp_path):
+    slots = [training.SlotChoice("drug", "smiles", "smiles", None)]
+    spec = training.FunctionJobSpec(name="Sol", train_file=tmp_path / "t.csv", slots=slots, labels=["y"],
+                                    layers="7, 15", features="descriptors")
+    argv = training.function_tag_argv(spec)
+    assert "--layers=7, 15" in argv and "--features=descriptors" in argv
+    from tagllm_core.cli import build_parser
+    from tagllm_core.training import parse_layers
+
+    args = build_parser().parse_args(argv)
+    assert parse_layers(args.layers) == [7, 15] and args.features == "descriptors"
+    default = training.function_tag_argv(training.FunctionJobSpec(name="S", train_file=tmp_path / "t.csv",
+                                                                  slots=slots, labels=["y"]))
+    assert f"--layers={training.DEFAULT_LAYERS}" in default and f"--features={training.DEFAULT_FEATURES}" in default
+
+
+def test_layers_problem_explains_what_is_accepted():
+    assert training.layers_problem("auto") is None and training.layers_problem("final") is None
+    assert training.layers_problem("12") is None and training.layers_problem(" 7,15 ") is None
+    assert training.layers_problem("") is None  # blank means the default
+    for bad in ("deep", "0", "7;x"):
+        assert "auto, final" in training.layers_problem(bad)
+
+
+def test_train_form_sends_depth_and_descriptors_to_the_job(tiny_app):
+    at = _fill_function_form(new_app("pages/train.py"), "DeepLogP")
+    at.text_input(key="tf_layers").input("nope").run()
+    assert not at.exception and at.button(key="tf_start").disabled
+    assert "auto, final" in texts(at.error)
+    at.text_input(key="tf_layers").input("1").run()
+    at.checkbox(key="tf_features").check().run()
+    assert not at.button(key="tf_start").disabled
+    at.button(key="tf_start").click().run()
+    assert not at.exception
+    job = JobStore().list()[0]
+    assert "--layers=1" in job.argv and "--features=descriptors" in job.argv
+
+
 def test_train_function_tag_job_runs_to_the_end(tiny_app):
     bb, lib = tiny_app
     at = _fill_function_form(new_app("pages/train.py"), "TinyLogP")

@@ -24,8 +24,13 @@ def slot_summary(card: TagCard) -> str:
     return "; ".join(parts)
 
 
+BASELINE_LABEL = {"mean": "predict the training mean", "warm_start": "the tag's ridge head before training",
+                  "rf_descriptors": "random forest on descriptors"}
+
+
 def flat_metrics(card: TagCard) -> dict:
-    """Card metrics as ``{"valid rmse": 0.71, …}`` (nested dicts flattened, non-numbers dropped)."""
+    """Card metrics as ``{"valid rmse": 0.71, …}`` (nested dicts flattened, non-numbers dropped;
+    the baselines are shown apart, by ``comparison_frame``)."""
     out = {}
 
     def walk(prefix, value):
@@ -35,8 +40,36 @@ def flat_metrics(card: TagCard) -> dict:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[prefix.replace("_", " ")] = value
 
-    walk("", card.metrics or {})
+    walk("", {k: v for k, v in (card.metrics or {}).items() if k != "baselines"})
     return out
+
+
+def comparison_frame(card: TagCard) -> Optional[pd.DataFrame]:
+    """The tag's validation metrics beside the baselines fitted on the same rows (None without them)."""
+    baselines = (card.metrics or {}).get("baselines") or {}
+    if not baselines:
+        return None
+    names = ["rmse", "spearman", "r2", "ci"] if card.task == "regression" else ["auroc", "auprc", "accuracy"]
+    rows = [{"model": f"<{card.name}>", **{n: (card.metrics.get("valid") or {}).get(n) for n in names}}]
+    for key, metrics in baselines.items():
+        rows.append({"model": BASELINE_LABEL.get(key, key.replace("_", " ")), **{n: metrics.get(n) for n in names}})
+    frame = pd.DataFrame(rows)
+    return frame.dropna(axis=1, how="all")
+
+
+def readout_text(card: TagCard) -> str:
+    """Where the head reads: ``layer 12 of the backbone (chosen on validation) + descriptors``."""
+    if card.kind != "function":
+        return ""
+    if card.layers:
+        chosen = (card.training or {}).get("layer_choice")
+        text = f"layer{'s' if len(card.layers) > 1 else ''} {', '.join(map(str, card.layers))}"
+        text += " (chosen on validation)" if chosen else ""
+    else:
+        text = "the final layer"
+    if card.features == "descriptors":
+        text += " + classic descriptors of the inputs"
+    return text
 
 
 def format_number(value: Optional[float], digits: int = 3) -> str:
@@ -109,12 +142,18 @@ def render_summary(info: TagInfo, current: Optional[BackboneFingerprint] = None)
         task += f" of `{', '.join(map(str, card.labels))}`"
     st.markdown(f"**Task:** {task}")
     st.markdown(f"**Training:** {training_text(card)}")
+    if card.kind == "function":
+        st.markdown(f"**Head reads:** {readout_text(card)}")
     metrics = flat_metrics(card)
     if metrics:
         shown = list(metrics.items())[:6]
         cols = st.columns(len(shown))
         for col, (name, value) in zip(cols, shown):
             col.metric(name, format_number(value))
+    comparison = comparison_frame(card)
+    if comparison is not None:
+        st.caption("Validation metrics beside simple models fitted on the same rows:")
+        st.dataframe(comparison, hide_index=True, width="stretch")
     if card.interval:
         level = card.interval.get("level")
         half = (card.interval.get("halfwidth") or [None])[0]
@@ -137,6 +176,7 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
         rows.append(("inputs", "; ".join(f"{s.name}: {s.kind}" + (f" via <{s.domain_tag}>" if s.domain_tag else "")
                                          for s in card.slots)))
         rows.append(("template", card.template or ""))
+        rows.append(("head reads", readout_text(card)))
         rows.append(("task", card.task or ""))
         if card.labels:
             rows.append(("labels", ", ".join(map(str, card.labels))))
@@ -145,6 +185,10 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
     rows.append(("training data", training_text(card).replace("`", "")))
     for name, value in flat_metrics(card).items():
         rows.append((name, format_number(value)))
+    for key, metrics in ((card.metrics or {}).get("baselines") or {}).items():
+        main = "rmse" if "rmse" in metrics else "auroc"
+        if metrics.get(main) is not None:
+            rows.append((f"baseline: {BASELINE_LABEL.get(key, key)} ({main})", format_number(metrics[main])))
     rows.append(("created", created_text(card)))
     rows.append(("size", size_text(info.size_bytes)))
     if card.description:

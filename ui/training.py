@@ -14,11 +14,13 @@ from tagllm_core.exceptions import TagLLMError, TemplateError
 from tagllm_core.jobs import Job, JobStore, launch
 from tagllm_core.tags import TagLibrary, normalize_tag_name
 from tagllm_core.templates import Template, default_template
-from tagllm_core.training import FunctionTagConfig
+from tagllm_core.training import FunctionTagConfig, parse_layers
 
 # The engine's defaults, so the form and the CLI train the same way unless the user changes them.
 DEFAULT_TAG_LR = FunctionTagConfig.__dataclass_fields__["tag_lr"].default
 DEFAULT_AUGMENT = FunctionTagConfig.__dataclass_fields__["augment"].default
+DEFAULT_LAYERS = FunctionTagConfig.__dataclass_fields__["layers"].default
+DEFAULT_FEATURES = FunctionTagConfig.__dataclass_fields__["features"].default
 
 
 @dataclass
@@ -50,6 +52,8 @@ class FunctionJobSpec:
     valid_file: Optional[Path] = None
     augment: int = DEFAULT_AUGMENT  # randomised SMILES spellings per molecule
     max_length: dict = field(default_factory=dict)  # kind -> crop length
+    layers: str = DEFAULT_LAYERS  # read-out depth: auto | final | layer numbers ("12", "7,15")
+    features: str = DEFAULT_FEATURES  # none | descriptors
     extra: list = field(default_factory=list)
 
 
@@ -108,6 +112,16 @@ def suggest_valid_fraction(n_rows: int) -> float:
     return round(min(0.5, max(0.1, MIN_VALID_ROWS / n_rows)), 3)
 
 
+def layers_problem(text: str) -> Optional[str]:
+    """Why ``text`` is not a read-out depth (auto, final, or layer numbers such as 12 or 7,15); None if it is.
+    The layer numbers are checked against the backbone when the job starts."""
+    try:
+        parse_layers(text.strip() or "auto")
+    except TagLLMError as err:
+        return str(err)
+    return None
+
+
 def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     argv = ["train-function-tag", "--name", spec.name, "--train", str(spec.train_file)]
     if spec.valid_file:
@@ -132,6 +146,7 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
         argv += ["--augment", str(int(spec.augment))]
     for kind, n in spec.max_length.items():
         argv += ["--max-length", f"{kind}={int(n)}"]
+    argv += [f"--layers={spec.layers}", f"--features={spec.features}"]
     return argv + list(spec.extra)
 
 

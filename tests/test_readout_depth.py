@@ -1,0 +1,462 @@
+"""Read-out depth, descriptor features and standardising heads, at the level of training and prediction.
+
+* ``parse_layers`` and ``FunctionTagConfig``: what a person may type.
+* ``layers="auto"``: the card records the chosen layer, which minimises the
+  recorded validation RMSE of the layer choice; the saved tag predicts what
+  training validated, and prediction never runs a block above that layer.
+* Explicit layers and ``"final"`` train, round-trip through the library and
+  predict what training validated.
+* ``features="descriptors"``: the head reads the read-out and the RDKit
+  descriptors; a molecule whose descriptors are undefined still gets a finite
+  prediction (the head imputes the training mean); a tag whose descriptors
+  differ from the installed ones is refused.
+* Cards written before any of this (no ``layers``/``features``, heads without
+  ``n_extra``/``standardize``) still predict through the final hidden state.
+* ``TaskHead`` standardisation: NaN -> mean, clipping at +-``CLIP``, state round trip.
+
+Everything runs on the tiny Llama (2 layers) or a 3-layer variant of it
+(``test_stack.make_deep_backbone``), with 4 tag tokens, 0-1 epochs and 100 rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_function_tag  # noqa: E402
+from test_stack import make_deep_backbone  # noqa: E402
+from test_training import small_frame, smiles_cfg  # noqa: E402
+from tagllm_core import descriptors, prediction, training
+from tagllm_core.data import random_split
+from tagllm_core.domains import clean
+from tagllm_core.descriptors import feature_names
+from tagllm_core.exceptions import TemplateError, TrainingError
+from tagllm_core.heads import CLIP, HeadConfig, TaskHead, build_head
+from tagllm_core.model import readout_dim
+from tagllm_core.prediction import Predictor
+from tagllm_core.tags import SUFFIX
+from tagllm_core.training import parse_layers, train_function_tag
+from tagllm_core.warm_start import LayerChoice
+
+VALID_FRACTION = 0.2
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return small_frame(20)  # 100 molecules, labels = heavy atoms
+
+
+@pytest.fixture(scope="module")
+def deep_llama():
+    return make_deep_backbone("llama", 3)
+
+
+def valid_rows(frame) -> list[dict]:
+    """The validation rows of ``smiles_cfg``'s random split, in the order training reports them."""
+    _, va_idx = random_split(len(frame), VALID_FRACTION, 0)
+    return [{"smiles": s} for s in frame["smiles"].iloc[va_idx]]
+
+
+@contextmanager
+def count_block_calls(bb):
+    counts = [0] * len(bb.decoder_layers)
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + 1))
+               for i, block in enumerate(bb.decoder_layers)]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def predict_values(bb, tag, rows, library=None, batch_size: int = 7) -> np.ndarray:
+    preds = Predictor(bb, tag, library).predict(rows, batch_size=batch_size)
+    assert all(p.ok for p in preds), [p.error for p in preds if not p.ok]
+    return np.array([p.prediction for p in preds])
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("auto", "auto"), (" Auto ", "auto"), ("final", "final"), ("FINAL", "final"),
+    ("12", [12]), ("7, 15", [7, 15]), ("7,15", [7, 15]), ("7 15", [7, 15]), (3, [3]), ([2, 1], [2, 1]),
+    ((4,), [4]),
+])
+def test_parse_layers_accepts(value, expected):
+    assert parse_layers(value) == expected
+
+
+@pytest.mark.parametrize("value", ["x", "7,x", "1.5", "-1", "0", 0, -2, [], (), [0], [1, 0], "", [1.0]])
+def test_parse_layers_refuses(value):
+    with pytest.raises(TrainingError, match="auto, final"):
+        parse_layers(value)
+
+
+def test_function_tag_config_parses_its_layers_and_features():
+    assert smiles_cfg().layers == "auto" and smiles_cfg().features == "none"
+    assert smiles_cfg(layers="7, 15").layers == [7, 15]
+    assert smiles_cfg(layers=2).layers == [2]
+    with pytest.raises(TrainingError, match="Read-out layers"):
+        smiles_cfg(layers="deep")
+    with pytest.raises(TrainingError, match="feature set"):
+        smiles_cfg(features="fingerprints")
+
+
+def test_layers_beyond_the_backbone_are_refused(llama, frame):
+    from tagllm_core.exceptions import BackboneError
+
+    with pytest.raises(BackboneError, match=r"outside 1\.\.2"):
+        train_function_tag(llama, None, smiles_cfg(layers=[3], epochs=0), frame, save=False)
+
+
+# --- layers="auto" --------------------------------------------------------------------------------------
+
+
+def test_auto_chooses_the_best_validation_layer_and_prediction_reproduces_it(llama, library_factory, frame):
+    lib = library_factory(llama)
+    cfg = smiles_cfg("AutoDepth", layers="auto", epochs=1, valid_fraction=VALID_FRACTION)
+    res = train_function_tag(llama, lib, cfg, frame)
+    card = res.tag.card
+
+    assert isinstance(card.layers, list) and len(card.layers) == 1
+    chosen = card.layers[0]
+    choice = card.training["layer_choice"]
+    scores = choice["valid_rmse_by_layer"]
+    assert choice["chosen"] == chosen and choice["rows"] == card.training["rows_train"]
+    assert sorted(scores) == list(range(1, llama.n_layers + 1))  # every layer was scored
+    assert all(math.isfinite(v) for v in scores.values())
+    assert scores[chosen] == min(scores.values())
+    # the warm start's head is the chosen layer's ridge head: epoch 0 validates at its recorded score
+    assert res.history[0]["valid_rmse"] == pytest.approx(scores[chosen], rel=1e-3)
+    assert card.head["in_dim"] == readout_dim(card.readout, llama.hidden_size)
+    assert card.head["standardize"] is True and card.head["n_extra"] == 0
+
+    loaded = lib.get("AutoDepth")
+    assert loaded.card.layers == card.layers
+    saved = loaded.card.training["layer_choice"]
+    assert {int(k): v for k, v in saved["valid_rmse_by_layer"].items()} == pytest.approx(scores)
+
+    rows = valid_rows(frame)
+    with count_block_calls(llama) as counts:
+        values = predict_values(llama, loaded, rows, lib)
+    np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
+    assert all(c > 0 for c in counts[:chosen])
+    assert counts[chosen:] == [0] * (llama.n_layers - chosen)
+
+
+def test_auto_choice_below_the_top_drives_training_and_prediction(deep_llama, library_factory, frame, monkeypatch):
+    """Whichever layer the choice returns is the one trained and read: forced to the middle layer of
+    three (the most telling slice of the [last_1..3; mean_1..3] features), the warm start validates at
+    that layer's recorded score, and prediction reproduces training without running the top block."""
+    real = training.choose_layer
+    calls = []
+
+    def middle(*args, **kwargs):
+        choice = real(*args, **kwargs)
+        calls.append(choice)
+        return LayerChoice(2, choice.scores)
+
+    monkeypatch.setattr(training, "choose_layer", middle)
+    lib = library_factory(deep_llama)
+    res = train_function_tag(deep_llama, lib, smiles_cfg("Middle", epochs=1, valid_fraction=VALID_FRACTION), frame)
+    assert len(calls) == 1 and sorted(calls[0].scores) == [1, 2, 3]
+    card = res.tag.card
+    assert card.layers == [2] and card.training["layer_choice"]["chosen"] == 2
+    scores = card.training["layer_choice"]["valid_rmse_by_layer"]
+    assert res.history[0]["valid_rmse"] == pytest.approx(scores[2], rel=1e-3)
+    if scores[2] != scores[3]:  # the top layer's head predicts differently: the middle one was really used
+        assert res.history[0]["valid_rmse"] != pytest.approx(scores[3], rel=1e-3)
+
+    with count_block_calls(deep_llama) as counts:
+        values = predict_values(deep_llama, lib.get("Middle"), valid_rows(frame), lib)
+    np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
+    assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
+
+
+# --- explicit layers and "final" ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers, expected", [([1], [1]), ("2,1", [2, 1]), ("final", None)])
+def test_explicit_layers_train_round_trip_and_predict_the_same(llama, library_factory, frame, layers, expected):
+    lib = library_factory(llama)
+    cfg = smiles_cfg("Depth", layers=layers, epochs=1, valid_fraction=VALID_FRACTION)
+    res = train_function_tag(llama, lib, cfg, frame)
+    card = res.tag.card
+    assert card.layers == expected
+    assert card.training["layer_choice"] is None
+    n_read = len(expected) if expected else 1
+    assert card.head["in_dim"] == readout_dim("last+mean", llama.hidden_size, n_read)
+    assert res.tag.head_state["weight"].shape == (1, card.head["in_dim"])
+    assert math.isfinite(res.metrics["rmse"])
+    assert res.path is not None and res.path.name == "Depth" + SUFFIX
+
+    loaded = lib.get("Depth")
+    assert loaded.card.layers == expected and loaded.card.features == "none"
+    assert loaded.card.head == card.head
+    for k, v in res.tag.head_state.items():
+        assert torch.equal(loaded.head_state[k], v)
+
+    deepest = max(expected) if expected else llama.n_layers
+    with count_block_calls(llama) as counts:
+        values = predict_values(llama, loaded, valid_rows(frame), lib)
+    np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
+    assert all(c > 0 for c in counts[:deepest]) and counts[deepest:] == [0] * (llama.n_layers - deepest)
+
+
+# --- descriptor features ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def descriptor_run(tiny_backbones, frame):
+    """A descriptor tag trained once for this module (layers auto), with its validation predictions."""
+    llama = tiny_backbones["llama"]
+    cfg = smiles_cfg("WithDescriptors", features="descriptors", epochs=1, valid_fraction=VALID_FRACTION)
+    return train_function_tag(llama, None, cfg, frame, save=False)
+
+
+def test_descriptors_train_and_prediction_reproduces_validation(llama, library_factory, frame, descriptor_run):
+    res = descriptor_run
+    card = res.tag.card
+    names = feature_names("smiles")
+    assert card.features == "descriptors" and card.descriptor_names == names
+    feature_dim = readout_dim(card.readout, llama.hidden_size, len(card.layers))
+    assert card.head["n_extra"] == len(names) and card.head["standardize"] is True
+    assert card.head["in_dim"] == feature_dim + len(names)
+    assert set(res.tag.head_state) == {"weight", "bias", "x_mean", "x_std"}
+    assert res.tag.head_state["x_mean"].shape == (feature_dim + len(names),)
+    assert torch.isfinite(res.tag.head_state["x_mean"]).all() and (res.tag.head_state["x_std"] > 0).all()
+    assert card.training["config"]["features"] == "descriptors"
+    assert math.isfinite(res.metrics["rmse"])
+
+    lib = library_factory(llama)
+    lib.save(res.tag)
+    loaded = lib.get("WithDescriptors")
+    assert loaded.card.descriptor_names == names and loaded.card.features == "descriptors"
+    predictor = Predictor(llama, loaded, lib)
+    assert predictor.descriptors and predictor.model.head.config.n_extra == len(names)
+    rows = valid_rows(frame)
+    preds = predictor.predict(rows, batch_size=7)
+    assert all(p.ok for p in preds)
+    np.testing.assert_allclose([p.prediction for p in preds], res.valid_pred, rtol=1e-4, atol=1e-4)
+
+    # a bad row among them changes nothing for the others (descriptor rows stay aligned with inputs)
+    mixed = rows[:3] + [{"smiles": "C1CC"}] + rows[3:6]
+    out = predictor.predict(mixed, batch_size=2)
+    assert [p.ok for p in out] == [True] * 3 + [False] + [True] * 3
+    np.testing.assert_allclose([p.prediction for p in out if p.ok], res.valid_pred[:6], rtol=1e-4, atol=1e-4)
+    # nothing valid at all: row errors, no crash
+    assert [p.ok for p in predictor.predict([{"smiles": "C1CC"}, {"smiles": ""}])] == [False, False]
+
+
+def test_undefined_descriptors_still_give_a_finite_prediction(llama, monkeypatch, descriptor_run):
+    """RDKit leaves a descriptor undefined (NaN) for an odd molecule: the head reads the training mean."""
+    tag = descriptor_run.tag
+    predictor = Predictor(llama, tag)
+    rows = [{"smiles": "CCCCO"}, {"smiles": "CCCCCCN"}, {"smiles": "c1ccccc1CC"}]
+    before = predictor.predict(rows)
+    real = descriptors._smiles_row
+    monkeypatch.setattr(descriptors, "_smiles_row",
+                        lambda s: [math.nan] * len(real(s)) if s == "CCCCCCN" else real(s))
+    after = predictor.predict(rows)
+    assert all(p.ok and math.isfinite(p.prediction) for p in after)
+    assert after[0].prediction == pytest.approx(before[0].prediction, abs=1e-6)
+    assert after[2].prediction == pytest.approx(before[2].prediction, abs=1e-6)
+
+    # exactly what the head gives with the training mean in place of every descriptor
+    model, n_extra = predictor.model, predictor.model.head.config.n_extra
+    with torch.no_grad():
+        features = model.features([model.plan({"smiles": "CCCCCCN"})])
+        out = model.head(features, model.head.x_mean[-n_extra:].unsqueeze(0))
+    expected = predictor.scaler.inverse(out.numpy())[0, 0]
+    assert after[1].prediction == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+    # and a wildly out-of-range value is clipped, not extrapolated
+    monkeypatch.setattr(descriptors, "_smiles_row",
+                        lambda s: [1e30] * len(real(s)) if s == "CCCCCCN" else real(s))
+    huge = predictor.predict(rows)[1]
+    assert huge.ok and math.isfinite(huge.prediction)
+    x = torch.cat([features, model.head.x_mean[-n_extra:].unsqueeze(0)], 1)
+    x[:, -n_extra:] = 1e30
+    with torch.no_grad():
+        bound = model.head.linear(model.head.inputs(x[:, :-n_extra], x[:, -n_extra:]))
+    assert huge.prediction == pytest.approx(predictor.scaler.inverse(bound.numpy())[0, 0], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "known bug: RDKit's Ipc of a long chain (C199, 2.4e55) is finite in float64, so input_features keeps "
+    "it, but training casts descriptors to float32 (inf); TaskHead.fit_scaling then gets mean=inf and "
+    "inputs() gives inf-inf=NaN, which sklearn's RidgeCV refuses in the warm start (ValueError)"))
+def test_a_descriptor_beyond_float32_range_does_not_break_training(llama):
+    names = feature_names("smiles")
+    X = descriptors.input_features("smiles", ["C" * 199])  # a valid SMILES within the 200-character limit
+    assert np.isfinite(X).all() and X[0, names.index("rdkit:Ipc")] > np.finfo(np.float32).max
+    df = small_frame(20)
+    df.loc[0, "smiles"], df.loc[0, "y"] = "C" * 199, 199.0
+    res = train_function_tag(llama, None, smiles_cfg(features="descriptors", layers=[1], epochs=0,
+                                                     valid_fraction=VALID_FRACTION), df, save=False)
+    assert math.isfinite(res.metrics["rmse"])
+    assert math.isfinite(Predictor(llama, res.tag).predict([{"smiles": "C" * 199}])[0].prediction)
+
+
+def test_descriptor_names_that_differ_from_the_installed_ones_are_refused(llama, monkeypatch, descriptor_run):
+    tag = descriptor_run.tag
+    names = tag.card.descriptor_names
+    for other in (names[:-1], names[1:] + names[:1], names + ["rdkit:NewThing"]):
+        card = dataclasses.replace(tag.card, descriptor_names=list(other))
+        with pytest.raises(TemplateError, match="(?i)retrain"):
+            Predictor(llama, dataclasses.replace(tag, card=card))
+    # or the installation computes other descriptors than the tag was trained with
+    monkeypatch.setattr(prediction, "feature_names", lambda kind: names[:-2])
+    with pytest.raises(TemplateError, match="(?i)retrain"):
+        Predictor(llama, tag)
+
+
+# --- old cards -------------------------------------------------------------------------------------------
+
+
+def load_file_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def _write_legacy_tag(tag, folder):
+    """Write ``tag`` as a file from before read-out depth: no layers/features/descriptor_names in its
+    card, a head config of task/n_outputs/in_dim only, and a head state of weight/bias only."""
+    from tagllm_core.tags import save_tag_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{tag.name}{SUFFIX}"
+    save_tag_file(tag, path)
+    card = json.loads(tag.card.to_json())
+    for key in ("layers", "features", "descriptor_names"):
+        card.pop(key)
+    card["head"] = {k: card["head"][k] for k in ("task", "n_outputs", "in_dim")}
+    tensors = load_file(str(path))
+    save_file(tensors, str(path), metadata={"format": "tagllm-tag", "card": json.dumps(card)})
+    return path
+
+
+@pytest.mark.parametrize("readout", ["last", "last+mean"])
+def test_old_card_predicts_through_the_final_hidden_state(llama, library_factory, readout):
+    lib = library_factory(llama)
+    tag = make_function_tag(llama, name="Legacy", readout=readout)
+    assert set(tag.head_state) == {"weight", "bias"}
+    path = _write_legacy_tag(tag, lib.bundled_dir)  # a bundled tag of an older release
+    raw = json.loads(load_file_metadata(path)["card"])
+    assert "layers" not in raw and "features" not in raw and "n_extra" not in raw["head"]
+
+    loaded = lib.get("Legacy")
+    assert loaded.card.layers is None and loaded.card.features == "none" and loaded.card.descriptor_names == []
+    predictor = Predictor(llama, loaded, lib)
+    head = predictor.model.head
+    assert head.config.n_extra == 0 and head.config.standardize is False
+    assert predictor.model.layers is None and not predictor.descriptors
+
+    rows = [{"smiles": s} for s in ("CCO", "c1ccccc1CCCC", "N", "CC(=O)Oc1ccccc1C(=O)O", "CCCCCCCCCCCCO")]
+    with count_block_calls(llama) as counts:
+        preds = predictor.predict(rows, batch_size=2)
+    assert all(p.ok for p in preds)
+    assert all(c > 0 for c in counts)  # the whole stack ran
+
+    # the reference: Hugging Face's final (normed) hidden state, pooled by hand, through the stored head
+    model = predictor.model
+    plans = [model.plan({"smiles": clean("smiles", r["smiles"]).value}) for r in rows]  # canonical SMILES
+    with torch.no_grad():
+        batch = model.batch(plans)
+        hidden = llama.base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).last_hidden_state
+        last = hidden[torch.arange(len(plans)), batch.readout_index]
+        w = batch.input_mask.unsqueeze(-1).float()
+        mean = (hidden * w).sum(1) / w.sum(1)
+        features = last if readout == "last" else torch.cat([last, mean], -1)
+        z = features @ tag.head_state["weight"].T + tag.head_state["bias"]
+    expected = (z[:, 0] * 2.0 + 5.0).numpy()  # conftest's label scaling: mean 5, std 2
+    np.testing.assert_allclose([p.prediction for p in preds], expected, rtol=1e-4, atol=1e-4)
+
+
+# --- TaskHead standardisation ---------------------------------------------------------------------------
+
+
+def _standard_head(in_dim: int = 4, n_extra: int = 2) -> TaskHead:
+    torch.manual_seed(0)
+    return TaskHead(HeadConfig("regression", 1, in_dim, n_extra=n_extra, standardize=True))
+
+
+def test_fit_scaling_is_nan_aware():
+    head = _standard_head(4)
+    x = torch.tensor([[1.0, 10.0, 3.0, math.nan],
+                      [3.0, math.nan, 3.0, math.nan],
+                      [5.0, 30.0, 3.0, math.nan]])
+    head.fit_scaling(x)
+    torch.testing.assert_close(head.x_mean, torch.tensor([3.0, 20.0, 3.0, 0.0]))
+    # population std of the observed values; a constant or all-missing column is left unscaled
+    torch.testing.assert_close(head.x_std, torch.tensor([math.sqrt(8 / 3), 10.0, 1.0, 1.0]))
+
+
+def test_standardised_head_maps_nan_to_the_mean_and_clips():
+    head = _standard_head(4)
+    head.fit_scaling(torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]]))  # mean 1,2,3,4; std 1,2,3,4
+    features = torch.tensor([[1.0, 2.0], [3.0, 2.0], [1.0, 1e6], [1.0, -1e6]])
+    extra = torch.tensor([[math.nan, math.nan], [3.0 + 3 * 100.0, 4.0 - 4 * 2.5],
+                          [math.nan, 4.0], [3.0, math.inf]])
+    z = head.inputs(features, extra)
+    expected = torch.tensor([[0.0, 0.0, 0.0, 0.0],
+                             [2.0, 0.0, CLIP, -2.5],
+                             [0.0, CLIP, 0.0, 0.0],
+                             [0.0, -CLIP, 0.0, CLIP]])
+    torch.testing.assert_close(z, expected)
+    assert torch.isfinite(head(features, extra)).all()
+    torch.testing.assert_close(head(features, extra), head.linear(expected))
+    # without the descriptors the width is wrong, and the error says so
+    with pytest.raises(TrainingError, match="descriptors missing"):
+        head.inputs(features)
+
+
+def test_plain_head_reads_its_features_as_they_are():
+    torch.manual_seed(0)
+    head = TaskHead(HeadConfig("regression", 1, 3))
+    x = torch.tensor([[1e6, -2.0, 0.5]])
+    torch.testing.assert_close(head.inputs(x), x)
+    assert set(head.state()) == {"weight", "bias"}
+
+
+def test_standardised_head_state_round_trip():
+    head = _standard_head(4)
+    gen = torch.Generator().manual_seed(3)
+    head.fit_scaling(torch.randn(20, 4, generator=gen) * 5 + 2)
+    state = head.state()
+    assert set(state) == {"weight", "bias", "x_mean", "x_std"}
+    state["x_mean"].add_(1.0)  # a copy: editing it does not touch the head
+    assert not torch.equal(state["x_mean"], head.x_mean)
+    state = head.state()
+
+    other = build_head(head.config, state)
+    for k in state:
+        assert torch.equal(other.state()[k], state[k])
+    x = torch.randn(5, 2, generator=gen) * 10
+    e = torch.randn(5, 2, generator=gen) * 10
+    e[0, 0] = math.nan
+    torch.testing.assert_close(other(x, e), head(x, e))
+
+
+@pytest.mark.parametrize("missing", [("x_mean",), ("x_std",), ("x_mean", "x_std")])
+def test_standardised_head_state_without_statistics_is_refused(missing):
+    head = _standard_head(4)
+    state = {k: v for k, v in head.state().items() if k not in missing}
+    with pytest.raises(TrainingError, match="statistics"):
+        _standard_head(4).load_state(state)
+    with pytest.raises(TrainingError, match="statistics"):
+        build_head(head.config, state)
+    # a plain head needs none
+    plain = TaskHead(HeadConfig("regression", 1, 4))
+    plain.load_state({"weight": state["weight"], "bias": state["bias"]})
+    assert torch.equal(plain.linear.weight, state["weight"])
