@@ -28,6 +28,7 @@ from .exceptions import InputError
 __all__ = ["FEATURE_SETS", "feature_names", "input_features", "row_features"]
 
 FEATURE_SETS = ("none", "descriptors")
+_LIMIT = 1e12
 
 _PROTEIN_PARAMS = ("length", "molecular_weight", "isoelectric_point", "gravy", "instability_index",
                    "aromaticity", "helix_fraction", "turn_fraction", "sheet_fraction")
@@ -98,7 +99,8 @@ def input_features(kind: str, values: Sequence[str]) -> np.ndarray:
         rows.append(memo[v])
     X = np.asarray(rows, dtype=np.float64)
     X[~np.isfinite(X)] = np.nan  # RDKit returns inf for a few descriptors of odd molecules
-    return X
+    # ...and astronomically large finite ones (Ipc of a long chain: 1e55), beyond float32
+    return np.clip(X, -_LIMIT, _LIMIT)
 
 
 def row_features(slot_kinds: dict, rows: Sequence[dict]) -> np.ndarray:

@@ -8,7 +8,7 @@ small data sets scientists bring.
 
 A head may standardise its input (``HeadConfig.standardize``): each feature is
 centred and scaled with statistics of the training rows, missing values (NaN
-descriptors) become the training mean, and standardised values are clipped to
+or infinite descriptors) become the training mean, and standardised values are clipped to
 +-``CLIP`` so that an input far outside the training data cannot push the
 prediction arbitrarily far. Heads of tags trained before this existed read
 their features as they are.
@@ -74,17 +74,17 @@ class TaskHead(nn.Module):
                                 f"{'' if extra is not None or not self.config.n_extra else ' (descriptors missing)'}.")
         if not self.config.standardize:
             return x
-        x = torch.where(torch.isnan(x), self.x_mean, x)
+        x = torch.where(torch.isfinite(x), x, self.x_mean)
         return ((x - self.x_mean) / self.x_std).clamp(-CLIP, CLIP)
 
     def forward(self, features: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.linear(self.inputs(features, extra))
 
     def fit_scaling(self, x: torch.Tensor) -> None:
-        """Set the standardisation from (N, in_dim) training inputs (NaN ignored; a constant or
-        all-missing column is centred and left unscaled)."""
+        """Set the standardisation from (N, in_dim) training inputs (NaN and inf ignored; a constant
+        or all-missing column is centred and left unscaled)."""
         x = x.double()
-        ok = ~torch.isnan(x)
+        ok = torch.isfinite(x)
         count = ok.sum(0).clamp(min=1)
         mean = torch.where(ok, x, 0.0).sum(0) / count
         var = torch.where(ok, (x - mean) ** 2, 0.0).sum(0) / count

@@ -209,6 +209,22 @@ class PrefixCache:
         self._put(key, prefix)
         return prefix
 
+    def narrow(self, position: int, depth: int, width: int) -> None:
+        """Keep what a shallower read-out needs of every stored state: the key/value states of the
+        first ``depth`` layers and, of the pooled input states (layers side by side, ``width`` each),
+        the ``position``-th block. Used once the read-out layer is chosen from an all-layer pass;
+        the model's ``layers`` must then be set to the kept layer."""
+        block = slice(position * width, (position + 1) * width)
+        for key, state in list(self._store.items()):
+            if isinstance(state, SharedPrefix):
+                self._store[key] = SharedPrefix(state.layers[:depth], state.length, state.input_sum[block].clone(),
+                                                state.input_count)
+            else:
+                mean = state.input_mean[block].clone() if state.input_mean is not None else None
+                self._store[key] = replace(state, keys=state.keys[:depth], values=state.values[:depth],
+                                           input_mean=mean)
+        self.nbytes = sum(s.nbytes for s in self._store.values())
+
     def _put(self, key, state) -> None:
         old = self._store.pop(key, None)
         if old is not None:

@@ -3,7 +3,8 @@
 A read-out may take hidden states from chosen layers instead of the final one
 (middle layers carry more of what a property head needs; docs/BENCHMARKS.md).
 Layer ``l`` (1-based) is the output of the ``l``-th decoder block, the
-residual stream that ``output_hidden_states[l]`` would give. The blocks above
+residual stream (Hugging Face's ``output_hidden_states[l]`` for every layer
+but the last, where that list holds the state after the final norm). The blocks above
 the deepest layer read are never run: a forward hook on that block captures
 its output and stops the pass, so a read-out at 40% depth costs 40% of the
 FLOPs. Nothing is model-specific: the decoder blocks are found as the model's
@@ -91,8 +92,9 @@ def run_stack(backbone, layers: Optional[Sequence[int]], inputs_embeds: torch.Te
     pass adds its own to it (a fresh cache is made when none is given)."""
     base = backbone.base
     if layers is None:
-        out = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
-                   position_ids=position_ids, use_cache=use_cache)
+        with backbone.lock:  # another thread's read-out hooks must not fire in this pass
+            out = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+                       position_ids=position_ids, use_cache=use_cache)
         returned = getattr(out, "cache", None)  # transformers 5 names it ``cache``
         if returned is None:
             returned = getattr(out, "past_key_values", None)
@@ -101,6 +103,7 @@ def run_stack(backbone, layers: Optional[Sequence[int]], inputs_embeds: torch.Te
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache()  # ours, so it survives the early stop
+    layers = check_layers(layers, len(backbone.decoder_layers))
     blocks = backbone.decoder_layers
     deepest = max(layers)
     captured: dict = {}

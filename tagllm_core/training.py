@@ -45,7 +45,7 @@ from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead
 from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
 from .model import TaggedModel
-from .prefix_cache import PrefixCache, grouped_features, row_groups, suffix_features
+from .prefix_cache import PrefixCache, row_groups, suffix_features
 from .warm_start import choose_layer, fit_head, layer_slice
 from .progress import ProgressCallback, ProgressEvent
 from .tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
@@ -133,9 +133,9 @@ def parse_layers(value) -> object:
         except ValueError:
             raise TrainingError(
                 f"Read-out layers {value!r}: use auto, final or layer numbers such as 12 or 7,15.") from None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not value or not all(isinstance(x, int) and x >= 1 for x in value):
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value):
         raise TrainingError(f"Read-out layers {value!r}: use auto, final or layer numbers (1 or more).")
     return list(value)
 
@@ -336,10 +336,18 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     kinds = {s.name: s.kind for s in cfg.slots}
     n_out = train.y.shape[1] if cfg.task == "regression" else len(classes)
     Y = y_train if cfg.task == "regression" else torch.nn.functional.one_hot(y_train, n_out).float() * 2 - 1
-    # Plans do not depend on the read-out depth: make them once, with a model reading the final state.
-    planner = TaggedModel(backbone, template, kinds, vectors, readout=cfg.readout)
-    train_plans = [planner.plan(r) for r in train.inputs]
-    valid_plans = [planner.plan(r) for r in valid.inputs]
+    # With layers="auto" the model first reads every layer: the warm-start pass through the prefix
+    # cache gives every layer's features at once, a ridge head per layer scored on validation picks
+    # the read-out depth, and the cache then keeps only the states of the layers up to it.
+    n_layers = backbone.n_layers
+    if cfg.layers == "auto":
+        layers = tuple(range(1, n_layers + 1))
+    else:
+        layers = None if cfg.layers == "final" else tuple(cfg.layers)
+    model = TaggedModel(backbone, template, kinds, vectors, trainable=frozenset({cfg.name}),
+                        readout=cfg.readout, layers=layers)
+    train_plans = [model.plan(r) for r in train.inputs]
+    valid_plans = [model.plan(r) for r in valid.inputs]
     extra_train, extra_valid = _descriptors(cfg, train.inputs), _descriptors(cfg, valid.inputs)
     n_extra = extra_train.shape[1] if extra_train is not None else 0
     # Under `accelerate launch`, every process holds the model and the cache, takes its share of each
@@ -350,10 +358,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     main = accelerator.is_main_process
     steps_per_epoch = math.ceil(len(train_plans) / cfg.batch_size)
     warm_rows = _sample(len(train_plans), cfg.select_rows, cfg.seed)  # rows of the layer choice / warm start
-    if cfg.layers == "auto":
-        warm_steps = math.ceil((len(warm_rows) + len(valid_plans)) / 16)
-    else:
-        warm_steps = math.ceil(len(warm_rows) / 32)
+    warm_steps = math.ceil((len(warm_rows) + (len(valid_plans) if cfg.layers == "auto" else 0)) / 16)
     n_cached = len(train_plans) + len(valid_plans)
     prefix_steps = math.ceil(n_cached / 32)
     report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
@@ -364,38 +369,6 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     def head_config(feature_dim: int) -> HeadConfig:
         return HeadConfig(cfg.task, n_out, feature_dim + n_extra, n_extra, standardize=True)
 
-    layer_choice, warm = None, None  # warm: (features, targets, descriptors) of the ridge warm start
-    if cfg.layers == "auto":
-        # One pass through the whole stack gives every layer's features; a ridge head per layer,
-        # scored on validation, picks the read-out depth. The layers above it never run again.
-        n_layers = backbone.n_layers
-        scan = TaggedModel(backbone, template, kinds, vectors, readout=cfg.readout,
-                           layers=tuple(range(1, n_layers + 1)))
-        scan_plans = [train_plans[i] for i in warm_rows] + valid_plans
-        scan_groups = row_groups(template, [train.inputs[i] for i in warm_rows] + valid.inputs)
-        with torch.no_grad():
-            feats = grouped_features(scan, scan_plans, scan_groups, on_batch=lambda done: report(
-                math.ceil(done / 16), message="warm start: features at every layer", examples=done))
-        f_train, f_valid = feats[: len(warm_rows)], feats[len(warm_rows):]
-        metric_name, larger = PRIMARY_METRIC[cfg.task]
-
-        def loss(out: np.ndarray) -> float:
-            value = _evaluate(cfg.task, out, valid.y, scaler)[0].get(metric_name)
-            return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
-
-        layer_choice = choose_layer(lambda: TaskHead(head_config(scan.feature_dim // n_layers)), f_train,
-                                    Y[warm_rows], f_valid, loss, n_layers, cfg.readout,
-                                    extra_train[warm_rows] if n_extra else None, extra_valid)
-        layers = (layer_choice.layer,)
-        warm = (layer_slice(f_train, n_layers, layer_choice.layer, cfg.readout), Y[warm_rows],
-                extra_train[warm_rows] if n_extra else None)
-        del feats, f_train, f_valid
-    else:
-        layers = None if cfg.layers == "final" else tuple(cfg.layers)
-    model = TaggedModel(backbone, template, kinds, vectors, trainable=frozenset({cfg.name}),
-                        readout=cfg.readout, layers=layers)
-    head_cfg = head_config(model.feature_dim)
-    model.head = TaskHead(head_cfg).to(backbone.device)
     cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))
     train_keys = [("t", i) for i in range(len(train_plans))]
     valid_keys = [("v", i) for i in range(len(valid_plans))]
@@ -413,15 +386,37 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     cache.share(train_keys + valid_keys + [k for k, _ in extra], train_plans + valid_plans + [p for _, p in extra],
                 groups)
 
-    if warm is None:
-        feats = []
-        with torch.no_grad():
-            for k, s in enumerate(range(0, len(warm_rows), 32)):
-                rows = warm_rows[s:s + 32]
-                states = cache.get([train_keys[i] for i in rows], [train_plans[i] for i in rows])
-                feats.append(suffix_features(model, states).cpu())
-                report(k + 1, message="warm start: features for the ridge head", examples=s + len(states))
-        warm = (torch.cat(feats), Y[warm_rows], extra_train[warm_rows] if n_extra else None)
+    # Warm-start features of the untrained tag (and, to choose the layer, of the validation rows).
+    scan_keys = [train_keys[i] for i in warm_rows] + (valid_keys if cfg.layers == "auto" else [])
+    scan_plans = [train_plans[i] for i in warm_rows] + (valid_plans if cfg.layers == "auto" else [])
+    feats = []
+    with torch.no_grad():
+        for k, s in enumerate(range(0, len(scan_keys), 16)):
+            states = cache.get(scan_keys[s:s + 16], scan_plans[s:s + 16])
+            feats.append(suffix_features(model, states).cpu())
+            report(k + 1, message="warm start: read-out features of the untrained tag",
+                   examples=s + len(states))
+    feats = torch.cat(feats)
+    layer_choice = None
+    if cfg.layers == "auto":
+        f_train, f_valid = feats[: len(warm_rows)], feats[len(warm_rows):]
+        metric_name, larger = PRIMARY_METRIC[cfg.task]
+
+        def loss(out: np.ndarray) -> float:
+            value = _evaluate(cfg.task, out, valid.y, scaler)[0].get(metric_name)
+            return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
+
+        layer_choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
+                                    Y[warm_rows], f_valid, loss, n_layers, cfg.readout,
+                                    extra_train[warm_rows] if n_extra else None, extra_valid)
+        chosen = layer_choice.layer
+        feats = layer_slice(f_train, n_layers, chosen, cfg.readout)
+        cache.narrow(chosen - 1, chosen, backbone.hidden_size)
+        model.layers = (chosen,)
+        del f_train, f_valid
+    head_cfg = head_config(model.feature_dim)
+    model.head = TaskHead(head_cfg)
+    warm = (feats, Y[warm_rows], extra_train[warm_rows] if n_extra else None)
     if cfg.ridge_warm_start:
         fit_head(model.head, *warm)
     else:  # the head starts at zero (the training mean), standardising with the training rows' statistics

@@ -320,6 +320,14 @@ def test_check_layers_refuses_what_is_not_a_layer(layers, message):
         check_layers(layers, 3)
 
 
+def test_run_stack_checks_its_layers_itself(llama):
+    embeds = llama.embed_ids(torch.tensor([[5, 6, 7]]))
+    mask = torch.ones((1, 3), dtype=torch.long)
+    for bad in ((0,), (llama.n_layers + 1,)):
+        with pytest.raises(BackboneError, match="outside"):
+            run_stack(llama, bad, embeds, mask)
+
+
 def test_tagged_model_validates_its_layers(llama):
     text, slot_kinds = TEMPLATES["plain"]
     vectors = {FN: init_tag_vectors(llama.embedding_matrix, 3)}
