@@ -6,8 +6,9 @@ Rows per data set (all fitted on `train`, scored on `valid` of ../shared/benchma
   * probe-last      ridge on the last layer's state at the last token;
   * notag-head      the Tag-LLM template with no tag tokens, ridge head on its last+mean read-out;
   * probe-mean@L    probe-mean at the layer L that scores best on valid (L printed; optimistic: chosen on valid);
-  * probe@L+rdkit   ridge on [mean-pooled layer-L states ; RDKit 2D descriptors] (SMILES inputs);
-  * ridge-rdkit     ridge on RDKit 2D descriptors (SMILES inputs);
+  * probe@L+desc    ridge on [mean-pooled layer-L states ; descriptors of every input] (tagllm_core.descriptors:
+                    RDKit 2D for SMILES, composition + ProtParam for proteins): the descriptor-augmented head;
+  * ridge-desc      ridge on the descriptors alone;
   * rf-morgan       random forest on Morgan fingerprints (SMILES inputs);
   * rf-rdkit        random forest on RDKit 2D descriptors (SMILES inputs);
   * ridge-onehot    ridge on one-hot residues (protein inputs, aligned by position);
@@ -102,6 +103,19 @@ def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
     return feats
 
 
+def input_descriptors(df, slots: dict, crop: dict) -> np.ndarray:
+    """(N, E) descriptors of every input (``tagllm_core.descriptors``); undefined values become the
+    column median of ``df``."""
+    from tagllm_core.descriptors import row_features
+    from tagllm_core.domains import clean
+
+    rows = [{s: clean(k, v, crop.get(k)).value for (s, k), v in zip(slots.items(), r)}
+            for r in df[list(slots)].values.tolist()]
+    X = row_features(slots, rows)
+    med = np.nan_to_num(np.nanmedian(X, axis=0))
+    return np.where(np.isnan(X), med, X)
+
+
 def ridge_cv(Xtr, ytr, Xva):
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
@@ -181,13 +195,14 @@ def run_dataset(bb, name, args, table):
         by_layer = {layer + 1: ridge_cv(Ftr[:, 1, layer], ytr, Fva[:, 1, layer]) for layer in range(Ftr.shape[2])}
         best = min(by_layer, key=lambda k: np.sqrt(np.mean((by_layer[k] - yva) ** 2)))
         add(f"probe-mean@{best}", by_layer[best], extra="layer chosen on valid (optimistic)")
-        if single_smiles:
-            Dtr, Dva = rdkit_desc(tr.smiles), rdkit_desc(va.smiles)
-            add(f"probe@{best}+rdkit", ridge_cv(np.hstack([Ftr[:, 1, best - 1], Dtr]), ytr,
-                                                 np.hstack([Fva[:, 1, best - 1], Dva])))
+        Dtr, Dva = input_descriptors(tr, slots, crop), input_descriptors(va, slots, crop)
+        add(f"probe@{best}+desc", ridge_cv(np.hstack([Ftr[:, 1, best - 1], Dtr]), ytr,
+                                            np.hstack([Fva[:, 1, best - 1], Dva])))
+
     if "classic" in args.methods:
+        add("ridge-desc", ridge_cv(input_descriptors(tr, slots, crop), ytr, input_descriptors(va, slots, crop)),
+            extra="descriptors alone (RDKit 2D / composition + ProtParam)")
         if single_smiles:
-            add("ridge-rdkit", ridge_cv(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
             add("rf-morgan", rf(morgan(tr.smiles), ytr, morgan(va.smiles)))
             add("rf-rdkit", rf(rdkit_desc(tr.smiles), ytr, rdkit_desc(va.smiles)))
         if "sequence" in slots:

@@ -134,7 +134,8 @@ with tab_fn:
                 problems.append(str(err))
 
         c1, c2 = st.columns(2)
-        epochs = c1.number_input("Epochs", min_value=1, max_value=200, value=10, key="tf_epochs")
+        epochs = c1.number_input("Epochs", min_value=1, max_value=200, value=training.DEFAULT_EPOCHS,
+                                key="tf_epochs")
         batch_size = c2.number_input("Batch size", min_value=1, max_value=256, value=16, key="tf_batch")
         with st.expander("Advanced settings"):
             a1, a2 = st.columns(2)

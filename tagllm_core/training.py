@@ -82,9 +82,11 @@ class FunctionTagConfig:
     # Read-out depth: "auto" (the layer whose ridge head scores best on validation), "final" (the
     # last layer's normed state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
     layers: object = "auto"
-    features: str = "none"  # "descriptors": the head also reads RDKit / ProtParam descriptors
+    # "descriptors": the head also reads RDKit / ProtParam descriptors beside the tag (the default: ESOL
+    # and BACE, docs/BENCHMARKS.md); "none": the tag alone, the paper's method.
+    features: str = "descriptors"
     select_rows: int = 2000  # training rows (at most) in the read-out layer choice and the warm start
-    epochs: int = 10
+    epochs: int = 4  # tag training rarely beats the warm start after epoch 2 (docs/BENCHMARKS.md)
     batch_size: int = 16
     tag_lr: float = 3e-4
     head_lr: float = 1e-4

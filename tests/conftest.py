@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import string
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -224,3 +225,16 @@ def library_factory(tmp_path):
                           bundled_root=tmp_path / bundled)
 
     return make
+
+
+@contextmanager
+def count_block_calls(bb):
+    """counts[i]: how often decoder block i (0-based) of ``bb`` ran inside the ``with``."""
+    counts = [0] * len(bb.decoder_layers)
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + 1))
+               for i, block in enumerate(bb.decoder_layers)]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()

@@ -605,3 +605,23 @@ def test_unloadable_backbone_is_explained(tagllm_home, monkeypatch, tmp_path):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
     assert "could not be loaded" in texts(at.error) and "no-such-model" in texts(at.error)
+
+
+def test_card_shows_the_read_out_and_the_same_run_baselines():
+    from tagllm_core.tags import SlotSpec, TagCard
+    from ui import cards
+
+    card = TagCard(name="Sol", kind="function", backbone={}, n_tokens=10, task="regression", labels=["y"],
+                   slots=[SlotSpec("smiles", "smiles", None)], layers=[12], features="descriptors",
+                   metrics={"valid": {"rmse": 0.8, "spearman": 0.9},
+                            "baselines": {"mean": {"rmse": 2.2}, "rf_descriptors": {"rmse": 0.88, "spearman": 0.9}}},
+                   training={"layer_choice": {"chosen": 12}})
+    assert cards.readout_text(card) == "layer 12 (chosen on validation) + classic descriptors of the inputs"
+    frame = cards.comparison_frame(card)
+    assert frame["model"].tolist() == ["<Sol>", "predict the training mean", "random forest on descriptors"]
+    assert frame["rmse"].tolist() == [0.8, 2.2, 0.88]
+    assert "r2" not in frame.columns  # nobody has it: no empty column
+    assert not any(k.startswith("baselines") for k in cards.flat_metrics(card))  # shown apart, not as metrics
+    old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
+                  metrics={"valid": {"rmse": 1.1}})
+    assert cards.readout_text(old) == "the final layer" and cards.comparison_frame(old) is None

@@ -23,14 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_function_tag  # noqa: E402
+from conftest import count_block_calls, make_function_tag  # noqa: E402
 from test_stack import make_deep_backbone  # noqa: E402
 from test_training import small_frame, smiles_cfg  # noqa: E402
 from tagllm_core import descriptors, prediction, training
@@ -64,18 +63,6 @@ def valid_rows(frame) -> list[dict]:
     return [{"smiles": s} for s in frame["smiles"].iloc[va_idx]]
 
 
-@contextmanager
-def count_block_calls(bb):
-    counts = [0] * len(bb.decoder_layers)
-    handles = [block.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + 1))
-               for i, block in enumerate(bb.decoder_layers)]
-    try:
-        yield counts
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def predict_values(bb, tag, rows, library=None, batch_size: int = 7) -> np.ndarray:
     preds = Predictor(bb, tag, library).predict(rows, batch_size=batch_size)
     assert all(p.ok for p in preds), [p.error for p in preds if not p.ok]
@@ -101,7 +88,9 @@ def test_parse_layers_refuses(value):
 
 
 def test_function_tag_config_parses_its_layers_and_features():
-    assert smiles_cfg().layers == "auto" and smiles_cfg().features == "none"
+    library_default = training.FunctionTagConfig(name="T", slots=[{"name": "smiles", "kind": "smiles"}], labels=["y"])
+    assert library_default.layers == "auto" and library_default.features == "descriptors"
+    assert smiles_cfg().features == "none"  # these tests' helper asks for the pure tag
     assert smiles_cfg(layers="7, 15").layers == [7, 15]
     assert smiles_cfg(layers=2).layers == [2]
     with pytest.raises(TrainingError, match="Read-out layers"):

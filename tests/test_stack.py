@@ -20,13 +20,12 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import ARCHS, make_char_tokenizer, make_tiny_model  # noqa: E402
+from conftest import ARCHS, count_block_calls, make_char_tokenizer, make_tiny_model  # noqa: E402
 from test_prefix_cache import FN, TEMPLATES, _loss_and_grads, _pairs, _rel, _rows  # noqa: E402
 from tagllm_core import stack
 from tagllm_core.backbone import Backbone, wrap_model
@@ -108,19 +107,6 @@ def padded_batch(bb: Backbone):
     mask = enc["attention_mask"]
     assert (mask == 0).any() and mask.sum(1).unique().numel() == len(TEXTS)
     return bb.embed_ids(enc["input_ids"]), mask
-
-
-@contextmanager
-def count_block_calls(bb: Backbone):
-    """counts[i]: how often block i (0-based) ran inside the ``with``."""
-    counts = [0] * len(bb.decoder_layers)
-    handles = [block.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + 1))
-               for i, block in enumerate(bb.decoder_layers)]
-    try:
-        yield counts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def assert_no_hooks(bb: Backbone):

@@ -77,8 +77,9 @@ def small_frame(n_chain: int = 8) -> pd.DataFrame:
 
 
 def smiles_cfg(name: str = "HeavyAtoms", **kw) -> FunctionTagConfig:
+    # The pure-tag head unless a test asks for descriptors (tests/test_readout_depth.py covers them).
     base = dict(name=name, slots=[SlotSpec("smiles", "smiles", None)], labels=["y"], split="random", n_tokens=4,
-                epochs=1)
+                epochs=1, features="none")
     base.update(kw)
     return FunctionTagConfig(**base)
 

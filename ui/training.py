@@ -20,6 +20,7 @@ from tagllm_core.training import FunctionTagConfig, parse_layers
 DEFAULT_TAG_LR = FunctionTagConfig.__dataclass_fields__["tag_lr"].default
 DEFAULT_AUGMENT = FunctionTagConfig.__dataclass_fields__["augment"].default
 DEFAULT_LAYERS = FunctionTagConfig.__dataclass_fields__["layers"].default
+DEFAULT_EPOCHS = FunctionTagConfig.__dataclass_fields__["epochs"].default
 DEFAULT_FEATURES = FunctionTagConfig.__dataclass_fields__["features"].default
 
 
@@ -42,7 +43,7 @@ class FunctionJobSpec:
     task: str = "regression"
     template: Optional[str] = None
     what: str = "property"
-    epochs: int = 10
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 16
     n_tokens: int = 10
     tag_lr: float = DEFAULT_TAG_LR
