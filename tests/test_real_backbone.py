@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_function_tag  # noqa: E402
+from conftest import count_block_calls, make_function_tag  # noqa: E402
 
 pytestmark = [
     pytest.mark.real,
@@ -150,3 +150,24 @@ def test_every_bundled_tag_loads_and_works_on_the_default_backbone(real):
         else:
             ppl = tag.card.metrics["valid_perplexity"]
             assert ppl["trained"] < ppl["no_tag"] and ppl["trained"] < ppl["random_tag"], (name, ppl)
+
+
+def test_bundled_tags_with_a_read_out_depth_never_run_the_layers_above(real):
+    """Bundled function tags trained with a chosen read-out layer predict through the truncated stack
+    of the real backbone (no block above that layer runs) and carry their same-run baselines."""
+    from tagllm_core.prediction import Predictor
+    from tagllm_core.tags import TagLibrary
+
+    lib = TagLibrary(real.fingerprint)
+    deep = [info for info in lib.list() if info.card.kind == "function" and info.card.layers]
+    assert deep, "no bundled function tag records a read-out layer"
+    for info in deep:
+        tag = lib.get(info.name)
+        top = max(tag.card.layers)
+        assert top < real.n_layers and tag.card.metrics.get("baselines"), info.name
+        rows = [{s.name: "CC(=O)Oc1ccccc1C(=O)O" if s.kind == "smiles" else "MKTAYIAKQRQISFVKSHFSRQ"
+                 for s in tag.card.slots}]
+        with count_block_calls(real) as counts:
+            result = Predictor(real, tag, lib).predict(rows)[0]
+        assert result.ok and math.isfinite(result.prediction), (info.name, result.error)
+        assert all(c > 0 for c in counts[:top]) and not any(counts[top:]), (info.name, counts)
