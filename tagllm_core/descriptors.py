@@ -25,7 +25,7 @@ import numpy as np
 
 from .exceptions import InputError
 
-__all__ = ["FEATURE_SETS", "feature_names", "input_features", "row_features"]
+__all__ = ["FEATURE_SETS", "feature_names", "row_feature_names", "input_features", "row_features"]
 
 FEATURE_SETS = ("none", "descriptors")
 _LIMIT = 1e12
@@ -101,6 +101,11 @@ def input_features(kind: str, values: Sequence[str]) -> np.ndarray:
     X[~np.isfinite(X)] = np.nan  # RDKit returns inf for a few descriptors of odd molecules
     # ...and astronomically large finite ones (Ipc of a long chain: 1e55), beyond float32
     return np.clip(X, -_LIMIT, _LIMIT)
+
+
+def row_feature_names(slot_kinds: dict) -> list[str]:
+    """Column names of ``row_features(slot_kinds, …)``, slot by slot."""
+    return [n for kind in slot_kinds.values() for n in feature_names(kind)]
 
 
 def row_features(slot_kinds: dict, rows: Sequence[dict]) -> np.ndarray:

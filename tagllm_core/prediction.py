@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .descriptors import feature_names, row_features
+from .descriptors import row_feature_names, row_features
 from .domains import clean
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
@@ -107,7 +107,7 @@ class Predictor:
                                  head=head, readout=card.readout, layers=card.layers)
         self.descriptors = card.features == "descriptors"
         if self.descriptors:
-            names = [n for s in card.slots for n in feature_names(s.kind)]
+            names = row_feature_names(self.slot_kinds)
             if names != list(card.descriptor_names):
                 raise TemplateError(
                     f"Tag <{tag.name}> reads {len(card.descriptor_names)} descriptors that this installation "

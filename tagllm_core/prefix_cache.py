@@ -386,17 +386,12 @@ def features_with_prefix(model: TaggedModel, plans: list[RowPlan], prefix: Optio
 
 
 def grouped_features(model: TaggedModel, plans: list[RowPlan], groups: Optional[list] = None,
-                     batch_size: int = 16, on_batch: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                     batch_size: int = 16) -> torch.Tensor:
     """(N, F) read-out features of ``plans`` (callers hold no_grad/inference_mode), each group's
     common prefix run once (``grouped_batches``). Equals ``model.features`` up to float rounding;
-    much cheaper when many rows share a long beginning (one protein, many drugs).
-    ``on_batch(rows_done)`` is called after each batch (progress)."""
+    much cheaper when many rows share a long beginning (one protein, many drugs)."""
     out: list = [None] * len(plans)
-    done = 0
     for idx, prefix in grouped_batches(model, plans, groups, batch_size):
         for i, f in zip(idx, features_with_prefix(model, [plans[i] for i in idx], prefix)):
             out[i] = f.cpu()
-        done += len(idx)
-        if on_batch:
-            on_batch(done)
     return torch.stack(out) if out else torch.zeros(0, model.feature_dim)

@@ -39,7 +39,7 @@ import torch
 from .backbone import Backbone
 from .baselines import mean_baseline, rf_descriptors
 from .data import random_split, require_columns, scaffold_split
-from .descriptors import FEATURE_SETS, feature_names, row_features
+from .descriptors import FEATURE_SETS, row_feature_names, row_features
 from .domains import KINDS, clean, randomized_smiles
 from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead
@@ -282,11 +282,11 @@ def _better(a: float, b: Optional[float], larger: bool) -> bool:
     return b is None or (a > b if larger else a < b)
 
 
-def _descriptors(cfg: FunctionTagConfig, rows: list) -> Optional[torch.Tensor]:
+def _descriptors(cfg: FunctionTagConfig, kinds: dict, rows: list) -> Optional[torch.Tensor]:
     """(N, E) float32 descriptors of ``rows`` (NaN where undefined), or ``None`` without them."""
     if cfg.features != "descriptors":
         return None
-    return torch.tensor(row_features({s.name: s.kind for s in cfg.slots}, rows), dtype=torch.float32)
+    return torch.tensor(row_features(kinds, rows), dtype=torch.float32)
 
 
 def _sample(n: int, cap: int, seed: int) -> np.ndarray:
@@ -350,7 +350,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                         readout=cfg.readout, layers=layers)
     train_plans = [model.plan(r) for r in train.inputs]
     valid_plans = [model.plan(r) for r in valid.inputs]
-    extra_train, extra_valid = _descriptors(cfg, train.inputs), _descriptors(cfg, valid.inputs)
+    extra_train, extra_valid = _descriptors(cfg, kinds, train.inputs), _descriptors(cfg, kinds, valid.inputs)
     n_extra = extra_train.shape[1] if extra_train is not None else 0
     # Under `accelerate launch`, every process holds the model and the cache, takes its share of each
     # batch, and the gradients are summed across processes (_sync_grads); only the main one reports
@@ -543,7 +543,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         description=cfg.description, template=template.text, slots=cfg.slots, task=cfg.task,
         labels=list(cfg.labels), classes=classes, label_scaling=scaler.to_dict() if scaler else None,
         readout=cfg.readout, layers=list(model.layers) if model.layers else None, features=cfg.features,
-        descriptor_names=[n for s in cfg.slots for n in feature_names(s.kind)] if n_extra else [],
+        descriptor_names=row_feature_names(kinds) if n_extra else [],
         head=head_cfg.to_dict(), metrics={"valid": metrics, **({"baselines": baselines} if baselines else {})},
         interval=interval, label_sample=label_sample,
         training={

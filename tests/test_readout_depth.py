@@ -300,7 +300,7 @@ def test_descriptor_names_that_differ_from_the_installed_ones_are_refused(llama,
         with pytest.raises(TemplateError, match="(?i)retrain"):
             Predictor(llama, dataclasses.replace(tag, card=card))
     # or the installation computes other descriptors than the tag was trained with
-    monkeypatch.setattr(prediction, "feature_names", lambda kind: names[:-2])
+    monkeypatch.setattr(prediction, "row_feature_names", lambda slot_kinds: names[:-2])
     with pytest.raises(TemplateError, match="(?i)retrain"):
         Predictor(llama, tag)
 
