@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tagllm-installed
 PORT   ?= 8501
+# The app runs offline by default; `HF_HUB_OFFLINE=0 make run` (environment or make argument) lets
+# TAGLLM_BACKBONE be a Hugging Face id that is downloaded. The tests are always offline.
+HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup run test test-fast browser-deps bench clean-cache
 
@@ -18,7 +21,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: setup
-	HF_HUB_OFFLINE=1 $(PY) -m streamlit run app.py --server.port $(PORT)
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(PY) -m streamlit run app.py --server.port $(PORT)
 
 # Chromium for the browser end-to-end test (Debian package; Playwright drives it).
 browser-deps:

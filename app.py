@@ -8,9 +8,10 @@ science in ``tagllm_core``.
 
 import os
 
-# The app runs offline: never let transformers / huggingface_hub try the network.
+# Offline unless told otherwise: the bundled backbone needs no network. A value the user set
+# (HF_HUB_OFFLINE=0 to download a hub id given as TAGLLM_BACKBONE) is kept, and transformers follows it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402

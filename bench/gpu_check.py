@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 sys.path.insert(1, str(ROOT / "tests"))  # _tag_builders (pytest-free)
 sys.path.insert(2, str(ROOT / "bench"))
 
@@ -86,6 +87,7 @@ def step_check(bb, device: str, label: str, rows_fn, template: str, slot_kinds: 
 
 
 def main():
+    tune_allocator()  # an entry point: the package no longer tunes malloc on import
     ap = argparse.ArgumentParser()
     ap.add_argument("--export-skeleton", type=Path, help="write config+tokenizer of the default backbone and stop")
     ap.add_argument("--skeleton", type=Path, default=ROOT / ".tagllm-dev" / "skeleton")

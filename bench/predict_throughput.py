@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 # tests/_tag_builders.py (pytest-free); by folder, since site-packages may hold an unrelated `tests` package
 sys.path.insert(1, str(ROOT / "tests"))
 
@@ -101,6 +102,7 @@ def warm(rows: int, dtype: str) -> dict:
 
 
 def main() -> None:
+    tune_allocator()  # an entry point: the package no longer tunes malloc on import
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--bf16-rows", type=int, default=64, help="rows for the bf16 comparison (slow on most CPUs)")

@@ -103,6 +103,11 @@ else:
             input_error = str(err)
             st.error(input_error)
 
+if rows and not input_error:
+    input_error = inputs.predict_rows_problem(len(rows))
+    if input_error:
+        st.error(input_error)
+
 if st.button("Predict", type="primary", key="predict_button"):
     if input_error:
         st.error(input_error)

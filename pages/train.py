@@ -6,7 +6,6 @@ Nothing trains inside this script: Start saves the data and launches
 
 import streamlit as st
 
-from tagllm_core.data import read_corpus
 from tagllm_core.domains import KINDS
 from tagllm_core.exceptions import InputError, TagLLMError
 from ui import cards, inputs, jobs_panel, state, training, widgets
@@ -187,6 +186,14 @@ with tab_fn:
         for p in problems:
             if p != name_problem:
                 (st.caption if "Enter a tag name" in p else st.warning)(p)
+        # The engine's own checks on the data (labels, inputs, row count), so that no job is queued only to fail.
+        for dp in training.check_training_data_cached(
+                df, tuple((s.column, s.slot, s.kind) for s in slots), tuple(labels), task, int(max_rows) or None,
+                float(valid_fraction), valid_up is not None,
+                (("protein", int(crop)),) if crop and "protein" in kinds else ()):
+            (st.error if dp.level == "error" else st.warning)(dp.message)
+            if dp.level == "error":
+                problems.append(dp.message)
 
         spec = training.FunctionJobSpec(
             name=name or "", train_file=example_path, slots=slots, labels=labels, task=task, template=template,
@@ -224,7 +231,7 @@ with tab_dom:
                 column = st.selectbox("Column", cols, key=f"td_col::{fname}",
                                       index=next((i for i, c in enumerate(cols)
                                                   if inputs.guess_kind_of_column(c, table[c]) != "text"), 0))
-            corpus = read_corpus(inputs.named_bytes(data, fname), fmt, column)
+            corpus = inputs.read_uploaded_corpus(data, fname, fmt, column)
         except InputError as err:
             st.error(str(err))
     if corpus is not None:

@@ -11,6 +11,11 @@ the memory kept (docs/BENCHMARKS.md), which made training steps 3x slower.
 threshold, top pad) and uses one arena so OpenMP worker threads reuse it.
 It costs some resident memory that is not given back until exit.
 Set TAGLLM_NO_MALLOC_TUNING=1 to skip it.
+
+Only entry points call ``tune()`` (``cli.main``, hence every job process, the
+bench scripts and the test session): it changes the whole process's
+allocator, which a program that merely imports the engine (the
+multi-threaded Streamlit server) must not have imposed on it.
 """
 
 from __future__ import annotations

@@ -344,11 +344,22 @@ def load_backbone(spec: Optional[str] = None, device: Optional[str] = None, dtyp
             tok = AutoTokenizer.from_pretrained(source.location)
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise BackboneError(f"Could not load backbone {spec or _DEFAULT_NAME!r}: {err}") from err
+        hint = ""
+        if source.kind == "hub" and _hub_offline():
+            # the app and `make run` default to offline mode; say how to download (README, "TAGLLM_BACKBONE")
+            hint = (" Offline mode is on (HF_HUB_OFFLINE=1), so a hub id loads only from the local Hugging Face "
+                    "cache; set HF_HUB_OFFLINE=0 to download it.")
+        raise BackboneError(f"Could not load backbone {spec or _DEFAULT_NAME!r}: {err}{hint}") from err
     bb = wrap_model(model, tok, source.name, source, device, dtype)
     bb.load_seconds = time.perf_counter() - t0
     bb.loaded_from_cache = from_cache
     return bb
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 _LOADED: dict = {}

@@ -11,12 +11,15 @@ this way as background jobs (see ``jobs``), and progress goes to SQLite.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+from . import _allocator
 from .domains import KINDS, guess_kind
 from .exceptions import InputError, TagLLMError
 
@@ -82,6 +85,8 @@ def _tqdm_progress(desc: str):
     bar = {"bar": None}
 
     def callback(ev):
+        if ev.is_warning:
+            tqdm.write(ev.message, file=sys.stderr)  # printed above the bar, so it stays on screen
         if bar["bar"] is None:
             bar["bar"] = tqdm(total=ev.total_steps, desc=desc, unit="step", file=sys.stderr)
         b = bar["bar"]
@@ -209,38 +214,54 @@ def _run_maybe_as_job(args, work) -> int:
     return 0
 
 
+def _column_map(values: Optional[list], df) -> dict:
+    """``--column SLOT=COLUMN`` pairs -> {slot: column}. A column name is taken exactly as given when
+    the table has it (leading/trailing spaces, a column called ``none``), else with spaces trimmed."""
+    out = {}
+    for v in values or []:
+        slot, sep, column = v.partition("=")
+        if not sep:
+            raise InputError(f"--column expects SLOT=COLUMN, got {v!r}.")
+        out[slot.strip()] = column if column in df.columns else column.strip()
+    return out
+
+
 def cmd_train_function_tag(args) -> int:
     from .data import read_table
     from .tags import normalize_tag_name
     from .training import FunctionTagConfig, train_function_tag
 
-    bb = _backbone(args)
-    lib = _library(bb)
-    slots = [parse_input_spec(s, lib) for s in args.input]
-    cfg = FunctionTagConfig(
-        name=normalize_tag_name(args.name), slots=slots, labels=args.label, task=args.task, template=args.template,
-        columns=_pairs(args.column, "--column"), what=args.what, n_tokens=args.n_tokens, readout=args.readout,
-        epochs=args.epochs, batch_size=args.batch_size, tag_lr=args.tag_lr, head_lr=args.head_lr,
-        anchor_decay=args.anchor_decay, ridge_warm_start=not args.no_warm_start, split=args.split,
-        valid_fraction=args.valid_fraction, patience=args.patience, seed=args.seed, max_rows=args.max_rows,
-        augment=args.augment, max_length=_lengths(args.max_length), layers=args.layers, features=args.features,
-        description=args.description or "",
-    )
-    train_df = read_table(args.train)
-    if args.split_column:
-        if args.split_column not in train_df.columns:
-            raise InputError(f"No split column {args.split_column!r} in {args.train}.")
-        valid_df = train_df[train_df[args.split_column] == "valid"].reset_index(drop=True)
-        train_df = train_df[train_df[args.split_column] == "train"].reset_index(drop=True)
-    else:
-        valid_df = read_table(args.valid) if args.valid else None
-    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-
     def work(progress):
+        # Everything is loaded here, inside the job once it has its slot (``jobs.run_job``): a queued job
+        # holds no backbone or data, and a loading error is recorded with its message.
+        bb = _backbone(args)
+        lib = _library(bb)
+        slots = [parse_input_spec(s, lib) for s in args.input]
+        train_df = read_table(args.train)
+        cfg = FunctionTagConfig(
+            name=normalize_tag_name(args.name), slots=slots, labels=args.label, task=args.task,
+            template=args.template, columns=_column_map(args.column, train_df), what=args.what,
+            n_tokens=args.n_tokens, readout=args.readout, epochs=args.epochs, batch_size=args.batch_size,
+            tag_lr=args.tag_lr, head_lr=args.head_lr, anchor_decay=args.anchor_decay,
+            ridge_warm_start=not args.no_warm_start, split=args.split, valid_fraction=args.valid_fraction,
+            patience=args.patience, seed=args.seed, max_rows=args.max_rows, augment=args.augment,
+            max_length=_lengths(args.max_length), layers=args.layers, layer_tolerance=args.layer_tolerance,
+            features=args.features,
+            description=args.description or "",
+        )
+        if args.split_column:
+            if args.split_column not in train_df.columns:
+                raise InputError(f"No split column {args.split_column!r} in {args.train}.")
+            valid_df = train_df[train_df[args.split_column] == "valid"].reset_index(drop=True)
+            train_df = train_df[train_df[args.split_column] == "train"].reset_index(drop=True)
+        else:
+            valid_df = read_table(args.valid) if args.valid else None
+        ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
         res = train_function_tag(bb, lib, cfg, train_df, valid_df, progress=progress, checkpoint_dir=ckpt,
                                  data_name=Path(args.train).name)
         return {"tag": res.tag.name, "path": str(res.path), "metrics": res.metrics, "history": res.history,
                 "interval": res.tag.card.interval, "rows_dropped": len(res.dropped),
+                "warnings": res.warnings,
                 "dropped_examples": res.dropped[:10],
                 "parity": {"true": res.valid_true[:2000], "pred": res.valid_pred[:2000]}}
 
@@ -252,29 +273,30 @@ def cmd_train_domain_tag(args) -> int:
     from .tags import normalize_tag_name
     from .training import DomainTagConfig, train_domain_tag
 
-    bb = _backbone(args)
-    lib = _library(bb)
-    if args.corpus == "moses":
-        import pandas as pd
-
-        corpus = pd.read_csv(moses_smiles_path("train"), usecols=["SMILES"], nrows=args.max_sequences)["SMILES"].tolist()
-        fmt = "smiles"
-    else:
-        fmt = args.format
-        corpus = read_corpus(args.corpus, fmt, args.column)
-    if args.max_sequences:
-        corpus = corpus[: args.max_sequences]
-    kind = args.kind or ("protein" if (fmt == "fasta" or str(args.corpus).lower().endswith((".fasta", ".fa", ".faa")))
-                         else "smiles" if fmt in ("smiles", None) else "text")
-    cfg = DomainTagConfig(name=normalize_tag_name(args.name), input_kind=kind, n_tokens=args.n_tokens,
-                          steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                          max_tokens=args.max_tokens, seed=args.seed, init_text=args.init_text,
-                          description=args.description or "")
-
     def work(progress):
+        # Loaded inside the job, after its slot is claimed (see cmd_train_function_tag).
+        bb = _backbone(args)
+        lib = _library(bb)
+        if args.corpus == "moses":
+            import pandas as pd
+
+            corpus = pd.read_csv(moses_smiles_path("train"), usecols=["SMILES"],
+                                 nrows=args.max_sequences)["SMILES"].tolist()
+            fmt = "smiles"
+        else:
+            fmt = args.format
+            corpus = read_corpus(args.corpus, fmt, args.column)
+        if args.max_sequences:
+            corpus = corpus[: args.max_sequences]
+        kind = args.kind or ("protein" if (fmt == "fasta" or str(args.corpus).lower().endswith(
+            (".fasta", ".fa", ".faa"))) else "smiles" if fmt in ("smiles", None) else "text")
+        cfg = DomainTagConfig(name=normalize_tag_name(args.name), input_kind=kind, n_tokens=args.n_tokens,
+                              steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                              max_tokens=args.max_tokens, seed=args.seed, init_text=args.init_text,
+                              description=args.description or "")
         res = train_domain_tag(bb, lib, cfg, corpus, progress=progress, data_name=Path(str(args.corpus)).name)
         return {"tag": res.tag.name, "path": str(res.path), "perplexity": res.perplexity, "history": res.history,
-                "sequences_dropped": res.dropped}
+                "sequences_dropped": res.dropped, "warnings": res.warnings}
 
     return _run_maybe_as_job(args, work)
 
@@ -352,8 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--n-tokens", type=int, default=ft["n_tokens"])
     f.add_argument("--readout", choices=["last", "last+mean", "mean"], default=ft["readout"])
     f.add_argument("--layers", default=ft["layers"], metavar="auto|final|N[,M…]",
-                   help="read-out depth: auto (the layer whose ridge head scores best on validation; the layers "
-                        "above never run), final (the last layer, as in the paper), or layer numbers (12 or 7,15)")
+                   help="read-out depth: auto (chosen by ridge heads' validation scores, see --layer-tolerance; "
+                        "the layers above never run), final (the last layer, as in the paper), or layer numbers "
+                        "(12 or 7,15)")
+    f.add_argument("--layer-tolerance", type=float, default=ft["layer_tolerance"], metavar="SE",
+                   help="with --layers auto: keep the shallowest layer within this many standard errors of the "
+                        "best validation score (faster predictions); 0 keeps the best-scoring layer")
     f.add_argument("--features", choices=list(FEATURE_SETS), default=ft["features"],
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
@@ -394,12 +420,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> int:
-    args = build_parser().parse_args(argv)
+    # An entry point (the CLI and every job process): tune malloc here, not on import, so that a
+    # program importing the engine (the Streamlit server) keeps its allocator.
+    _allocator.tune()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        sys.stderr.write(stderr.getvalue())
+        if exit_.code:
+            _fail_job_of(argv, stderr.getvalue())
+        raise
+    sys.stderr.write(stderr.getvalue())
     try:
         return args.func(args)
     except TagLLMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _fail_job_of(argv: list, usage_error: str) -> None:
+    """A job whose command line does not parse never reaches ``run_job``: record argparse's message
+    on it, rather than leaving the reaper to call it a crash."""
+    found = {}
+    for i, arg in enumerate(argv):
+        for opt in ("--job-db", "--job-id"):
+            if arg == opt and i + 1 < len(argv):
+                found[opt] = argv[i + 1]
+            elif arg.startswith(opt + "="):
+                found[opt] = arg[len(opt) + 1:]
+    if len(found) < 2 or not found["--job-id"].isdigit():
+        return
+    from .jobs import JobStore
+
+    reason = usage_error.strip().splitlines()[-1] if usage_error.strip() else "bad arguments"
+    with contextlib.suppress(Exception):  # the job row is best effort; the exit status still says it failed
+        JobStore(Path(found["--job-db"])).fail(int(found["--job-id"]),
+                                               f"The job's command line was not understood ({reason}).")
 
 
 if __name__ == "__main__":

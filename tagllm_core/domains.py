@@ -2,8 +2,9 @@
 
 Nothing here raises for a bad row: every function returns a ``CleanInput``
 with either a cleaned value or an ``error`` a scientist can act on, plus
-``warnings`` for things that were fixed (cropping, unusual residues). A batch
-of 10,000 rows with one bad SMILES predicts the other 9,999.
+``warnings`` for things that were fixed (a protein or text cropped, unusual
+residues); an over-long SMILES is an error, since a cropped one is another
+molecule. A batch of 10,000 rows with one bad SMILES predicts the other 9,999.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class CleanInput:
     value: Optional[str]
     warnings: list = field(default_factory=list)
     error: Optional[str] = None
+    length: Optional[int] = None  # residues / characters before any cropping (proteins, text)
 
     @property
     def ok(self) -> bool:
@@ -65,12 +67,13 @@ def clean_smiles(text, max_length: Optional[int] = None) -> CleanInput:
         canonical = Chem.MolToSmiles(mol)
     finally:
         RDLogger.EnableLog("rdApp.*")
-    warnings = []
+    # Unlike a protein, a SMILES cannot be cropped: cut mid-string it is another molecule or none.
     limit = max_length or DEFAULT_MAX_LENGTH["smiles"]
     if len(canonical) > limit:
-        warnings.append(f"SMILES of {len(canonical)} characters cropped to {limit}")
-        canonical = canonical[:limit]
-    return CleanInput(canonical, warnings)
+        return CleanInput(None, error=f"SMILES of {len(canonical)} characters is longer than the limit of {limit}; "
+                                      f"it is not cropped, because a cut SMILES is another molecule "
+                                      f"(raise the limit with --max-length smiles=N if the model's context allows)")
+    return CleanInput(canonical, [])
 
 
 def randomized_smiles(smiles: str, n: int, seed: int = 0, max_tries: int = 5) -> list[str]:
@@ -98,12 +101,27 @@ def randomized_smiles(smiles: str, n: int, seed: int = 0, max_tries: int = 5) ->
 
 
 def clean_protein(text, max_length: Optional[int] = None) -> CleanInput:
-    """Plain or FASTA text, any case; whitespace, digits and header lines are ignored."""
+    """Plain or FASTA text, any case; whitespace, header lines and the position numbers of a numbered
+    listing (a number at the start or end of a line) are ignored. Digits anywhere else are an error:
+    ``ACDEFG123HIK`` is not a protein, and silently reading it as ``ACDEFGHIK`` would predict for one."""
     if _is_blank(text):
         return CleanInput(None, error="empty input: a protein sequence is needed")
     lines = str(text).replace("\r", "\n").split("\n")
-    body = "".join(line for line in lines if not line.lstrip().startswith((">", ";")))
-    seq = re.sub(r"[\s\d]+", "", body).upper().rstrip("*")  # '*' marks a stop codon at the end
+    body = []
+    for line in lines:
+        if line.lstrip().startswith((">", ";")):
+            continue
+        words = line.split()
+        if words and words[0].isdigit():
+            words = words[1:]
+        if words and words[-1].isdigit():
+            words = words[:-1]
+        digits = re.search(r"\d+", "".join(words))
+        if digits:
+            return CleanInput(None, error=f"not a protein sequence: digits {digits.group()!r} inside the sequence "
+                                          f"(only position numbers at the start or end of a line are allowed)")
+        body.extend(words)
+    seq = "".join(body).upper().rstrip("*")  # '*' marks a stop codon at the end
     if not seq:
         return CleanInput(None, error="empty input: only a FASTA header, no residues")
     bad = sorted(set(seq) - STANDARD_AA - set(RARE_AA))
@@ -112,11 +130,12 @@ def clean_protein(text, max_length: Optional[int] = None) -> CleanInput:
         return CleanInput(None, error=f"not a protein sequence: unexpected letters {shown} "
                                       f"(allowed: the 20 standard amino acids, X, U, O)")
     warnings = [f"{seq.count(c)} × {c} ({RARE_AA[c]})" for c in RARE_AA if c in seq]
+    length = len(seq)
     limit = max_length or DEFAULT_MAX_LENGTH["protein"]
     if len(seq) > limit:
         warnings.append(f"sequence of {len(seq)} residues cropped to the first {limit}")
         seq = seq[:limit]
-    return CleanInput(seq, warnings)
+    return CleanInput(seq, warnings, length=length)
 
 
 def clean_text(text, max_length: Optional[int] = None) -> CleanInput:

@@ -10,6 +10,7 @@ __all__ = [
     "BackboneMismatchError",
     "TagNameError",
     "TagNotFoundError",
+    "TagError",
     "TagFormatError",
     "TemplateError",
     "InputError",
@@ -38,8 +39,13 @@ class TagNotFoundError(TagLLMError):
     """No tag of that name in any library."""
 
 
-class TagFormatError(TagLLMError):
-    """A tag file is corrupted, not safetensors, or has an unknown format version."""
+class TagError(TagLLMError):
+    """A tag file cannot be used: what every refusal of a tag file derives from, so a page catches one type."""
+
+
+class TagFormatError(TagError):
+    """A tag file is corrupted, not safetensors, has an unknown format version, or breaks the tag schema
+    (a tensor or card field of the wrong type, shape or size); the message names the field."""
 
 
 class TemplateError(TagLLMError):

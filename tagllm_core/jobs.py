@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from . import paths
-from .exceptions import JobCancelled
+from .exceptions import JobCancelled, TagLLMError
 from .progress import ProgressEvent
 
 __all__ = [
@@ -220,6 +220,36 @@ def _json_default(obj):
 
 def _dumps(obj) -> str:
     return json.dumps(obj, default=_json_default)
+
+
+def _uploaded_files(argv: Sequence[str]) -> list[Path]:
+    """The files in a job's argv (``--opt=PATH`` or ``PATH``) that lie under ``paths.uploads_dir()``.
+
+    Only those: a path the user typed on the command line is their own file and is never deleted.
+    """
+    root = paths.uploads_dir().resolve()
+    found = []
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        try:
+            path = Path(value).resolve()
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if root in path.parents and path.is_file():
+            found.append(path)
+    return found
+
+
+def _remove_uploads(argv: Sequence[str]) -> None:
+    """Delete a job's uploaded files, and their per-job folder once it is empty."""
+    root = paths.uploads_dir().resolve()
+    for path in _uploaded_files(argv):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        folder = path.parent
+        if folder != root:
+            with contextlib.suppress(OSError):  # not empty (another file still in use), or gone already
+                folder.rmdir()
 
 
 # --------------------------------------------------------------------------
@@ -548,7 +578,7 @@ class JobStore:
         return self._transition(job_id, "cancelled", tuple(from_states), finished=time.time())
 
     def delete(self, job_id: int) -> bool:
-        """Forget a finished/failed/cancelled job, its history and its log."""
+        """Forget a finished/failed/cancelled job, its history, its log and the files the app uploaded for it."""
         with self._write() as conn:
             row = self._row(conn, job_id)
             if row["state"] not in TERMINAL_STATES:
@@ -556,9 +586,11 @@ class JobStore:
             conn.execute("DELETE FROM events WHERE job_id=?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
             log_path = row["log_path"]
+            argv = json.loads(row["argv_json"])
         if log_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_path)
+        _remove_uploads(argv)
         return True
 
     # -- crash detection -----------------------------------------------------
@@ -619,7 +651,9 @@ class JobReporter:
 
     def __call__(self, ev: ProgressEvent) -> None:
         now = time.monotonic()
-        important = bool(ev.metrics) or (ev.total_steps > 0 and ev.step >= ev.total_steps)
+        if ev.is_warning:  # the job log (this process's stdout) keeps it, as the CLI prints it
+            print(f"job {self.job_id}: {ev.message}", flush=True)
+        important = ev.is_warning or bool(ev.metrics) or (ev.total_steps > 0 and ev.step >= ev.total_steps)
         if not important and now - self._last_write < self.min_interval:
             return
         self._last_write = now
@@ -674,10 +708,15 @@ def run_job(
 ) -> str:
     """Run ``work`` as job ``job_id`` in this (job) process; returns the final state.
 
-    Never raises for the work's own errors: they end up in the job row (and
-    the traceback in the log, which is this process's stdout), because nobody
-    is around to catch them. Ctrl-C / SystemExit still propagate after the job
-    is marked, so the process exits as asked.
+    ``work`` does all the loading (backbone, data) itself, after the slot is
+    claimed: a queued job holds no model in memory and its loading errors are
+    recorded like any other.
+
+    Never raises for the work's own errors: they end up in the job row, because
+    nobody is around to catch them. A user error (``TagLLMError``) is recorded
+    and logged as its message alone; anything else is a bug and keeps its
+    traceback in the log (this process's stdout). Ctrl-C / SystemExit still
+    propagate after the job is marked, so the process exits as asked.
     """
     try:
         wait_for_slot(store, job_id, poll=poll, max_concurrent=max_concurrent)
@@ -687,6 +726,9 @@ def run_job(
     except JobCancelled:
         store.mark_cancelled(job_id)
         print(f"job {job_id}: cancelled", flush=True)
+    except TagLLMError as e:  # written for the user: the message is the whole story
+        print(f"job {job_id}: error: {e}", flush=True)
+        store.fail(job_id, str(e))
     except Exception as e:  # the job process's top level: record, don't crash
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()

@@ -1,9 +1,11 @@
 """Evaluation metrics, from scipy and scikit-learn rather than hand-written maths.
 
 Regression: RMSE, MAE, Pearson r, Spearman rho, R², concordance index (the
-DAVIS/KIBA metric). Classification: AUROC, AUPRC, accuracy. Each function
-returns a plain ``dict[str, float]`` (JSON-ready); a metric that is undefined
-for the data (e.g. AUROC with one class present) is left out, not faked.
+DAVIS/KIBA metric). Classification: AUROC, AUPRC, log-loss, accuracy. Each
+function returns a plain ``dict[str, float]`` (JSON-ready); a metric that is
+undefined for the data (e.g. AUROC with one class present) is left out, not
+faked. Predictions that hold NaN or infinity (a diverged model) leave every
+metric undefined: the dict then holds only ``n`` and ``n_nonfinite``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,20 @@ from scipy import stats
 from sklearn import metrics as skm
 
 __all__ = ["regression_metrics", "classification_metrics", "concordance_index", "conformal_halfwidth",
-           "PRIMARY_METRIC"]
+           "PRIMARY_METRIC", "STOPPING_METRICS"]
 
 # metric used for early stopping, and whether larger is better
 PRIMARY_METRIC = {"regression": ("rmse", False), "classification": ("auroc", True)}
+# In order of preference: AUROC is undefined on a validation set that lacks a class, the log-loss
+# is not (and still ranks probabilities, unlike accuracy, which is the last resort).
+STOPPING_METRICS = {"regression": [("rmse", False)],
+                    "classification": [("auroc", True), ("log_loss", False), ("accuracy", True)]}
+
+
+def _nonfinite(pred: np.ndarray) -> int:
+    """Rows of ``pred`` holding NaN or infinity (sklearn would raise on them)."""
+    pred = pred.reshape(len(pred), -1)
+    return int((~np.isfinite(pred)).any(axis=1).sum())
 
 
 def concordance_index(y_true: np.ndarray, y_pred: np.ndarray, max_pairs: int = 2_000_000, seed: int = 0) -> float:
@@ -41,6 +53,9 @@ def concordance_index(y_true: np.ndarray, y_pred: np.ndarray, max_pairs: int = 2
 def regression_metrics(y_true, y_pred) -> dict:
     y_true = np.asarray(y_true, float).ravel()
     y_pred = np.asarray(y_pred, float).ravel()
+    bad = _nonfinite(y_pred)
+    if bad:
+        return {"n": int(len(y_true)), "n_nonfinite": bad}
     out = {
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
@@ -58,7 +73,14 @@ def classification_metrics(y_true, probs) -> dict:
     """y_true: (N,) class indices; probs: (N, K) class probabilities."""
     y_true = np.asarray(y_true).astype(int).ravel()
     probs = np.asarray(probs, float)
+    bad = _nonfinite(probs)
+    if bad:
+        return {"n": int(len(y_true)), "n_nonfinite": bad}
     out = {"accuracy": float(skm.accuracy_score(y_true, probs.argmax(1))), "n": int(len(y_true))}
+    # Defined whatever classes the rows hold, because every class is named.
+    # Renormalised in float64: float32 softmax rows miss 1 by ~1e-7, which sklearn warns about.
+    p = np.clip(probs, 1e-15, 1.0)
+    out["log_loss"] = float(skm.log_loss(y_true, p / p.sum(1, keepdims=True), labels=list(range(probs.shape[1]))))
     if len(np.unique(y_true)) == 2 and probs.shape[1] == 2:
         out["auroc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
         out["auprc"] = float(skm.average_precision_score(y_true, probs[:, 1]))

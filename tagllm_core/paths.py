@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "data_dir", "user_tags_dir", "jobs_db_path", "atomic_write", "REPO_ROOT", "ASSETS_DIR"]
+__all__ = ["cache_dir", "data_dir", "user_tags_dir", "jobs_db_path", "uploads_dir", "atomic_write", "REPO_ROOT",
+           "ASSETS_DIR"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -38,6 +39,11 @@ def user_tags_dir() -> Path:
 
 def jobs_db_path() -> Path:
     return data_dir() / "jobs.sqlite"
+
+
+def uploads_dir() -> Path:
+    """Files the app saved for its training jobs, one folder per job; deleted with the job."""
+    return data_dir() / "uploads"
 
 
 def atomic_write(path: Path, write) -> None:

@@ -5,6 +5,8 @@ sorts the valid ones by token length so batches carry little padding, runs
 them under ``torch.inference_mode`` while holding the backbone's lock (the app
 shares one backbone between browser sessions), and returns one
 ``PredictionRow`` per input row, in input order: a prediction or an error.
+SMILES are standardised first (``standardize``: salts stripped, charges neutralised), and each row
+says what was changed and carries flags for inputs or predictions far from the tag's training data.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import torch
 
 from .backbone import Backbone
 from .descriptors import row_feature_names, row_features
-from .domains import clean
-from .exceptions import TagLLMError, TemplateError
+from .domains import CleanInput, clean
+from .exceptions import InputError, TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
 from .prefix_cache import (SharedPrefix, common_prefix_length, features_with_prefix, grouped_batches, row_groups,
                            shared_prefix)
 from .progress import ProgressCallback, ProgressEvent
+from .standardize import length_flag, prediction_range_flag, standardize_smiles
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "results_frame", "predict_table"]
+
+# Standardise a SMILES whole; the length limit applies to the standardised one (a salt may fit once stripped).
+_NO_CROP = 10 ** 9
 
 
 @dataclass
@@ -37,6 +43,9 @@ class PredictionRow:
 
     ``prediction``: first regression output (original units), or the predicted
     class label. ``outputs``: every regression output, or class probabilities.
+    ``standardised``: slot -> the SMILES the model read; ``changes``: what standardisation did
+    ("salt stripped: Na+"); ``flags``: why the prediction deserves caution (an inorganic input, a
+    protein far longer than any in training, a prediction outside the training labels' range).
     """
 
     row: int
@@ -48,6 +57,9 @@ class PredictionRow:
     error: Optional[str] = None
     warnings: list = field(default_factory=list)
     zero_shot: bool = False
+    standardised: dict = field(default_factory=dict)
+    changes: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,11 +80,14 @@ class Predictor:
 
     ``domain_overrides``: slot -> domain tag name (or ``None`` for no tag) to
     use instead of the ones the function tag was trained with. Results are
-    then flagged ``zero_shot``. Override tags come from ``library``.
+    then flagged ``zero_shot``. Override tags come from ``library``. ``standardize``: standardise
+    SMILES before predicting (off: the model reads the canonical SMILES as given, salts and all).
+    ``unknown_checks`` names the flags this tag cannot give (an older card lacks what they compare with).
     """
 
     def __init__(self, backbone: Backbone, tag: Tag, library: Optional[TagLibrary] = None,
-                 domain_overrides: Optional[dict] = None, max_length: Optional[dict] = None):
+                 domain_overrides: Optional[dict] = None, max_length: Optional[dict] = None,
+                 standardize: bool = True):
         card = tag.card
         if card.kind != "function":
             raise TemplateError(f"<{tag.name}> is a domain tag; predictions need a function tag.")
@@ -114,14 +129,52 @@ class Predictor:
                     f"computes differently ({len(names)} now; another RDKit version?). Retrain the tag here.")
         self.model.eval()
         self.scaler = LabelScaler(**card.label_scaling) if card.label_scaling else None
+        self.standardize = standardize
+        self._domain_checks(card)
         config = backbone.model.config
         self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self._prefix: Optional[SharedPrefix] = None
         self._prefix_key = None
 
+    def _domain_checks(self, card) -> None:
+        """What the card offers to compare inputs and predictions with; older cards lack some."""
+        self.input_lengths = (card.training or {}).get("input_lengths") or {}
+        labels = [float(v) for v in card.label_sample or [] if v is not None and np.isfinite(v)]
+        # the range's ends are all the flag needs: kept instead of up to 2,000 labels per row
+        self.label_range = [min(labels), max(labels)] if card.task == "regression" and labels else []
+        self.unknown_checks = [f"protein length range of '{s}' (the tag predates recording it)"
+                               for s, k in self.slot_kinds.items() if k == "protein" and s not in self.input_lengths]
+        if card.task == "regression" and not self.label_range:
+            self.unknown_checks.append("prediction range (the tag stores no training labels)")
+
     @property
     def slots(self) -> list[str]:
         return list(self.slot_kinds)
+
+    def _clean(self, res: PredictionRow, slot: str, kind: str, raw) -> CleanInput:
+        """Clean one input; SMILES are standardised, proteins checked against the training lengths.
+        Changes and flags go onto ``res``, prefixed with the slot when the tag reads several inputs."""
+        prefix = f"{slot}: " if len(self.slot_kinds) > 1 else ""
+        limit = self.max_length.get(kind)
+        if kind == "smiles" and self.standardize:
+            c = clean(kind, raw, _NO_CROP)  # the length limit is checked after standardisation
+            if c.ok:
+                try:
+                    std = standardize_smiles(c.value)
+                except InputError as err:
+                    return CleanInput(None, error=str(err))
+                c = clean(kind, std.smiles, limit)
+                res.changes.extend(prefix + m for m in std.changes)
+                res.flags.extend(prefix + m for m in std.flags)
+        else:
+            c = clean(kind, raw, limit)
+        if c.ok and kind == "smiles":
+            res.standardised[slot] = c.value
+        if c.ok and kind == "protein":
+            flag = length_flag(c.length, self.input_lengths.get(slot))
+            if flag:
+                res.flags.append(prefix + flag)
+        return c
 
     def predict(self, rows: Sequence[dict], batch_size: int = 16, progress: Optional[ProgressCallback] = None,
                 max_batch_tokens: int = 8192) -> list[PredictionRow]:
@@ -136,7 +189,7 @@ class Predictor:
                 if slot not in row:
                     res.error = f"row {res.row}: no value for input '{slot}'"
                     break
-                c = clean(kind, row[slot], self.max_length.get(kind))
+                c = self._clean(res, slot, kind, row[slot])
                 res.warnings.extend(f"{slot}: {w}" for w in c.warnings)
                 if not c.ok:
                     res.error = f"row {res.row}, {slot}: {c.error}"
@@ -206,6 +259,9 @@ class Predictor:
             if self.card.interval:
                 half = float(self.card.interval["halfwidth"][0])
                 res.lower, res.upper = res.prediction - half, res.prediction + half
+            flag = prediction_range_flag(res.prediction, self.label_range)
+            if flag:
+                res.flags.append(flag)
         res.zero_shot = self.zero_shot
 
 
@@ -218,7 +274,8 @@ def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optiona
 
 def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
     """Results as a table: the inputs, ``prediction``, ``lower``/``upper`` (where the tag has intervals),
-    class probabilities (classification), ``zero_shot``, ``error`` and ``warnings``."""
+    class probabilities (classification), ``flags``, ``zero_shot``, ``error``, ``warnings``,
+    ``standardised`` (the SMILES the model read; ``slot: SMILES`` pairs for several) and ``changes``."""
     import pandas as pd
 
     records = []
@@ -229,9 +286,14 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
         if classes:
             for c, p in zip(classes, r.outputs or [None] * len(classes)):
                 rec[f"p({c})"] = p
+        rec["flags"] = "; ".join(r.flags)
         rec["zero_shot"] = r.zero_shot
         rec["error"] = r.error or ""
         rec["warnings"] = "; ".join(r.warnings)
+        std = r.standardised
+        rec["standardised"] = (next(iter(std.values())) if len(std) == 1
+                               else "; ".join(f"{k}: {v}" for k, v in std.items()))
+        rec["changes"] = "; ".join(r.changes)
         records.append(rec)
     return pd.DataFrame.from_records(records)
 

@@ -31,6 +31,11 @@ class ProgressEvent:
     message: Optional[str] = None
 
     @property
+    def is_warning(self) -> bool:
+        """A message the user must see (training prefixes them "warning:"), not a status line."""
+        return bool(self.message) and self.message.startswith("warning:")
+
+    @property
     def fraction(self) -> float:
         return 0.0 if self.total_steps <= 0 else min(1.0, self.step / self.total_steps)
 

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from .backbone import BackboneFingerprint
 from .exceptions import TagFormatError, TagLLMError, TagNameError, TagNotFoundError
 from .paths import ASSETS_DIR, atomic_write, user_tags_dir
+from .tag_schema import MAX_CARD_CHARS, check_card, check_header_length, check_tensor_specs, check_tensor_values
 
 __all__ = [
     "FORMAT_VERSION",
@@ -126,7 +127,10 @@ class TagCard:
 
     @classmethod
     def from_json(cls, text: str) -> "TagCard":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data) -> "TagCard":
         if not isinstance(data, dict):
             raise TagFormatError("The tag card is not a JSON object.")
         version = data.get("format_version")
@@ -206,6 +210,10 @@ def save_tag_file(tag: Tag, path: Path) -> None:
         tensors[f"head.{k}"] = v.detach().float().cpu().contiguous()
     for k, v in tag.domain_vectors.items():
         tensors[f"domain.{k}"] = v.detach().float().cpu().contiguous()
+    # Loading refuses non-finite tensors, so writing one would leave a tag nobody can open.
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise TagFormatError(f"Refusing to save <{tag.card.name}>: {', '.join(bad)} contain NaN or infinity.")
     meta = {"format": "tagllm-tag", "card": tag.card.to_json()}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -224,6 +232,7 @@ def _open_checked(path: Path):
             f"{path.name} is a pickle/PyTorch file. Tag-LLM Studio only reads safetensors tags, "
             f"because pickle files can run code when opened."
         )
+    check_header_length(head, path.name)  # before safetensors reads (and allocates) the declared header
     try:
         return safe_open(str(path), framework="pt")
     except Exception as err:  # safetensors raises its own types for every kind of corruption
@@ -231,43 +240,53 @@ def _open_checked(path: Path):
 
 
 def read_card(path: Path) -> TagCard:
-    """Read only the card (the header), without loading the tensors."""
+    """Read only the card (the header), without loading the tensors; the card is checked against the schema."""
     with _open_checked(path) as f:
         meta = f.metadata() or {}
+    return _card_from_meta(meta, Path(path).name)
+
+
+def _card_from_meta(meta: dict, where: str) -> TagCard:
     if meta.get("format") != "tagllm-tag" or "card" not in meta:
-        raise TagFormatError(f"{Path(path).name} is a safetensors file but not a Tag-LLM tag (no card).")
+        raise TagFormatError(f"{where} is a safetensors file but not a Tag-LLM tag (no card).")
+    text = meta["card"]
+    if len(text) > MAX_CARD_CHARS:
+        raise TagFormatError(f"{where}: the card is {len(text):,} characters; a tag card is at most "
+                             f"{MAX_CARD_CHARS:,}.")
     try:
-        card = TagCard.from_json(meta["card"])
-        card.fingerprint  # noqa: B018 - validates the backbone record now, not at first use
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise TagFormatError(f"{Path(path).name} has a corrupted card: {err!r}") from err
-    return card
+        data = json.loads(text)
+    except RecursionError as err:  # "[[[[…" a hundred thousand deep
+        raise TagFormatError(f"{where} has a corrupted card: JSON nested too deeply.") from err
+    except ValueError as err:  # JSONDecodeError, and integers of thousands of digits
+        raise TagFormatError(f"{where} has a corrupted card: {err}") from err
+    if not isinstance(data, dict):
+        raise TagFormatError(f"{where} has a corrupted card: not a JSON object.")
+    # Every field is checked before the card (or anything it sizes) is built.
+    check_card(data, where)
+    return TagCard.from_dict(data)
 
 
 def load_tag_file(path: Path) -> Tag:
-    card = read_card(path)
+    """Read and check a tag file: card against the schema, tensor names/dtypes/shapes from the header, then
+    the tensor data (finite values). Any problem is a ``TagFormatError`` naming the field or tensor."""
+    name = Path(path).name
     try:
         with _open_checked(path) as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            card = _card_from_meta(f.metadata() or {}, name)
+            specs = {}
+            for key in f.keys():
+                view = f.get_slice(key)
+                specs[key] = (view.get_dtype(), view.get_shape())
+            check_tensor_specs(card, specs, name)  # shapes from the header: no tensor data read yet
+            tensors = {k: f.get_tensor(k) for k in specs}
     except TagLLMError:
         raise
-    except Exception as err:
-        raise TagFormatError(f"{Path(path).name}: tensor data is corrupted: {err}") from err
-    if "vectors" not in tensors:
-        raise TagFormatError(f"{Path(path).name} has no tag vectors.")
-    vec = tensors["vectors"].float()
-    hidden = card.fingerprint.hidden_size
-    if vec.ndim != 2 or vec.shape != (card.n_tokens, hidden):
-        raise TagFormatError(
-            f"{Path(path).name}: vectors have shape {tuple(vec.shape)}, card says ({card.n_tokens}, {hidden})."
-        )
-    if not torch.isfinite(vec).all():
-        raise TagFormatError(f"{Path(path).name}: tag vectors contain NaN or infinity.")
-    head = {k[5:]: v.float() for k, v in tensors.items() if k.startswith("head.")}
-    domains = {k[7:]: v.float() for k, v in tensors.items() if k.startswith("domain.")}
-    if card.kind == "function" and not head:
-        raise TagFormatError(f"{Path(path).name}: function tag without a task head.")
-    return Tag(card, vec, head, domains)
+    except Exception as err:  # safetensors raises its own types for corrupted data
+        raise TagFormatError(f"{name}: tensor data is corrupted: {err}") from err
+    check_tensor_values(tensors, name)
+    head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+    domains = {k[7:]: v for k, v in tensors.items() if k.startswith("domain.")}
+    return Tag(card, tensors["vectors"], head, domains)
 
 
 @dataclass

@@ -185,6 +185,8 @@ class PromptEncoder:
 
     ``max_tokens`` caps each input's content length per kind (rows are cropped
     by ``domains`` before they get here, with a warning; this is the last guard).
+    SMILES are never cropped here: a cut SMILES is another molecule, so ``domains``
+    refuses over-long ones and stage 1 drops them from its corpus.
     """
 
     def __init__(self, tokenizer, max_tokens: Optional[dict] = None):
@@ -210,6 +212,8 @@ class PromptEncoder:
             ids = [i for r in value for i in self.residue_ids(r)]
         else:
             ids = list(self._text(value))
+        if kind == "smiles":
+            return ids
         return ids[: self.max_tokens.get(kind, 512)]
 
     def plan(self, template: Template, slot_kinds: dict, inputs: dict, tag_lengths: dict) -> RowPlan:

@@ -38,16 +38,18 @@ import torch
 
 from .backbone import Backbone
 from .baselines import mean_baseline, rf_descriptors
-from .data import random_split, require_columns, scaffold_split
+from .data import Split, random_split, require_columns, scaffold_split, stratified_split
 from .descriptors import FEATURE_SETS, row_feature_names, row_features
 from .domains import KINDS, clean, randomized_smiles
 from .exceptions import TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead
-from .metrics import PRIMARY_METRIC, classification_metrics, conformal_halfwidth, regression_metrics
+from .metrics import (PRIMARY_METRIC, STOPPING_METRICS, classification_metrics, conformal_halfwidth,
+                      regression_metrics)
 from .model import TaggedModel
 from .prefix_cache import PrefixCache, row_groups, suffix_features
 from .warm_start import choose_layer, fit_head, layer_slice
 from .progress import ProgressCallback, ProgressEvent
+from .standardize import length_ranges
 from .tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
 from .templates import PromptEncoder, Template, default_template
 
@@ -79,9 +81,12 @@ class FunctionTagConfig:
     what: str = "property"  # wording of the default template: "The <what> is <Tag>"
     n_tokens: int = 10
     readout: str = "last+mean"
-    # Read-out depth: "auto" (the layer whose ridge head scores best on validation), "final" (the
-    # last layer's normed state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
+    # Read-out depth: "auto" (chosen by the ridge heads' validation scores), "final" (the last layer's
+    # normed state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
     layers: object = "auto"
+    # With "auto": keep the shallowest layer within this many standard errors of the best validation
+    # score (0: the best score). Shallower layers predict faster (warm_start.one_se_layer).
+    layer_tolerance: float = 1.0
     # "descriptors": the head also reads RDKit / ProtParam descriptors beside the tag (the default: ESOL
     # and BACE, docs/BENCHMARKS.md); "none": the tag alone, the paper's method.
     features: str = "descriptors"
@@ -117,6 +122,8 @@ class FunctionTagConfig:
         if self.features not in FEATURE_SETS:
             raise TrainingError(f"Unknown feature set {self.features!r}; use one of {FEATURE_SETS}.")
         self.layers = parse_layers(self.layers)
+        if not (isinstance(self.layer_tolerance, (int, float)) and 0 <= self.layer_tolerance <= 10):
+            raise TrainingError(f"Layer tolerance {self.layer_tolerance!r}: use a number of standard errors, 0-10.")
 
     def template_text(self) -> str:
         if self.template:
@@ -161,6 +168,7 @@ class TrainResult:
     valid_pred: list
     dropped: list
     path: Optional[Path] = None
+    warnings: list = field(default_factory=list)  # sentences for the user, also in card.training["warnings"]
 
 
 def _file_row(df: pd.DataFrame, i: int) -> int:
@@ -230,7 +238,9 @@ def _domain_vectors(library: Optional[TagLibrary], slots: list) -> dict:
     return vectors
 
 
-def _split(data: PreparedData, cfg: FunctionTagConfig) -> tuple[np.ndarray, np.ndarray]:
+def _split(data: PreparedData, cfg: FunctionTagConfig) -> Split:
+    """The validation split; ``Split.warning`` says when a scaffold split fell back to a random one.
+    Random splits of classes are stratified, so validation holds every class (AUROC is defined)."""
     n = len(data.inputs)
     smiles_slot = next((s.name for s in cfg.slots if s.kind == "smiles"), None)
     method = cfg.split if cfg.split != "auto" else ("scaffold" if smiles_slot and len(cfg.slots) == 1 else "random")
@@ -238,7 +248,9 @@ def _split(data: PreparedData, cfg: FunctionTagConfig) -> tuple[np.ndarray, np.n
         if not smiles_slot:
             raise TrainingError("A scaffold split needs a SMILES input.")
         return scaffold_split([r[smiles_slot] for r in data.inputs], cfg.valid_fraction, cfg.seed)
-    return random_split(n, cfg.valid_fraction, cfg.seed)
+    if cfg.task == "classification":
+        return Split(*stratified_split(data.y, cfg.valid_fraction, cfg.seed), "stratified")
+    return Split(*random_split(n, cfg.valid_fraction, cfg.seed), "random")
 
 
 def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
@@ -248,14 +260,42 @@ def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
 class _Progress:
     def __init__(self, callback: Optional[ProgressCallback], stage: str, total: int):
         self.callback, self.stage, self.total, self.t0 = callback, stage, total, time.perf_counter()
+        self.step = 0
+        self.warnings: list[str] = []
 
     def __call__(self, step: int, loss=None, metrics=None, epoch=None, examples: int = 0, message=None):
+        self.step = step
         if not self.callback:
             return
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / step * (self.total - step) if step else None
         self.callback(ProgressEvent(self.stage, step, self.total, loss, metrics or {}, epoch,
                                     examples / elapsed if elapsed > 0 and examples else None, eta, message))
+
+    def warn(self, message: str) -> None:
+        """Keep ``message`` for the card and the result, and send it at once: the job log and the
+        CLI show progress messages, so a person sees it while the job runs, not only afterwards."""
+        self.warnings.append(message)
+        if self.callback:
+            self.callback(ProgressEvent(self.stage, self.step, self.total, message=f"warning: {message}"))
+
+
+def _finite_step(loss: float, params: list) -> bool:
+    """Whether a training step may be applied: a finite loss and finite gradients. One NaN
+    applied by the optimizer would spread to every weight it touches."""
+    if not math.isfinite(loss):
+        return False
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def _stopping_metric(task: str, first: dict) -> tuple[str, bool]:
+    """The early-stopping metric: the first of ``STOPPING_METRICS`` that the warm start's validation
+    ``first`` (``valid_*`` keys) defines; the preferred one when none is (they may all be NaN there)."""
+    for name, larger in STOPPING_METRICS[task]:
+        value = first.get(f"valid_{name}")
+        if value is not None and np.isfinite(value):
+            return name, larger
+    return PRIMARY_METRIC[task]
 
 
 def _predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list, batch_size: int,
@@ -309,14 +349,15 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         # Keep the original index: row numbers in messages must be the user's file rows.
         train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
     data, classes = prepare_supervised(train_df, cfg)
+    split: Optional[Split] = None  # None: the caller gave the validation rows
     if valid_df is not None:
         valid, _ = prepare_supervised(valid_df, cfg, classes or None, "validation")
         train = data
     else:
         if len(data.inputs) < cfg.min_rows:
             raise TrainingError(f"Only {len(data.inputs)} usable rows; at least {cfg.min_rows} are needed.")
-        tr_idx, va_idx = _split(data, cfg)
-        train, valid = _subset(data, tr_idx), _subset(data, va_idx)
+        split = _split(data, cfg)
+        train, valid = _subset(data, split.train), _subset(data, split.valid)
     if len(train.inputs) < cfg.min_rows:
         raise TrainingError(f"Only {len(train.inputs)} usable training rows; at least {cfg.min_rows} are needed.")
     if len(valid.inputs) < 2:
@@ -365,6 +406,8 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     prefix_steps = math.ceil(n_cached / 32)
     report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
                        warm_steps + prefix_steps + steps_per_epoch * cfg.epochs)
+    if split and split.warning:
+        report.warn(split.warning)
     phase_seconds: dict = {"epochs": []}
     t_phase = time.perf_counter()
 
@@ -402,15 +445,18 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     layer_choice = None
     if cfg.layers == "auto":
         f_train, f_valid = feats[: len(warm_rows)], feats[len(warm_rows):]
-        metric_name, larger = PRIMARY_METRIC[cfg.task]
+        # the early-stopping metric's fallback order: AUROC is undefined on a fold that lacks a class
+        defined = _evaluate(cfg.task, np.zeros((len(valid.y), n_out), np.float32), valid.y, scaler)[0]
+        metric_name, larger = _stopping_metric(cfg.task, {f"valid_{k}": v for k, v in defined.items()})
 
-        def loss(out: np.ndarray) -> float:
-            value = _evaluate(cfg.task, out, valid.y, scaler)[0].get(metric_name)
+        def loss(out: np.ndarray, rows: np.ndarray) -> float:
+            value = _evaluate(cfg.task, out, valid.y[rows], scaler)[0].get(metric_name)
             return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
 
         layer_choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
                                     Y[warm_rows], f_valid, loss, n_layers, cfg.readout,
-                                    extra_train[warm_rows] if n_extra else None, extra_valid)
+                                    extra_train[warm_rows] if n_extra else None, extra_valid,
+                                    tolerance=cfg.layer_tolerance, seed=cfg.seed)
         chosen = layer_choice.layer
         feats = layer_slice(f_train, n_layers, chosen, cfg.readout)
         cache.narrow(chosen - 1, chosen, backbone.hidden_size)
@@ -448,7 +494,6 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     ])
     optimizer = accelerator.prepare(optimizer)
     anchor = tag_param.detach().clone()
-    metric_name, larger = PRIMARY_METRIC[cfg.task]
 
     def snapshot():
         return tag_param.detach().clone(), model.head.state()
@@ -457,6 +502,11 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
         return _evaluate(cfg.task, out, valid.y, scaler)
 
+    def check_outputs(metrics: dict, when: str) -> None:
+        if metrics.get("n_nonfinite"):
+            report.warn(f"{when}: {metrics['n_nonfinite']} of {metrics['n']} validation predictions were NaN or "
+                        f"infinite; it counts as a bad epoch.")
+
     start_epoch, history, best, best_state, best_epoch, bad_epochs = 0, [], None, None, 0, 0
     ckpt = _Checkpoint(checkpoint_dir) if checkpoint_dir else None
     if ckpt and ckpt.exists():
@@ -464,9 +514,20 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     else:
         metrics0, _ = validate()
         history.append({"epoch": 0, "train_loss": None, **{f"valid_{k}": v for k, v in metrics0.items()}})
-        best, best_state = metrics0.get(metric_name), snapshot()
+        best_state = snapshot()
         report(warm_steps, metrics={f"valid_{k}": v for k, v in metrics0.items()}, epoch=0.0,
                message="validation of the warm start")
+        check_outputs(metrics0, "The warm start")
+    # Chosen from the warm start's validation (also after a resume), so every epoch is judged alike.
+    stop_metric, stop_larger = _stopping_metric(cfg.task, history[0])
+    if stop_metric != PRIMARY_METRIC[cfg.task][0]:
+        present = sorted({classes[int(i)] for i in np.unique(valid.y)}) if classes else []
+        report.warn(f"AUROC is undefined on this validation set (it holds only the class(es) {present}), so early "
+                    f"stopping uses the {'log-loss' if stop_metric == 'log_loss' else stop_metric} instead. "
+                    f"A validation set with every class gives a better choice of epoch.")
+    if start_epoch == 0:
+        best = history[0].get(f"valid_{stop_metric}")
+    stopped = False
 
     for epoch in range(start_epoch, cfg.epochs):
         t_phase = time.perf_counter()
@@ -492,17 +553,28 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             optimizer.zero_grad()
             accelerator.backward(total)
             batch_loss = _sync_grads(accelerator, [tag_param, *model.head.parameters()], loss)
+            # batch_loss and the gradients are summed over processes: every rank stops at the same step.
+            if not _finite_step(batch_loss, [tag_param, *model.head.parameters()]):
+                stopped = True
+                report.warn(f"Training stopped at epoch {epoch + 1}, batch {b + 1}: the loss or its gradient "
+                            f"became non-finite (NaN or infinity). The best state on validation so far was kept "
+                            f"(epoch {best_epoch}; 0 is the warm start); a lower learning rate may let training "
+                            f"go further.")
+                break
             optimizer.step()
             losses.append(batch_loss)
             step = warm_steps + epoch * steps_per_epoch + b + 1
             report(step, loss=batch_loss, epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
         model.eval()
+        if stopped:
+            break
         metrics, _ = validate()
+        check_outputs(metrics, f"Validation after epoch {epoch + 1}")
         phase_seconds["epochs"].append(round(time.perf_counter() - t_phase, 1))
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
         history.append(entry)
-        value = metrics.get(metric_name)
-        if value is not None and _better(value, best, larger):
+        value = metrics.get(stop_metric)
+        if value is not None and _better(value, best, stop_larger):
             best, best_state, best_epoch, bad_epochs = value, snapshot(), epoch + 1, 0
         else:
             bad_epochs += 1
@@ -549,12 +621,19 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         training={
             "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
             "rows_valid": len(valid.inputs), "rows_dropped": len(data.dropped),
-            "split": "given" if valid_df is not None else cfg.split, "best_epoch": best_epoch,
+            "split": "given" if valid_df is not None else cfg.split,
+            "split_method": "given" if valid_df is not None else split.method,
+            "early_stopping_metric": stop_metric, "best_epoch": best_epoch,
             "epochs_run": len(history) - 1, "seconds": round(time.perf_counter() - t_start, 1),
             "phase_seconds": phase_seconds,
+            # protein lengths before cropping, so prediction can flag a sequence far outside them
+            "input_lengths": length_ranges({slot.name: train_df[cfg.columns.get(slot.name, slot.name)]
+                                            for slot in cfg.slots if slot.kind == "protein"}),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("slots", "name", "description")},
             "history": history,
-            "layer_choice": ({"chosen": layer_choice.layer, "rows": len(warm_rows),
+            "warnings": report.warnings,
+            "layer_choice": ({"chosen": layer_choice.layer, "best": layer_choice.best,
+                              "tolerance_se": layer_choice.tolerance, "rows": len(warm_rows),
                               f"valid_{metric_name}_by_layer": _layer_metrics(layer_choice.scores, larger)}
                              if layer_choice else None),
         },
@@ -566,7 +645,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         ckpt.clear()
     vt = (valid.y[:, 0] if cfg.task == "regression" else valid.y).tolist()
     vp = (pred[:, 0] if cfg.task == "regression" else pred[:, -1]).tolist()
-    return TrainResult(tag, metrics, history, vt, vp, data.dropped, path)
+    return TrainResult(tag, metrics, history, vt, vp, data.dropped, path, report.warnings)
 
 
 def _layer_metrics(scores: dict, larger: bool) -> dict:
@@ -690,7 +769,7 @@ class DomainTagConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
-    max_tokens: int = 128  # crop each sequence to this many tokens
+    max_tokens: int = 128  # crop each sequence to this many tokens (longer SMILES are dropped, not cropped)
     valid_fraction: float = 0.1
     max_valid: int = 64
     seed: int = 0
@@ -710,6 +789,7 @@ class DomainTrainResult:
     history: list
     dropped: int
     path: Optional[Path] = None
+    warnings: list = field(default_factory=list)  # sentences for the user, also in card.training["warnings"]
 
 
 def _lm_batch(backbone: Backbone, encoder: PromptEncoder, ids_list: list, tag: Optional[torch.Tensor]):
@@ -769,8 +849,11 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     seqs, dropped = [], 0
     for text in corpus:
         c = clean(cfg.input_kind, text)
-        if c.ok:
-            seqs.append(encoder.content_ids(cfg.input_kind, c.value))
+        ids = encoder.content_ids(cfg.input_kind, c.value) if c.ok else []
+        # Proteins and text are cropped to max_tokens by the encoder; a cropped SMILES would be
+        # another molecule, so an over-long one is dropped like an invalid one.
+        if c.ok and len(ids) <= cfg.max_tokens:
+            seqs.append(ids)
         else:
             dropped += 1
     seqs = [s for s in seqs if len(s) >= 2]
@@ -799,7 +882,8 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     buckets = [by_len[s:s + cfg.batch_size] for s in range(0, len(by_len), cfg.batch_size)]
     history, step, tokens = [], 0, 0
     eval_every = max(1, cfg.steps // 5)
-    while step < cfg.steps:
+    stopped = False
+    while step < cfg.steps and not stopped:
         for bi in rng.permutation(len(buckets)):
             rows = buckets[bi]
             mine = rows[rank::world]  # this process's share of the batch
@@ -813,6 +897,14 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
                     loss = tag.sum() * 0.0
                 accelerator.backward(loss)
                 loss = torch.tensor(_sync_grads(accelerator, [tag], loss))
+                # Checked before the step, so the tag stays the last finite one (the loss is summed over
+                # processes, so every rank stops at the same step).
+                if not _finite_step(float(loss), [tag]):
+                    stopped = True
+                    report.warn(f"Training stopped at step {step + 1} of {cfg.steps}: the loss or its gradient "
+                                f"became non-finite (NaN or infinity). The tag after step {step}, the last "
+                                f"finite one, was kept; a lower learning rate may let training go further.")
+                    break
                 optimizer.step()
                 optimizer.zero_grad()
             step += 1
@@ -824,6 +916,9 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
             report(step, loss=loss.item(), metrics=metrics, examples=tokens, message="tokens/s")
             if step >= cfg.steps:
                 break
+    if not torch.isfinite(tag).all():  # a finite loss can still step into overflow; never save such a tag
+        raise TrainingError("The domain tag became non-finite (NaN or infinity) during training; "
+                            "try a lower learning rate.")
     ppl = {
         "trained": domain_perplexity(backbone, encoder, valid, tag.detach()),
         "no_tag": domain_perplexity(backbone, encoder, valid, None),
@@ -834,9 +929,10 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
         name=cfg.name, kind="domain", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
         description=cfg.description, input_kind=cfg.input_kind, metrics={"valid_perplexity": ppl},
         training={"stage": 1, "data": data_name, "sequences_train": len(train), "sequences_dropped": dropped,
-                  "steps": cfg.steps, "tokens_seen": tokens, "seconds": round(time.perf_counter() - t_start, 1),
-                  "config": asdict(cfg), "history": history},
+                  "steps": cfg.steps, "steps_run": step, "tokens_seen": tokens,
+                  "seconds": round(time.perf_counter() - t_start, 1), "config": asdict(cfg), "history": history,
+                  "warnings": report.warnings},
     )
     result_tag = Tag(card, tag.detach().float().cpu())
     path = library.save(result_tag) if (save and library is not None and main) else None
-    return DomainTrainResult(result_tag, ppl, history, dropped, path)
+    return DomainTrainResult(result_tag, ppl, history, dropped, path, report.warnings)

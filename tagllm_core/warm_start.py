@@ -5,8 +5,17 @@ regression) on the features of the untrained tag, so training starts from the
 linear probe and not from noise. The same fit chooses the read-out depth: one
 pass through the whole stack gives every layer's features at once
 (``stack.run_stack`` with all layers), a ridge head is fitted on each layer's
-training features and scored on the validation rows, and the best layer is
-kept. The deeper layers then never run again.
+training features and scored on the validation rows. The deeper layers then
+never run again.
+
+Which layer is kept: the shallowest one whose validation score is within
+``tolerance`` standard errors of the best score (Breiman's one-standard-error
+rule; 0 keeps the best score). On a hundred validation rows neighbouring
+layers differ by noise, and the shallower layer costs fewer blocks per
+prediction; ``bench/layer_rule.py`` measures what the rule does on held-out
+rows. The standard error is that of the score difference between the layer
+and the best one, from a paired bootstrap over the validation rows, so it
+works for any metric (RMSE, AUROC).
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import torch
 
 from .heads import TaskHead, fit_ridge
 
-__all__ = ["LayerChoice", "ridge_alpha", "fit_head", "layer_slice", "choose_layer"]
+__all__ = ["LayerChoice", "ridge_alpha", "fit_head", "layer_slice", "bootstrap_scores", "one_se_layer",
+           "choose_layer"]
 
 
 def ridge_alpha(features: np.ndarray, targets: np.ndarray) -> float:
@@ -54,26 +64,67 @@ def layer_slice(features: torch.Tensor, n_layers: int, layer: int, readout: str)
     return blocks[:, :, layer - 1].reshape(features.shape[0], parts * width)
 
 
+def bootstrap_scores(score: Callable[[np.ndarray, np.ndarray], float], outputs: dict, n_rows: int,
+                     n_boot: int = 200, seed: int = 0) -> dict:
+    """layer -> (n_boot,) scores of that layer's (N, K) validation outputs on bootstrap resamples of
+    the N rows; every layer sees the same resamples (paired). ``score(out, rows)``: a loss of the
+    outputs of ``rows``; non-finite replicates (e.g. AUROC on a one-class resample) become NaN."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, n_rows, n_rows) for _ in range(n_boot)]
+    reps = {}
+    for layer, out in outputs.items():
+        values = np.array([score(out[rows], rows) for rows in draws], dtype=float)
+        reps[layer] = np.where(np.isfinite(values), values, np.nan)
+    return reps
+
+
+def one_se_layer(scores: dict, replicates: dict, tolerance: float = 1.0) -> int:
+    """The shallowest layer whose score is within ``tolerance`` standard errors of the best one.
+
+    ``scores``: layer -> loss on all validation rows (lower is better); ``replicates``: layer ->
+    (B,) paired bootstrap losses (``bootstrap_scores``). The standard error is the spread of the
+    paired difference to the best layer."""
+    best = min(scores, key=lambda k: (scores[k], k))
+    if tolerance <= 0:
+        return best
+    for layer in sorted(scores):
+        diff = replicates[layer] - replicates[best]
+        diff = diff[np.isfinite(diff)]
+        se = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+        if scores[layer] - scores[best] <= tolerance * se:
+            return layer
+    return best
+
+
 @dataclass
 class LayerChoice:
-    """The chosen read-out layer and each candidate's validation score (lower is better)."""
+    """The chosen read-out layer, the best-scoring one, and each candidate's validation score
+    (lower is better)."""
 
     layer: int
     scores: dict  # layer -> score
+    best: int = 0
+    tolerance: float = 0.0
 
 
 def choose_layer(head_factory: Callable[[], TaskHead], train_features: torch.Tensor, targets: torch.Tensor,
                  valid_features: torch.Tensor, score: Callable[[np.ndarray], float], n_layers: int, readout: str,
                  train_extra: Optional[torch.Tensor] = None, valid_extra: Optional[torch.Tensor] = None,
-                 candidates: Optional[list] = None) -> LayerChoice:
-    """Fit a ridge head on each candidate layer's training features and keep the layer whose
-    head scores best on the validation rows. ``score``: (N_valid, K) head outputs -> a loss."""
-    scores = {}
+                 candidates: Optional[list] = None, tolerance: float = 0.0, seed: int = 0) -> LayerChoice:
+    """Fit a ridge head on each candidate layer's training features, score it on the validation
+    rows, and keep the shallowest layer within ``tolerance`` standard errors of the best
+    (``one_se_layer``). ``score(out, rows)``: (len(rows), K) head outputs of validation ``rows`` ->
+    a loss."""
+    scores, outputs = {}, {}
+    every = np.arange(valid_features.shape[0])
     for layer in candidates or range(1, n_layers + 1):
         head = head_factory()
         fit_head(head, layer_slice(train_features, n_layers, layer, readout), targets, train_extra)
         with torch.no_grad():
-            out = head(layer_slice(valid_features, n_layers, layer, readout), valid_extra)
-        scores[layer] = float(score(out.numpy()))
+            outputs[layer] = head(layer_slice(valid_features, n_layers, layer, readout), valid_extra).numpy()
+        scores[layer] = float(score(outputs[layer], every))
     best = min(scores, key=lambda k: (scores[k], k))
-    return LayerChoice(best, scores)
+    if tolerance <= 0:
+        return LayerChoice(best, scores, best, tolerance)
+    replicates = bootstrap_scores(score, outputs, len(every), seed=seed)
+    return LayerChoice(one_se_layer(scores, replicates, tolerance), scores, best, tolerance)

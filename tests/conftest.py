@@ -41,6 +41,10 @@ from tagllm_core.tags import SlotSpec, Tag, TagCard, TagLibrary, init_tag_vector
 DEFAULT_TORCH_THREADS = torch.get_num_threads()
 TEST_TORCH_THREADS = int(os.environ.get("TAGLLM_TEST_THREADS", "1"))
 torch.set_num_threads(TEST_TORCH_THREADS)
+# The test session is an entry point like the CLI: keep freed tensor memory (tagllm_core/_allocator.py).
+from tagllm_core._allocator import tune as _tune_allocator  # noqa: E402
+
+_tune_allocator()
 
 ARCHS = ("llama", "gpt2", "qwen2")
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")

@@ -142,6 +142,21 @@ def test_predict_pasted_input_with_a_bad_row(tiny_app):
     assert "invalid SMILES" in texts(at.error)
 
 
+def test_predict_shows_standardisation_and_flags_in_table_and_detail(tiny_app):
+    at = new_app("pages/predict.py")
+    at.text_area(key="paste::smiles").input("CCN.Cl\nO").run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception
+    frame = at.session_state["prediction"].frame
+    assert frame["standardised"].tolist() == ["CCN", "O"]
+    assert frame.loc[0, "changes"] == "salt stripped: HCl"
+    assert frame.loc[1, "status"] == "🚩 flagged" and "inorganic" in frame.loc[1, "flags"]
+    # row 1's detail depicts the molecule the model read and says where it came from
+    assert any("Standardised from" in c.value and "salt stripped: HCl" in c.value for c in at.caption)
+    at.number_input(key="detail_row").set_value(2).run()
+    assert "inorganic: no carbon atom" in texts(at.warning)
+
+
 def test_predict_examples_button_fills_the_box(tiny_app):
     at = new_app("pages/predict.py")
     at.button(key="predict_examples").click().run()
@@ -264,14 +279,14 @@ def test_function_job_argv_carries_augmentation_and_protein_crop(tmp_path):
     spec = training.FunctionJobSpec(name="Aff", train_file=tmp_path / "t.csv", slots=slots, labels=["pkd"],
                                     augment=3, max_length={"protein": 512})
     argv = training.function_tag_argv(spec)
-    assert argv[argv.index("--augment") + 1] == "3"
-    assert argv[argv.index("--max-length") + 1] == "protein=512"
+    assert training.argv_value(argv, "--augment") == "3"
+    assert training.argv_value(argv, "--max-length") == "protein=512"
     from tagllm_core.cli import build_parser
 
     args = build_parser().parse_args(argv)  # the job's command line is one the CLI accepts
     assert args.augment == 3 and args.max_length == ["protein=512"]
     protein_only = training.FunctionJobSpec(name="P", train_file=tmp_path / "t.csv", slots=slots[:1], labels=["y"])
-    assert "--augment" not in training.function_tag_argv(protein_only)
+    assert training.argv_value(training.function_tag_argv(protein_only), "--augment") is None
 
 
 def test_function_job_argv_carries_readout_depth_and_descriptors(tmp_path):
@@ -324,9 +339,9 @@ def test_train_function_tag_job_runs_to_the_end(tiny_app):
     store = JobStore()
     job = store.list()[0]
     assert job.kind == "function-tag" and job.name == "TinyLogP"
-    assert "--max-rows" in job.argv and "smiles=<SMILES>:smiles" in job.argv
-    assert job.argv[job.argv.index("--augment") + 1] == str(training.DEFAULT_AUGMENT)
-    assert "--max-length" not in job.argv  # no protein input: no crop
+    assert training.argv_value(job.argv, "--max-rows") and "--input=smiles=<SMILES>:smiles" in job.argv
+    assert training.argv_value(job.argv, "--augment") == str(training.DEFAULT_AUGMENT)
+    assert training.argv_value(job.argv, "--max-length") is None  # no protein input: no crop
     job = wait_for_job(store, job.id)
     assert job.state == "finished", (job.error, job.log_tail())
     assert lib.exists("TinyLogP")
@@ -367,7 +382,7 @@ def test_train_uploaded_csv_is_saved_for_the_job(tiny_app):
     at.number_input(key="tf_epochs").set_value(1).run()
     at.button(key="tf_start").click().run()
     job = JobStore().list()[0]
-    train_file = Path(job.argv[job.argv.index("--train") + 1])
+    train_file = Path(training.argv_value(job.argv, "--train"))
     assert train_file.read_bytes() == csv
     assert train_file.parent.parent.name == "uploads" and train_file.name == "my_data.csv"
     job = wait_for_job(JobStore(), job.id)
@@ -625,3 +640,219 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
                   metrics={"valid": {"rmse": 1.1}})
     assert cards.readout_text(old) == "the final layer" and cards.comparison_frame(old) is None
+
+
+# --------------------------------------------------------------------------- hardening (issue 11)
+
+
+def test_jobs_panel_reads_only_new_events(tiny_app, monkeypatch):
+    from tagllm_core.progress import ProgressEvent
+
+    store = JobStore()
+    job = store.create("function-tag", "Curvy", ["train-function-tag", "--name=Curvy"])
+    store.set_running(job.id, __import__("os").getpid())
+    for step in range(1, 6):
+        store.record(job.id, ProgressEvent("train", step, 20, loss=1.0 / step))
+    calls = []
+    real = JobStore.history
+    monkeypatch.setattr(JobStore, "history",
+                        lambda self, job_id, after_event=0: calls.append(after_event) or real(self, job_id, after_event))
+    at = new_app("pages/train.py")
+    assert calls and calls[-1] == 0
+    last = store.history(job.id)[-1]["id"]
+    for step in range(6, 9):
+        store.record(job.id, ProgressEvent("train", step, 20, loss=1.0 / step))
+    calls.clear()
+    at.run()
+    assert not at.exception
+    assert calls and all(after == last for after in calls)  # only the three new events are read
+    assert [e["step"] for e in at.session_state["_job_events"][job.id]] == list(range(1, 9))
+    store.finish(job.id, {})
+
+
+HOSTILE_COLUMNS = ["-logS", "--help", "log S (mol/L)", "it's \"quoted\"", "λmax µM", "a=b", " padded ", "none", "-"]
+
+
+@pytest.mark.parametrize("label", HOSTILE_COLUMNS)
+def test_function_job_argv_round_trips_hostile_column_names(tmp_path, label):
+    """Whatever a CSV header holds, the job's command line parses back to the same columns."""
+    from tagllm_core import cli
+
+    column = f"-{label}-in"
+    slots = [training.SlotChoice(column, "smiles", "smiles", None)]
+    spec = training.FunctionJobSpec(name="Sol", train_file=tmp_path / "-data dir" / "t.csv", slots=slots,
+                                    labels=[label], what=label, template=None)
+    argv = training.function_tag_argv(spec)
+    args = cli.build_parser().parse_args(argv)
+    assert args.label == [label] and args.what == label and args.train == str(spec.train_file)
+    df = pd.DataFrame(columns=[column, label])
+    assert cli._column_map(args.column, df) == {"smiles": column}
+    assert training.argv_value(argv, "--task") == "regression"
+
+
+def test_domain_job_argv_round_trips_a_hostile_column_name(tmp_path):
+    from tagllm_core import cli
+
+    spec = training.DomainJobSpec(name="Pep", corpus_file=tmp_path / "c.csv", fmt="csv", kind="protein",
+                                  column="-seq")
+    args = cli.build_parser().parse_args(training.domain_tag_argv(spec))
+    assert args.column == "-seq" and args.corpus == str(spec.corpus_file) and args.kind == "protein"
+
+
+def test_float_labels_are_never_guessed_to_be_classes():
+    from ui import inputs
+
+    assert inputs.guess_task(pd.Series(["1.5", "2.25", "3.0", "1.5", "-0.7"])) == "regression"
+    assert inputs.guess_task(pd.Series(["0", "1", "1", "0", "1"])) == "classification"
+    assert inputs.guess_task(pd.Series(["active", "inactive", "active"])) == "classification"
+
+
+GOOD_SMILES = ["C" * n + tail for n in range(1, 8) for tail in ("", "O", "N", "Cl")]  # 28 distinct molecules
+
+
+def _check(df, task="regression", labels=("y",), column="smiles", kind="smiles", **kw):
+    slots = [training.SlotChoice(column, "smiles" if kind == "smiles" else "sequence", kind, None)]
+    return training.check_training_data(df, slots, list(labels), task, **kw)
+
+
+def _messages(problems, level):
+    return [p.message for p in problems if p.level == level]
+
+
+def test_check_training_data_passes_good_data():
+    df = pd.DataFrame({"smiles": GOOD_SMILES, "y": [f"{0.1 * i:.2f}" for i in range(28)]})
+    assert _check(df) == []
+
+
+def test_check_training_data_refuses_too_few_rows():
+    df = pd.DataFrame({"smiles": GOOD_SMILES[:5], "y": ["1.5", "2.5", "0.3", "1.1", "2.0"]})
+    (msg,) = _messages(_check(df), "error")
+    assert "5 usable rows" in msg and "at least" in msg
+
+
+def test_check_training_data_refuses_text_labels_for_regression():
+    df = pd.DataFrame({"smiles": GOOD_SMILES, "y": ["active", "inactive"] * 14})
+    errors = _messages(_check(df), "error")
+    assert len(errors) == 1 and "holds text" in errors[0] and "classification" in errors[0]
+    assert _check(df, task="classification") == []
+
+
+def test_check_training_data_reports_missing_labels_and_inputs():
+    ys = [f"{i}.5" for i in range(28)]
+    ys[3] = None
+    smiles = list(GOOD_SMILES)
+    smiles[5] = None
+    problems = _check(pd.DataFrame({"smiles": smiles, "y": ys}))
+    errors, warnings = _messages(problems, "error"), _messages(problems, "warning")
+    assert len(errors) == 1 and "no label" in errors[0] and "row 4" in errors[0]
+    assert any("1 row" in w and "no value" in w for w in warnings)
+
+
+def test_check_training_data_invalid_inputs_and_duplicates():
+    bad = GOOD_SMILES[:14] + ["C1CC(C"] * 14  # half the molecules do not parse
+    errors = _messages(_check(pd.DataFrame({"smiles": bad, "y": [str(i) + ".5" for i in range(28)]})), "error")
+    assert any("50%" in e and "SMILES" in e for e in errors)
+    few_bad = GOOD_SMILES[:26] + ["C1CC(C", "xyz"]
+    warnings = _messages(_check(pd.DataFrame({"smiles": few_bad, "y": [str(i) + ".5" for i in range(28)]})),
+                         "warning")
+    assert any("2 of 28 rows" in w and "skipped" in w for w in warnings)
+    dup = GOOD_SMILES[:20] + ["OCC"] + ["CCO"] * 7  # OCC and CCO are one molecule
+    warnings = _messages(_check(pd.DataFrame({"smiles": dup, "y": [str(i) + ".5" for i in range(28)]})), "warning")
+    assert any("repeat" in w for w in warnings)
+
+
+def test_check_training_data_one_class_and_float_classes():
+    df = pd.DataFrame({"smiles": GOOD_SMILES, "y": ["yes"] * 28})
+    (msg,) = _messages(_check(df, task="classification"), "error")
+    assert "one class" in msg
+    floats = pd.DataFrame({"smiles": GOOD_SMILES, "y": [f"{i * 0.37:.2f}" for i in range(28)]})
+    assert any("regression" in w for w in _messages(_check(floats, task="classification"), "warning"))
+
+
+def _upload_train_csv(at, frame, name="data.csv"):
+    at.file_uploader(key="tf_upload").set_value((name, frame.to_csv(index=False).encode(), "text/csv")).run()
+    return at
+
+
+def test_train_form_refuses_a_five_row_csv(tiny_app):
+    frame = pd.DataFrame({"smiles": GOOD_SMILES[:5], "logS": ["1.5", "2.5", "0.3", "1.1", "2.0"]})
+    at = _upload_train_csv(new_app("pages/train.py"), frame)
+    at.text_input(key="tf_name").input("Tiny").run()
+    assert not at.exception
+    assert at.radio(key="tf_task::logS").value == "regression"  # floats are never auto-classified
+    assert "5 usable rows" in texts(at.error)
+    assert at.button(key="tf_start").disabled
+    assert JobStore().list() == []
+
+
+def test_train_form_refuses_text_labels_forced_to_regression(tiny_app):
+    frame = pd.DataFrame({"smiles": GOOD_SMILES, "activity": ["active", "inactive"] * 14})
+    at = _upload_train_csv(new_app("pages/train.py"), frame)
+    at.text_input(key="tf_name").input("Act").run()
+    assert at.radio(key="tf_task::activity").value == "classification"
+    assert not at.button(key="tf_start").disabled
+    at.radio(key="tf_task::activity").set_value("regression").run()
+    assert "holds text" in texts(at.error)
+    assert at.button(key="tf_start").disabled
+
+
+def test_train_form_with_a_dash_column_starts_a_job_that_parses(tiny_app):
+    frame = pd.DataFrame({"smiles": GOOD_SMILES, "-logS": [f"{0.1 * i:.2f}" for i in range(28)]})
+    at = _upload_train_csv(new_app("pages/train.py"), frame)
+    at.text_input(key="tf_name").input("Dash").run()
+    at.number_input(key="tf_epochs").set_value(1).run()
+    assert not at.button(key="tf_start").disabled, texts(at.error) + texts(at.warning)
+    at.button(key="tf_start").click().run()
+    job = JobStore().list()[0]
+    assert "--label=-logS" in job.argv
+    job = wait_for_job(JobStore(), job.id)
+    assert job.state == "finished", (job.error, job.log_tail())
+
+
+def test_uploads_are_parsed_once_across_reruns(tiny_app, monkeypatch):
+    import uuid
+
+    from ui import inputs
+
+    calls = []
+    real = inputs.read_table
+    monkeypatch.setattr(inputs, "read_table", lambda src: calls.append(1) or real(src))
+    frame = pd.DataFrame({"smiles": GOOD_SMILES, "y": [f"{0.1 * i:.2f}" for i in range(28)],
+                          "note": [uuid.uuid4().hex] * 28})  # content no other test uploads
+    at = _upload_train_csv(new_app("pages/train.py"), frame)
+    at.text_input(key="tf_name").input("Cached").run()
+    at.number_input(key="tf_epochs").set_value(2).run()
+    assert not at.exception and calls == [1]
+
+
+def test_predict_page_caps_the_rows(tiny_app, monkeypatch):
+    monkeypatch.setenv("TAGLLM_MAX_PREDICT_ROWS", "3")
+    at = new_app("pages/predict.py")
+    at.text_area(key="paste::smiles").input("CCO\nCCN\nCCC\nCCCl\nc1ccccc1").run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception
+    assert "5 rows" in texts(at.error) and "at most 3" in texts(at.error)
+    assert "prediction" not in at.session_state
+
+
+def test_gzip_bomb_upload_is_refused_on_the_train_page(tiny_app, monkeypatch):
+    import gzip
+
+    monkeypatch.setenv("TAGLLM_MAX_DECOMPRESSED_MB", "1")
+    bomb = gzip.compress(b"smiles,y\n" + b"CCO,1.5\n" * 400_000)
+    at = new_app("pages/train.py")
+    at.file_uploader(key="tf_upload").set_value(("bomb.csv.gz", bomb, "application/gzip")).run()
+    assert not at.exception and "TAGLLM_MAX_DECOMPRESSED_MB" in texts(at.error)
+
+
+def test_check_training_data_on_a_large_table_samples_the_inputs(monkeypatch):
+    monkeypatch.setattr(training, "CHECK_ROWS", 50)
+    smiles = (GOOD_SMILES * 10)[:200]
+    smiles[::4] = [None] * 50  # a quarter of the inputs missing
+    df = pd.DataFrame({"smiles": smiles, "y": [f"{0.1 * i:.2f}" for i in range(200)]})
+    problems = _check(df)
+    assert not _messages(problems, "error")
+    assert any("50 rows have no value" in w for w in _messages(problems, "warning"))
+    assert any("repeat" in w for w in _messages(problems, "warning"))
+    small = _check(df, max_rows=12)  # 12 rows, a quarter missing: 9 usable, fewer than needed
+    assert any("About 9 usable rows" in e for e in _messages(small, "error"))

@@ -219,6 +219,22 @@ def test_predict_writes_predictions_and_error_cells(env, capsys, tmp_path, libra
     assert "invalid SMILES" in df.loc[1, "error"]
 
 
+def test_predict_output_says_what_standardisation_did_and_flags_rows(env, capsys, tmp_path, library, func_tag,
+                                                                     folder_backbone):
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"smiles": ["CC(=O)[O-].[Na+]", "O", "N.N.Cl[Pt]Cl", "CCO.c1ccccc1"]}).to_csv(src, index=False)
+    code, _, stderr = run_cli(capsys, "predict", "--tag", "LogS", "--input", src, "--output", out, "--quiet")
+    assert code == 0, stderr
+    df = pd.read_csv(out, keep_default_na=False)
+    assert {"standardised", "changes", "flags"} <= set(df.columns)
+    assert df["standardised"].tolist()[0] == "CC(=O)O" and df["standardised"].tolist()[3] == "c1ccccc1"
+    assert df.loc[0, "changes"] == "salt stripped: Na+; neutralised (net charge -1 → 0)"
+    assert "inorganic: no carbon atom" in df.loc[1, "flags"]
+    assert "contains a metal (Pt)" in df.loc[2, "flags"]
+    assert "mixture" in df.loc[3, "changes"]
+    assert df["error"].tolist() == [""] * 4
+
+
 def test_predict_missing_column_is_a_one_line_error(env, capsys, tmp_path, func_tag):
     src = tmp_path / "in.csv"
     pd.DataFrame({"molecule": ["CCO"], "y": [1.0]}).to_csv(src, index=False)
@@ -387,3 +403,107 @@ def test_failing_job_is_marked_failed(env, tmp_path, library):
     done = store.get(job.id)
     assert done.state == "failed" and "constant" in done.error
     assert not library.exists("Flat")
+
+
+# --- malloc tuning only in entry points (issue 11, item 13) ------------------------------------------
+
+
+def test_importing_the_package_leaves_the_allocator_alone(tmp_path):
+    """A program that imports tagllm_core (the Streamlit server) keeps its own malloc settings."""
+    code = ("import tagllm_core, tagllm_core.jobs, tagllm_core.cli, tagllm_core.data\n"
+            "from tagllm_core import _allocator\n"
+            "print(_allocator._done)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TAGLLM_NO_MALLOC_TUNING"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_cli_entry_point_tunes_the_allocator(monkeypatch):
+    from tagllm_core import _allocator
+
+    calls = []
+    monkeypatch.setattr(_allocator, "tune", lambda: calls.append(1) or True)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert calls == [1]
+
+
+def test_bench_scripts_tune_the_allocator():
+    for script in sorted((REPO / "bench").glob("*.py")):
+        assert "tune_allocator()" in script.read_text(), f"{script.name} does not tune the allocator"
+
+
+# --- jobs: the slot first, then the loading; early errors keep their message (issue 11, item 12) -------
+
+
+def test_queued_job_waits_for_its_slot_before_loading_anything(env, tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite")
+    blocker = store.create("k", "blocker", [])
+    store.set_running(blocker.id, os.getpid())  # a live job holds the only slot (TAGLLM_MAX_JOBS=1)
+    argv = ["train-function-tag", "--name", "Late", "--train", str(_train_csv(tmp_path / "t.csv")), "--input",
+            "smiles", "--column", "smiles=mol", "--label", "heavy", "--job-db", str(store.db_path)]
+    job = store.create("train-function-tag", "Late", argv)
+    loaded = []
+
+    def fake_backbone(args):
+        loaded.append(store.get(job.id).state)
+        raise InputError("the backbone folder is empty")
+
+    monkeypatch.setattr(cli, "_backbone", fake_backbone)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(cli.main([*argv, "--job-id", str(job.id)])))
+    worker.start()
+    time.sleep(1.5)
+    assert loaded == [] and store.get(job.id).state == "queued"  # nothing loaded while waiting
+    store.finish(blocker.id, {})
+    worker.join(timeout=30)
+    assert loaded == ["running"] and codes == [1]
+    done = store.get(job.id)
+    assert done.state == "failed" and done.error == "the backbone folder is empty"
+    assert "Traceback" not in capsys.readouterr().out  # a user error: its message, no traceback
+
+
+def test_job_with_a_missing_file_fails_with_the_message(env, tmp_path, capsys):
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite")
+    argv = ["train-function-tag", "--name", "NoFile", "--train", str(tmp_path / "gone.csv"), "--input", "smiles",
+            "--label", "y", "--job-db", str(store.db_path)]
+    job = store.create("train-function-tag", "NoFile", argv)
+    assert cli.main([*argv, "--job-id", str(job.id)]) == 1
+    done = store.get(job.id)
+    assert done.state == "failed" and "File not found" in done.error and "gone.csv" in done.error
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def test_job_with_a_bad_command_line_fails_with_the_message(env, tmp_path, capsys):
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite")
+    argv = ["train-function-tag", "--name", "Dash", "--train", "t.csv", "--input", "smiles", "--label", "-logS",
+            "--job-db", str(store.db_path)]
+    job = store.create("train-function-tag", "Dash", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--job-id", str(job.id)])
+    assert exit_.value.code == 2
+    done = store.get(job.id)
+    assert done.state == "failed" and "--label" in done.error and done.error != jobs_died_message()
+
+
+def jobs_died_message():
+    from tagllm_core.jobs import DIED_MESSAGE
+
+    return DIED_MESSAGE
+
+
+def test_cli_progress_prints_training_warnings(capsys):
+    from tagllm_core.cli import _tqdm_progress
+    from tagllm_core.progress import ProgressEvent
+
+    callback = _tqdm_progress("train-function-tag")
+    callback(ProgressEvent("stage2", 0, 10, message="warning: Scaffold split not possible: one scaffold group"))
+    callback(ProgressEvent("stage2", 10, 10, message="classic baselines on the same rows"))
+    err = capsys.readouterr().err
+    assert "warning: Scaffold split not possible" in err
+    assert "classic baselines" not in err

@@ -61,12 +61,14 @@ def test_empty_smiles(blank):
     assert not c.ok and "empty" in c.error
 
 
-def test_long_smiles_is_cropped_with_warning():
+def test_long_smiles_is_refused_not_cropped():
+    # A SMILES cut mid-string is another molecule, or none ("c1ccc" of benzene): refuse it instead.
     c = clean_smiles("C" * 250)
-    assert c.ok and len(c.value) == DEFAULT_MAX_LENGTH["smiles"]
-    assert any("cropped" in w for w in c.warnings)
+    assert not c.ok and c.value is None
+    assert f"longer than the limit of {DEFAULT_MAX_LENGTH['smiles']}" in c.error and "250" in c.error
     c = clean_smiles("C" * 50, max_length=10)
-    assert len(c.value) == 10 and c.warnings
+    assert not c.ok and "--max-length smiles=" in c.error
+    assert clean_smiles("C" * 10, max_length=10).value == "C" * 10
 
 
 # --- proteins ------------------------------------------------------------------------

@@ -396,3 +396,48 @@ def test_kill_hung_job(store, spawn):
     assert j.state == "cancelled"
     wait_until(lambda: not jobs._pid_alive(pid), what="process to die")
     assert store.get(job.id).state == "cancelled"  # not relabelled as a crash
+
+
+def test_user_error_is_recorded_as_its_message_without_a_traceback(store, capsys):
+    from tagllm_core.exceptions import TrainingError
+
+    job = store.create("k", "flat", [])
+
+    def flat(report):
+        raise TrainingError("The labels are all the same: there is nothing to learn.")
+
+    assert run_job(store, job.id, flat, poll=0.01) == "failed"
+    assert store.get(job.id).error == "The labels are all the same: there is nothing to learn."
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and "nothing to learn" in out  # the log says why, in one line
+
+
+def test_delete_removes_the_jobs_uploaded_files(store, tmp_path):
+    from tagllm_core import paths
+
+    upload = paths.data_dir() / "uploads" / "20260101-000000-abcd1234"
+    upload.mkdir(parents=True)
+    (upload / "t.csv").write_text("smiles,y\nCCO,1\n")
+    (upload / "valid-v.csv").write_text("smiles,y\nCCN,2\n")
+    own = tmp_path / "my own data.csv"  # a file the user named on the command line: never ours to delete
+    own.write_text("smiles,y\n")
+    argv = ["train-function-tag", f"--train={upload / 't.csv'}", "--valid", str(upload / "valid-v.csv"),
+            f"--corpus={own}", "--input=smiles=<SMILES>:smiles"]
+    running = store.create("k", "busy", argv)
+    store.set_running(running.id, os.getpid())
+    assert not store.delete(running.id) and (upload / "t.csv").exists()  # an active job keeps its files
+    store.mark_cancelled(running.id)
+    assert store.delete(running.id)
+    assert not upload.exists() and own.exists() and (paths.data_dir() / "uploads").is_dir()
+
+
+def test_reporter_keeps_training_warnings_and_prints_them_to_the_job_log(store, capsys):
+    # a warning right after a step must not be throttled away, and the job log (stdout) shows it
+    job = store.create("k", "n", [])
+    store.set_running(job.id, os.getpid())
+    report = JobReporter(store, job.id, min_interval=3600)
+    report(ev(1, total=100, loss=1.0))
+    report(ev(2, total=100, loss=1.0))
+    report(ev(2, total=100, message="warning: Training stopped at epoch 2: the loss became non-finite"))
+    assert [h["message"] for h in store.history(job.id)][-1].startswith("warning: Training stopped")
+    assert "warning: Training stopped at epoch 2" in capsys.readouterr().out

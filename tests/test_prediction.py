@@ -362,3 +362,139 @@ def test_row_longer_than_the_backbone_context_does_not_sink_the_batch():
     assert res[0].ok and math.isfinite(res[0].prediction)
     # the long row is either cropped to fit (with a warning) or reported as its own error
     assert (res[1].ok and res[1].warnings) or (not res[1].ok and "row 2" in res[1].error)
+
+
+# --- standardisation, domain flags (issue 10) ----------------------------------------------------------
+
+METAL_FLAG = "contains a metal (Pt): outside the organic chemistry the tag was trained on"
+
+
+def test_smiles_are_standardised_before_prediction_and_each_change_is_reported(llama):
+    tag = make_function_tag(llama, label_scaling={"mean": [0.0], "std": [1.0]})
+    tag.card.label_sample = []  # no label range: only the input flags here
+    rows = [{"smiles": s} for s in ["O", "[Na+].[Cl-]", "N.N.Cl[Pt]Cl", "CCO.c1ccccc1", "CCCC(=O)[O-]",
+                                    "CCN.Cl", "CCO"]]
+    res = Predictor(llama, tag).predict(rows)
+    assert all(r.ok for r in res)
+    water, nacl, cisplatin, mixture, carboxylate, hcl, ethanol = res
+    assert water.flags == ["inorganic: no carbon atom, outside the organic chemistry the tag was trained on"]
+    assert nacl.flags[0].startswith("inorganic: no carbon atom") and any("(Na)" in f for f in nacl.flags)
+    assert METAL_FLAG in cisplatin.flags
+    assert mixture.changes == ["kept the largest fragment of 2 (mixture); dropped CCO"]
+    assert mixture.standardised == {"smiles": "c1ccccc1"}
+    assert carboxylate.changes == ["neutralised (net charge -1 → 0)"]
+    assert carboxylate.standardised == {"smiles": "CCCC(=O)O"}
+    assert hcl.changes == ["salt stripped: HCl"] and hcl.flags == []
+    assert ethanol.changes == [] and ethanol.flags == [] and ethanol.standardised == {"smiles": "CCO"}
+    assert carboxylate.inputs == {"smiles": "CCCC(=O)[O-]"}  # the input is kept as given
+    # the model reads the standardised molecule
+    direct = Predictor(llama, tag).predict([{"smiles": "c1ccccc1"}, {"smiles": "CCCC(=O)O"}, {"smiles": "CCN"}])
+    assert mixture.prediction == pytest.approx(direct[0].prediction, abs=1e-6)
+    assert carboxylate.prediction == pytest.approx(direct[1].prediction, abs=1e-6)
+    assert hcl.prediction == pytest.approx(direct[2].prediction, abs=1e-6)
+
+
+def test_standardisation_can_be_turned_off(llama):
+    tag = make_function_tag(llama)
+    r = Predictor(llama, tag, standardize=False).predict([{"smiles": "CCO.c1ccccc1"}])[0]
+    assert r.ok and r.changes == [] and r.standardised == {"smiles": "CCO.c1ccccc1"}
+
+
+def _protein_tag(backbone, input_lengths=None, label_sample=()):
+    tag = make_function_tag(backbone, "Aff", slots=(("sequence", "protein", "Protein"), ("smiles", "smiles", None)))
+    tag.card.label_sample = list(label_sample)
+    if input_lengths is not None:
+        tag.card.training["input_lengths"] = input_lengths
+    return tag
+
+
+def test_peptide_with_digits_is_a_row_error_and_other_rows_predict(llama):
+    tag = _protein_tag(llama)
+    rows = [{"sequence": "MKTAYIAKQR", "smiles": "CCO"}, {"sequence": "ACDEFG123HIK", "smiles": "CCO"},
+            {"sequence": "ACDEFGHIK", "smiles": "CCO"}]
+    res = Predictor(llama, tag).predict(rows)
+    assert [r.ok for r in res] == [True, False, True]
+    assert res[1].error.startswith("row 2, sequence:") and "123" in res[1].error and "digits" in res[1].error
+    assert res[1].prediction is None
+
+
+def test_a_1555_residue_protein_is_flagged_when_the_tag_recorded_training_lengths(llama):
+    long = ("MKTAYIAKQRQISFVKSHFSRQ" * 71)[:1555]
+    rows = [{"sequence": long, "smiles": "CCO"}, {"sequence": "MKTAYIAKQR" * 40, "smiles": "CCO"}]
+    tag = _protein_tag(llama, {"sequence": {"min": 250, "max": 900}})
+    res = Predictor(llama, tag, max_length={"protein": 2000}).predict(rows)
+    assert res[0].ok and res[0].flags == [
+        "sequence: length 1,555 residues is far outside the training range 250–900"]
+    assert res[1].ok and res[1].flags == []
+    # an older tag without recorded lengths: unknown, so no flag and no error
+    old = Predictor(llama, _protein_tag(llama), max_length={"protein": 2000})
+    assert old.predict(rows[:1])[0].flags == [] and "protein length" in " ".join(old.unknown_checks)
+
+
+def test_training_records_protein_lengths_and_prediction_flags_far_longer_ones(llama):
+    import pandas as pd
+
+    from tagllm_core.tags import SlotSpec
+    from tagllm_core.training import FunctionTagConfig, train_function_tag
+
+    prots = ["MKTAY", "GSHGSHGS", "WWVKRQWWV", "PEPTIDEPEPTIDE"]
+    smiles = ["CCO", "CCN", "CCCO", "CC(C)O"]
+    rows = [(p, s) for p in prots for s in smiles]
+    df = pd.DataFrame({"sequence": [p for p, _ in rows], "smiles": [s for _, s in rows],
+                       "y": [len(p) + len(s) for p, s in rows]})
+    cfg = FunctionTagConfig(name="Lens", labels=["y"], epochs=1, split="random", valid_fraction=0.25, n_tokens=2,
+                            slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)])
+    tag = train_function_tag(llama, None, cfg, df, save=False).tag
+    assert tag.card.training["input_lengths"] == {"sequence": {"min": 5, "max": 14}}
+    res = Predictor(llama, tag).predict([{"sequence": "MKTAY" * 12, "smiles": "CCO"},
+                                         {"sequence": "MKTAYW", "smiles": "CCO"}])
+    assert any("length 60 residues" in f for f in res[0].flags)
+    assert not any("length" in f for f in res[1].flags)
+
+
+def test_predictions_outside_the_training_label_range_are_flagged(llama):
+    tag = make_function_tag(llama, label_scaling={"mean": [0.0], "std": [1.0]})
+    rows = [{"smiles": s} for s in ["CCO", "c1ccccc1"]]
+    values = [r.prediction for r in Predictor(llama, tag).predict(rows)]
+    lo, hi = min(values), max(values)
+    d = hi - lo
+    tag.card.label_sample = [lo - d, lo - d / 2, lo]  # range d: the lower prediction at its top, the higher d above
+    res = Predictor(llama, tag).predict(rows)
+    high = max(res, key=lambda r: r.prediction)
+    low = min(res, key=lambda r: r.prediction)
+    assert any(f.startswith(f"prediction {high.prediction:.3g} is outside the training labels' range")
+               for f in high.flags)
+    assert not any(f.startswith("prediction") for f in low.flags)
+
+
+def test_results_frame_and_predict_table_carry_standardised_changes_and_flags(llama):
+    import pandas as pd
+
+    from tagllm_core.prediction import predict_table, results_frame
+
+    tag = make_function_tag(llama)
+    tag.card.label_sample = []
+    p = Predictor(llama, tag)
+    res = p.predict([{"smiles": "CCN.Cl"}, {"smiles": "O"}, {"smiles": "bad("}])
+    frame = results_frame(res)
+    assert frame["standardised"].tolist() == ["CCN", "O", ""]
+    assert frame["changes"].tolist() == ["salt stripped: HCl", "", ""]
+    assert frame["flags"].tolist()[1].startswith("inorganic: no carbon atom")
+    assert frame["flags"].tolist()[0] == "" and frame["flags"].tolist()[2] == ""
+    cols = list(frame.columns)
+    assert cols.index("flags") < cols.index("error")
+    out = predict_table(p, pd.DataFrame({"smiles": ["CCN.Cl", "O"]}))
+    assert {"standardised", "changes", "flags"} <= set(out.columns)
+
+
+def test_over_long_smiles_is_a_row_error_not_a_cropped_molecule(llama):
+    tag = make_function_tag(llama)
+    long = "C" * 199 + "O"  # fits the default limit of 200 characters
+    too_long = "C" * 230 + "O"
+    res = Predictor(llama, tag).predict([{"smiles": "CCO"}, {"smiles": too_long}, {"smiles": long}])
+    assert res[0].ok and res[2].ok
+    assert not res[1].ok and "longer than the limit of 200" in res[1].error
+    assert not any("cropped" in w for r in res for w in r.warnings)
+    # a tag trained with a shorter limit refuses longer molecules at prediction too
+    res = Predictor(llama, tag, max_length={"smiles": 10}).predict([{"smiles": "CCCCCCCCCCCCO"}, {"smiles": "CCO"}])
+    assert not res[0].ok and "longer than the limit of 10" in res[0].error and res[1].ok

@@ -42,7 +42,7 @@ from tagllm_core.model import readout_dim
 from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SUFFIX
 from tagllm_core.training import parse_layers, train_function_tag
-from tagllm_core.warm_start import LayerChoice
+from tagllm_core.warm_start import LayerChoice, bootstrap_scores, choose_layer, one_se_layer
 
 VALID_FRACTION = 0.2
 
@@ -111,7 +111,7 @@ def test_layers_beyond_the_backbone_are_refused(llama, frame):
 
 def test_auto_chooses_the_best_validation_layer_and_prediction_reproduces_it(llama, library_factory, frame):
     lib = library_factory(llama)
-    cfg = smiles_cfg("AutoDepth", layers="auto", epochs=1, valid_fraction=VALID_FRACTION)
+    cfg = smiles_cfg("AutoDepth", layers="auto", layer_tolerance=0, epochs=1, valid_fraction=VALID_FRACTION)
     res = train_function_tag(llama, lib, cfg, frame)
     card = res.tag.card
 
@@ -119,7 +119,7 @@ def test_auto_chooses_the_best_validation_layer_and_prediction_reproduces_it(lla
     chosen = card.layers[0]
     choice = card.training["layer_choice"]
     scores = choice["valid_rmse_by_layer"]
-    assert choice["chosen"] == chosen and choice["rows"] == card.training["rows_train"]
+    assert choice["chosen"] == chosen == choice["best"] and choice["rows"] == card.training["rows_train"]
     assert sorted(scores) == list(range(1, llama.n_layers + 1))  # every layer was scored
     assert all(math.isfinite(v) for v in scores.values())
     assert scores[chosen] == min(scores.values())
@@ -168,6 +168,76 @@ def test_auto_choice_below_the_top_drives_training_and_prediction(deep_llama, li
         values = predict_values(deep_llama, lib.get("Middle"), valid_rows(frame), lib)
     np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
     assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
+
+
+# --- the one-standard-error rule ------------------------------------------------------------------------
+
+
+def _layered(y: np.ndarray, noise: list, seed: int) -> torch.Tensor:
+    """(N, L*4) features read at L layers side by side, 4 columns each: layer l holds y plus a noise
+    shared by all layers plus its own noise of sd noise[l] (inf: pure noise, no y)."""
+    rng = np.random.default_rng(seed)
+    shared = 0.5 * rng.standard_normal((len(y), 4))  # the good layers' errors are mostly the same
+    blocks = []
+    for sd in noise:
+        if math.isinf(sd):
+            blocks.append(rng.standard_normal((len(y), 4)))
+        else:
+            blocks.append(y[:, None] + shared + sd * rng.standard_normal((len(y), 4)))
+    return torch.tensor(np.hstack(blocks), dtype=torch.float32)
+
+
+def _choose(tolerance: float):
+    rng = np.random.default_rng(0)
+    y_train, y_valid = rng.standard_normal(400), rng.standard_normal(120)
+    noise = [math.inf, 0.1, 0.1, 0.1]  # layer 1 useless; layers 2-4 equally good up to noise
+    f_train, f_valid = _layered(y_train, noise, 1), _layered(y_valid, noise, 2)
+
+    def rmse(out, rows):
+        return float(np.sqrt(np.mean((out[:, 0] - y_valid[rows]) ** 2)))
+
+    factory = lambda: TaskHead(HeadConfig("regression", 1, 4, standardize=True))  # noqa: E731
+    return choose_layer(factory, f_train, torch.tensor(y_train[:, None], dtype=torch.float32), f_valid, rmse, 4,
+                        "last", tolerance=tolerance)
+
+
+def test_choose_layer_keeps_the_shallowest_layer_within_one_standard_error():
+    best = _choose(0.0)
+    assert best.layer == best.best == min(best.scores, key=best.scores.get)
+    assert best.scores[1] > 1.5 * best.scores[best.best]  # the useless layer scores far worse
+    one_se = _choose(1.0)
+    assert one_se.scores == best.scores and one_se.best == best.best
+    assert one_se.layer == 2  # layers 2-4 differ by noise; layer 1 is far outside one standard error
+    assert one_se.tolerance == 1.0
+
+
+def test_one_se_layer_uses_the_paired_spread():
+    scores = {1: 1.10, 2: 1.02, 3: 1.00}
+    base = np.linspace(0.9, 1.1, 50)
+    replicates = {3: base, 2: base + 0.02 + np.tile([-0.03, 0.03], 25), 1: base + 0.10 + np.tile([-0.01, 0.01], 25)}
+    # layer 2: difference 0.02 with a paired sd of ~0.03 -> inside; layer 1: 0.10 with sd ~0.01 -> outside
+    assert one_se_layer(scores, replicates, 1.0) == 2
+    assert one_se_layer(scores, replicates, 0.5) == 3
+    assert one_se_layer(scores, replicates, 0) == 3
+    assert one_se_layer(scores, replicates, 10.0) == 1
+
+
+def test_bootstrap_scores_are_paired_and_nan_for_undefined_metrics():
+    out = np.arange(10, dtype=float)[:, None]
+
+    def mean_or_undefined(o, rows):
+        return math.inf if len(set(rows.tolist())) < 4 else float(o.mean())
+
+    reps = bootstrap_scores(mean_or_undefined, {1: out, 2: out.copy(), 3: out + 1}, 10, n_boot=50)
+    np.testing.assert_array_equal(reps[1], reps[2])  # the same resamples for every layer
+    np.testing.assert_allclose(reps[3] - reps[1], 1.0)
+    tiny = bootstrap_scores(mean_or_undefined, {1: out[:3]}, 3, n_boot=20)
+    assert np.isnan(tiny[1]).all()
+
+
+def test_layer_tolerance_is_checked():
+    with pytest.raises(TrainingError, match="standard errors"):
+        smiles_cfg("Tol", layer_tolerance=-1)
 
 
 # --- explicit layers and "final" ----------------------------------------------------------------------

@@ -226,12 +226,15 @@ def test_protein_residues_are_not_merged_by_bpe():
     assert content[7:] == [vocab["CC"], vocab["O"]]  # SMILES keep the tokenizer's own merges
 
 
-def test_content_is_cropped_to_max_tokens(backbone):
-    enc = PromptEncoder(backbone.tokenizer, max_tokens={"protein": 5, "smiles": 3})
-    t = Template.parse("{seq:<Protein>} and {smi} <F>")
-    plan = enc.plan(t, {"seq": "protein", "smi": "smiles"}, {"seq": "MKTAYIAK", "smi": "CCCCCC"},
-                    {"Protein": 1, "F": 1})
-    assert len(plan.input_positions) == 5 + 3
+def test_content_is_cropped_to_max_tokens_except_smiles(backbone):
+    enc = PromptEncoder(backbone.tokenizer, max_tokens={"protein": 5, "smiles": 3, "text": 4})
+    t = Template.parse("{seq:<Protein>} and {smi} and {txt} <F>")
+    plan = enc.plan(t, {"seq": "protein", "smi": "smiles", "txt": "text"},
+                    {"seq": "MKTAYIAK", "smi": "CCCCCC", "txt": "abcdefgh"}, {"Protein": 1, "F": 1})
+    n_smiles = len(enc.content_ids("smiles", "CCCCCC"))
+    assert n_smiles > 3  # a cropped SMILES is another molecule: domains refuses over-long ones instead
+    assert len(plan.input_positions) == 5 + n_smiles + 4
+    assert enc.content_ids("smiles", "CCCCCC") == list(enc._text("CCCCCC"))
 
 
 def test_plan_with_unknown_tag_is_an_error(backbone):

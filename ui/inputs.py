@@ -6,6 +6,7 @@ only turns widgets into rows and files.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import time
@@ -14,15 +15,18 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
+import streamlit as st
 
 from tagllm_core import paths
 from tagllm_core.domains import guess_kind
-from tagllm_core.data import read_table, require_columns
+from tagllm_core.data import read_corpus, read_table, require_columns
 from tagllm_core.domains import clean, split_entries
 from tagllm_core.exceptions import InputError
+from tagllm_core.limits import limits
 
 __all__ = ["rows_from_paste", "rows_from_table", "guess_column", "guess_kind_of_column", "slot_name_for",
-           "named_bytes", "read_uploaded_table", "save_upload", "label_candidates", "guess_task"]
+           "named_bytes", "content_key", "read_uploaded_table", "read_uploaded_corpus", "predict_rows_problem",
+           "save_upload", "label_candidates", "guess_task"]
 
 
 def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]:
@@ -137,12 +141,63 @@ def named_bytes(data: bytes, name: str) -> io.BytesIO:
     return buf
 
 
+def _caps() -> tuple:
+    """The reading limits in force, part of the cache key: a changed limit re-reads the file."""
+    lim = limits()
+    return lim.max_decompressed_bytes, lim.max_rows
+
+
+def content_key(data: bytes) -> str:
+    """The SHA-256 of an upload: what the parse caches are keyed on (the bytes themselves are not hashed twice)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the file…")
+def _parse_table(key: str, name: str, caps: tuple, _data: bytes) -> tuple[Optional[pd.DataFrame], str]:
+    """(table, "") or (None, why not). Errors are returned, not raised, so a bad file is not re-read either."""
+    try:
+        df = read_table(named_bytes(_data, name))
+    except InputError as err:
+        return None, str(err)
+    return (None, f"{name} has a header but no data rows.") if df.empty else (df, "")
+
+
 def read_uploaded_table(data: bytes, name: str) -> pd.DataFrame:
-    """An uploaded CSV/TSV -> DataFrame; ``InputError`` for unreadable or header-only files."""
-    df = read_table(named_bytes(data, name))
-    if df.empty:
-        raise InputError(f"{name} has a header but no data rows.")
+    """An uploaded CSV/TSV -> DataFrame; ``InputError`` for unreadable or header-only files.
+
+    Parsed once per content (and limits): Streamlit reruns the page on every click, and re-parsing a large
+    upload each time made every widget sluggish.
+    """
+    df, error = _parse_table(content_key(data), name, _caps(), data)
+    if error:
+        raise InputError(error)
     return df
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the corpus…")
+def _parse_corpus(key: str, name: str, fmt: Optional[str], column: Optional[str], caps: tuple,
+                  _data: bytes) -> tuple[Optional[list], str]:
+    try:
+        return read_corpus(named_bytes(_data, name), fmt, column), ""
+    except InputError as err:
+        return None, str(err)
+
+
+def read_uploaded_corpus(data: bytes, name: str, fmt: Optional[str], column: Optional[str] = None) -> list[str]:
+    """A domain-tag corpus from an upload (``data.read_corpus``), parsed once per content like tables."""
+    corpus, error = _parse_corpus(content_key(data), name, fmt, column, _caps(), data)
+    if error:
+        raise InputError(error)
+    return corpus
+
+
+def predict_rows_problem(n_rows: int) -> Optional[str]:
+    """Why ``n_rows`` is too many for the Predict page (``TAGLLM_MAX_PREDICT_ROWS``); None if it is not."""
+    cap = limits().max_predict_rows
+    if n_rows <= cap:
+        return None
+    return (f"{n_rows:,} rows is more than this page predicts at once (at most {cap:,}, TAGLLM_MAX_PREDICT_ROWS): "
+            f"split the input, or use the command line (tagllm predict) for large files.")
 
 
 def _safe_filename(name: str) -> str:
@@ -155,7 +210,7 @@ def save_upload(data: bytes, filename: str, folder: Optional[Path] = None) -> Pa
     """Save an upload into ``folder`` (default: a fresh per-job folder under ``data_dir()/uploads``)
     and return its path; the job reads it from there, whatever happens to the browser tab."""
     if folder is None:
-        folder = paths.data_dir() / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        folder = paths.uploads_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / _safe_filename(filename)
     path.write_bytes(data)
@@ -171,8 +226,11 @@ def label_candidates(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]
 
 
 def guess_task(values: pd.Series) -> str:
-    """regression for mostly-numeric columns with many distinct values, else classification."""
+    """regression for mostly-numeric columns, unless they hold a few whole numbers (0/1, 1-5 grades):
+    a column with any fractional value is a measurement and is never guessed to be classes."""
     nums = pd.to_numeric(values, errors="coerce")
-    if nums.notna().mean() >= 0.8 and nums.nunique() > 10:
-        return "regression"
-    return "classification"
+    if nums.notna().mean() < 0.8:
+        return "classification"
+    finite = nums[nums.notna()]
+    whole = bool(((finite - finite.round()).abs() < 1e-9).all())
+    return "classification" if whole and finite.nunique() <= 10 else "regression"

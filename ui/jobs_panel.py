@@ -1,7 +1,7 @@
 """The live jobs panel of the Train page.
 
 A fragment re-runs every two seconds and only reads SQLite (the job rows and
-the chosen job's events), so it never holds the page up while a job trains in
+the chosen job's new events), so it never holds the page up while a job trains in
 its own process. When a job ends, the whole page reruns once so that the
 sidebar and the tag lists pick up the new tag.
 """
@@ -9,6 +9,7 @@ sidebar and the tag lists pick up the new tag.
 from __future__ import annotations
 
 import datetime as _dt
+import shlex
 import time
 
 import pandas as pd
@@ -19,6 +20,7 @@ from tagllm_core.jobs import Job, JobStore, cancel, kill
 from . import charts, state
 from .cards import format_number
 from .results import format_seconds
+from .training import argv_value
 
 STATE_ICON = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
 KIND_TEXT = {"function-tag": "function tag", "domain-tag": "domain tag"}
@@ -74,7 +76,7 @@ def render_job(store: JobStore, job: Job) -> None:
                     f"({KIND_TEXT.get(job.kind, job.kind)}) · {job.state}")
         if job.is_active:
             _active(store, job)
-        events = store.history(job.id)
+        events = _events(store, job.id)
         _curves(events, job.id)
         if job.state == "finished":
             _finished(job)
@@ -84,10 +86,22 @@ def render_job(store: JobStore, job: Job) -> None:
             st.info("The job was cancelled; no tag was saved.")
         with st.expander("Log", expanded=job.state == "failed"):
             st.code(job.log_tail(12_000) or "(empty)", language=None)
-            st.caption(f"Command: tagllm {' '.join(job.argv)}")
+            st.caption(f"Command: tagllm {shlex.join(job.argv)}")
         if job.is_done and st.button("Remove from the list", key=f"forget-{job.id}"):
             store.delete(job.id)
+            st.session_state.get("_job_events", {}).pop(job.id, None)
             st.rerun()
+
+
+def _events(store: JobStore, job_id: int) -> list[dict]:
+    """The job's progress events. The fragment polls every 2 s, so each poll reads only the events newer
+    than those this session already holds (event ids only grow; a long job has thousands)."""
+    held = st.session_state.setdefault("_job_events", {})
+    events = held.get(job_id, [])
+    new = store.history(job_id, after_event=events[-1]["id"] if events else 0)
+    if new:
+        events = held[job_id] = events + new
+    return events
 
 
 def _active(store: JobStore, job: Job) -> None:
@@ -154,8 +168,7 @@ def _finished(job: Job) -> None:
                    f"{format_number(float(interval['halfwidth'][0]))}")
     parity = res.get("parity") or {}
     if parity.get("true"):
-        task = "classification" if "--task" in job.argv and \
-            job.argv[job.argv.index("--task") + 1] == "classification" else "regression"
+        task = "classification" if argv_value(job.argv, "--task") == "classification" else "regression"
         st.plotly_chart(charts.parity_figure(parity["true"], parity["pred"], task), width="stretch",
                         key=f"parity-{job.id}")
     if res.get("rows_dropped"):

@@ -18,6 +18,12 @@ def _column_config(run: PredictionRun) -> dict:
         "zero_shot": st.column_config.CheckboxColumn("zero-shot", width="small"),
         "error": st.column_config.TextColumn("error", width="large"),
         "warnings": st.column_config.TextColumn("warnings", width="medium"),
+        "flags": st.column_config.TextColumn(
+            "flags", width="medium", help="Why a prediction deserves caution: an inorganic or metal-containing "
+                                          "input, a protein far outside the training lengths, a prediction "
+                                          "outside the training labels' range."),
+        "standardised": st.column_config.TextColumn("standardised", help="The SMILES the model read."),
+        "changes": st.column_config.TextColumn("changes", help="What standardisation changed in the input."),
         "percentile": st.column_config.NumberColumn(
             "percentile", format="%.1f", help="Share of training labels at or below the prediction (%)."),
     }
@@ -87,8 +93,16 @@ def _row_detail(run: PredictionRun) -> None:
             cols[2].metric("Percentile in training labels", f"{rec['percentile']:.0f}")
         for c in run.classes:
             st.caption(f"p({c}) = {format_number(rec[f'p({c})'])}")
+    for flag in filter(None, str(rec.get("flags", "")).split("; ")):
+        st.warning(f"🚩 {flag}")
     if rec["warnings"]:
         st.caption(f"⚠️ {rec['warnings']}")
+    smiles_slots = [slot for slot, kind in run.slots if kind == "smiles"]
     for slot, kind in run.slots:
         st.markdown(f"**{slot}**")
-        detail.show_input(kind, rec[slot], key=f"detail-{int(row)}-{slot}")
+        value = rec[slot]
+        # One SMILES input: depict the molecule the model read, and say what was changed to get it.
+        if kind == "smiles" and len(smiles_slots) == 1 and rec.get("changes"):
+            st.caption(f"Standardised from `{value}`: {rec['changes']}")
+            value = rec["standardised"] or value
+        detail.show_input(kind, value, key=f"detail-{int(row)}-{slot}")

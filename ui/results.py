@@ -23,7 +23,8 @@ class PredictionRun:
     tag: str
     task: str
     slots: list  # [(slot, kind)]
-    frame: pd.DataFrame  # one row per input row: row, inputs, prediction, …, error, warnings, status, percentile
+    frame: pd.DataFrame  # one row per input row: row, status, inputs, prediction, …, flags, error, warnings,
+    #                      standardised, changes, percentile
     zero_shot: bool
     overrides: dict = field(default_factory=dict)
     classes: list = field(default_factory=list)
@@ -55,8 +56,7 @@ def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list,
     card = tag.card
     classes = list(card.classes) if card.task == "classification" else []
     frame = results_frame(results, classes or None)
-    frame.insert(1, "status", ["❌ error" if e else ("⚠️ ok" if w else "✅ ok")
-                               for e, w in zip(frame["error"], frame["warnings"])])
+    frame.insert(1, "status", [_status(e, f, w) for e, f, w in zip(frame["error"], frame["flags"], frame["warnings"])])
     if card.task == "regression" and card.label_sample:
         pos = list(frame.columns).index("prediction") + 1
         if "upper" in frame.columns:
@@ -65,6 +65,15 @@ def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list,
     return PredictionRun(tag=tag.name, task=card.task or "regression", slots=[(s.name, s.kind) for s in card.slots],
                          frame=frame, zero_shot=predictor.zero_shot, overrides=dict(overrides or {}),
                          classes=classes, source=source, seconds=time.perf_counter() - t0)
+
+
+def _status(error: str, flags: str, warnings: str) -> str:
+    """A flag (inorganic input, far from the training data) outranks a warning (an input was cropped)."""
+    if error:
+        return "❌ error"
+    if flags:
+        return "🚩 flagged"
+    return "⚠️ ok" if warnings else "✅ ok"
 
 
 def download_frame(run: PredictionRun) -> pd.DataFrame:

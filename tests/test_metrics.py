@@ -1,0 +1,25 @@
+"""Metrics in tagllm_core.metrics: undefined metrics are left out, never raised or faked."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tagllm_core.metrics import classification_metrics, regression_metrics
+
+
+def test_non_finite_predictions_leave_the_metrics_out_instead_of_raising():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert regression_metrics(y, np.array([1.0, np.nan, 3.0, np.inf])) == {"n": 4, "n_nonfinite": 2}
+    probs = np.array([[0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]])
+    assert classification_metrics(np.array([1, 0, 0]), probs) == {"n": 3, "n_nonfinite": 1}
+
+
+def test_log_loss_is_defined_when_validation_lacks_a_class():
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
+    m = classification_metrics(np.array([0, 0, 0]), probs)
+    assert "auroc" not in m  # undefined with one class, left out
+    expected = -np.mean(np.log([0.9, 0.7, 0.4]))
+    assert math.isclose(m["log_loss"], expected, rel_tol=1e-9)
+    assert m["accuracy"] == 2 / 3
