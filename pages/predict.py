@@ -1,7 +1,9 @@
-"""Predict: pick a function tag, give inputs (paste or CSV), get a table, a plot and per-row details."""
+"""Predict: pick a function tag (and others with the same inputs), give inputs (paste or CSV), get a table,
+a plot and per-row details."""
 
 import streamlit as st
 
+from tagllm_core import multi
 from tagllm_core.exceptions import InputError, TagLLMError
 from ui import cards, inputs, predict_view, results, state
 
@@ -30,6 +32,12 @@ card = info.card
 with st.container(border=True):
     cards.render_summary(info, bb.fingerprint)
 slots = [(s.name, s.kind) for s in card.slots]
+# Tags reading the same kinds of input can run together: one table, a column per tag.
+others = [n for n in tags if n != name and multi.input_kinds(tags[n].card) == multi.input_kinds(card)]
+st.session_state["predict_more"] = [n for n in st.session_state.get("predict_more", []) if n in others]
+more = st.multiselect("Also predict with (one column per tag)", others, key="predict_more",
+                      format_func=lambda n: cards.tag_label(tags[n]),
+                      help="Function tags that take the same inputs as this one.") if others else []
 
 with st.expander("Advanced: swap domain tags (zero-shot), batch size"):
     st.caption("Combine the function tag with domain tags it was not trained with (the paper's zero-shot "
@@ -119,17 +127,30 @@ if st.button("Predict", type="primary", key="predict_button"):
         def on_progress(ev):
             bar.progress(ev.fraction, text=results.progress_text(ev))
 
+        table = source if mode != "Paste" else None
         try:
-            st.session_state["prediction"] = results.run_prediction(
-                bb, lib, name, rows, overrides, batch_size=batch_size, progress=on_progress,
-                source=source if mode != "Paste" else None)
+            if more and overrides:
+                raise InputError("Domain swaps (zero-shot) apply to one tag: clear them, or the extra tags.")
+            if more:
+                st.session_state["prediction_many"] = results.run_many(
+                    bb, lib, [name, *more], rows, batch_size=batch_size, progress=on_progress, source=table)
+            else:
+                st.session_state["prediction"] = results.run_prediction(
+                    bb, lib, name, rows, overrides, batch_size=batch_size, progress=on_progress, source=table)
+                st.session_state["prediction_many"] = None
         except TagLLMError as err:
             st.error(str(err))
         bar.empty()
 
+many = st.session_state.get("prediction_many")
+if many is not None:
+    if many.tags != [name, *more]:
+        st.info(f"Showing the last results, made with {', '.join(f'<{t}>' for t in many.tags)}. "
+                f"Press Predict to use the tags chosen now.")
+    predict_view.render_many(many)
 run = st.session_state.get("prediction")
 if run is not None:
-    if run.tag != name:
+    if run.tag != name and many is None:
         st.info(f"Showing the last results, made with <{run.tag}>. Press Predict to use <{name}>.")
     result_card = tags[run.tag].card if run.tag in tags else card
     predict_view.render(run, result_card)

@@ -148,16 +148,31 @@ def cmd_predict(args) -> int:
     from .data import read_table
     from .prediction import Predictor, predict_table
 
+    names = list(args.tag or []) + [n.strip() for v in args.tags or [] for n in v.split(",") if n.strip()]
+    if not names:
+        raise InputError("predict needs a function tag: --tag NAME (repeat it, or --tags A,B, for several).")
     bb = _backbone(args)
     lib = _library(bb)
-    tag = lib.get(args.tag)
-    predictor = Predictor(bb, tag, lib, domain_overrides=_pairs(args.domain, "--domain") or None)
-    df = read_table(args.input)
-    out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size,
-                        progress=None if args.quiet else _tqdm_progress("predict"))
+    progress = None if args.quiet else _tqdm_progress("predict")
+    if len(dict.fromkeys(names)) > 1:
+        from .multi import predict_many_table
+
+        if args.domain:
+            raise InputError("--domain swaps a domain tag of one function tag; predict several tags without it.")
+        tags = [lib.get(n) for n in names]
+        out = predict_many_table(bb, tags, read_table(args.input), _pairs(args.column, "--column"), lib,
+                                 batch_size=args.batch_size, progress=progress)
+    else:
+        predictor = Predictor(bb, lib.get(names[0]), lib, domain_overrides=_pairs(args.domain, "--domain") or None)
+        df = read_table(args.input)
+        out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size,
+                            progress=progress)
     out.to_csv(args.output, index=False)
     n_err = int((out["error"] != "").sum())
     print(f"wrote {len(out)} rows to {args.output} ({len(out) - n_err} predicted, {n_err} with errors)")
+    n_out = int((out["domain"] == "out").sum()) if "domain" in out.columns else 0
+    if n_out:
+        print(f"{n_out} outside the tag's applicability domain (see the similarity, domain and flags columns)")
     for msg in out.loc[out["error"] != "", "error"].head(10):
         print(f"  {msg}", file=sys.stderr)
     return 0
@@ -330,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("delete").add_argument("name")
     t.set_defaults(func=cmd_tags)
 
-    pr = sub.add_parser("predict", help="predict a CSV with a function tag")
-    pr.add_argument("--tag", required=True)
+    pr = sub.add_parser("predict", help="predict a CSV with one function tag, or several into one table")
+    pr.add_argument("--tag", action="append", help="a function tag; repeat it for one column per tag")
+    pr.add_argument("--tags", action="append", metavar="A,B,…", help="several function tags taking the same inputs")
     pr.add_argument("--input", required=True)
     pr.add_argument("--output", required=True)
     pr.add_argument("--column", action="append", metavar="SLOT=COLUMN")
@@ -389,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--augment", type=int, default=ft["augment"],
                    help="randomised SMILES spellings per training molecule (SMILES inputs)")
     f.add_argument("--max-length", action="append", metavar="KIND=N",
-                   help="crop inputs of a kind, e.g. protein=512 (predictions with the tag crop alike)")
+                   help="longest input of a kind, e.g. protein=512: longer proteins and text are cropped (predictions "
+                        "with the tag crop alike); a longer SMILES is refused for its row, never cut mid-string")
     f.add_argument("--no-warm-start", action="store_true")
     f.add_argument("--split", choices=["auto", "random", "scaffold"], default=ft["split"])
     f.add_argument("--valid-fraction", type=float, default=ft["valid_fraction"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -591,6 +592,7 @@ class JobStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_path)
         _remove_uploads(argv)
+        shutil.rmtree(self.log_dir / f"{job_id}-checkpoint", ignore_errors=True)
         return True
 
     # -- crash detection -----------------------------------------------------
@@ -746,8 +748,12 @@ def run_job(
 
 def job_command(store: JobStore, job: Job, python: str = sys.executable) -> list[str]:
     """The command line that runs ``job`` through the CLI."""
+    # A function-tag job checkpoints each epoch in a folder of its own, the same on every launch: a
+    # job process started again (after the app or the machine restarted) resumes where it stopped.
+    folder = store.log_dir / f"{job.id}-checkpoint"
+    ckpt = [f"--checkpoint-dir={folder}"] if job.argv[:1] == ["train-function-tag"] else []
     return [
-        python, "-m", "tagllm_core", *job.argv,
+        python, "-m", "tagllm_core", *job.argv, *ckpt,
         "--job-db", str(store.db_path), "--job-id", str(job.id),
     ]
 

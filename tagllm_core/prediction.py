@@ -6,11 +6,14 @@ them under ``torch.inference_mode`` while holding the backbone's lock (the app
 shares one backbone between browser sessions), and returns one
 ``PredictionRow`` per input row, in input order: a prediction or an error.
 SMILES are standardised first (``standardize``: salts stripped, charges neutralised), and each row
-says what was changed and carries flags for inputs or predictions far from the tag's training data.
+says what was changed and carries flags for inputs or predictions far from the tag's training data,
+among them its similarity to the training inputs and whether that is inside the tag's applicability
+domain (``applicability``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -18,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .applicability import ReferenceSet, fingerprints, outside_message
 from .backbone import Backbone
 from .descriptors import row_feature_names, row_features
 from .domains import CleanInput, clean
@@ -31,7 +35,8 @@ from .standardize import length_flag, prediction_range_flag, standardize_smiles
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
 
-__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "results_frame", "predict_table"]
+__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "results_frame",
+           "predict_table"]
 
 # Standardise a SMILES whole; the length limit applies to the standardised one (a salt may fit once stripped).
 _NO_CROP = 10 ** 9
@@ -46,6 +51,9 @@ class PredictionRow:
     ``standardised``: slot -> the SMILES the model read; ``changes``: what standardisation did
     ("salt stripped: Na+"); ``flags``: why the prediction deserves caution (an inorganic input, a
     protein far longer than any in training, a prediction outside the training labels' range).
+    ``similarity``: slot -> largest similarity to the tag's training inputs (Tanimoto for SMILES, 3-mer
+    Jaccard for proteins; ``None`` when the tag stores none); ``domain``: "in", "out" (some input below
+    its threshold), "unknown" (an older tag without the data), or "" for a row that failed.
     """
 
     row: int
@@ -60,6 +68,13 @@ class PredictionRow:
     standardised: dict = field(default_factory=dict)
     changes: list = field(default_factory=list)
     flags: list = field(default_factory=list)
+    similarity: dict = field(default_factory=dict)
+    domain: str = ""
+    # Per-output bounds (``lower``/``upper`` are the first output's); ``interval_calibrated``: False for a
+    # zero-shot row (the half-width was calibrated with the trained domain tags), None without an interval.
+    lowers: Optional[list] = None
+    uppers: Optional[list] = None
+    interval_calibrated: Optional[bool] = None
 
     @property
     def ok(self) -> bool:
@@ -146,6 +161,14 @@ class Predictor:
                                for s, k in self.slot_kinds.items() if k == "protein" and s not in self.input_lengths]
         if card.task == "regression" and not self.label_range:
             self.unknown_checks.append("prediction range (the tag stores no training labels)")
+        # slot -> (kind, stored training fingerprints, threshold); the reference is indexed once here
+        stored = card.applicability or {}
+        self.references = {s: (k, ReferenceSet(self.tag.reference_fingerprints[s].numpy()), stored[s]["threshold"])
+                           for s, k in self.slot_kinds.items()
+                           if s in stored and s in self.tag.reference_fingerprints}
+        self.similarity_slots = [s for s, k in self.slot_kinds.items() if k in ("smiles", "protein")]
+        if self.similarity_slots and not self.references:
+            self.unknown_checks.append("applicability domain (the tag predates storing its training fingerprints)")
 
     @property
     def slots(self) -> list[str]:
@@ -179,7 +202,9 @@ class Predictor:
     def predict(self, rows: Sequence[dict], batch_size: int = 16, progress: Optional[ProgressCallback] = None,
                 max_batch_tokens: int = 8192) -> list[PredictionRow]:
         """rows: [{slot: raw text}]. Never raises for a bad row; see ``PredictionRow.error``."""
-        results = [PredictionRow(row=i + 1, inputs=dict(r)) for i, r in enumerate(rows)]
+        # every row names every compared input, so a table of failed rows still has its similarity columns
+        results = [PredictionRow(row=i + 1, inputs=dict(r), similarity=dict.fromkeys(self.similarity_slots))
+                   for i, r in enumerate(rows)]
         pending: list[int] = []  # indices of rows that passed cleaning
         cleaned_rows: list[dict] = []
         plans: list = []
@@ -204,6 +229,7 @@ class Predictor:
                 pending.append(i)
                 cleaned_rows.append(cleaned)
                 plans.append(plan)
+        self._applicability([results[i] for i in pending], cleaned_rows)
         # With two or more inputs, rows that share the first one (one protein against many drugs)
         # share its states: each group's common prefix runs once.
         groups = row_groups(self.model.template, cleaned_rows)
@@ -221,6 +247,20 @@ class Predictor:
                 progress(ProgressEvent("predict", done, len(pending), throughput=rate,
                                        eta_s=(len(pending) - done) / rate if rate else None))
         return results
+
+    def _applicability(self, results: list, cleaned_rows: list) -> None:
+        """Each row's similarity to the training inputs, per slot, and its domain; a flag for each
+        input below its threshold. Tags without the data: similarity ``None``, domain "unknown"."""
+        multi = len(self.slot_kinds) > 1
+        for res in results:
+            res.domain = "unknown" if not self.references else "in"
+        for slot, (kind, reference, threshold) in self.references.items():
+            sims = reference.max_similarity(fingerprints(kind, [c[slot] for c in cleaned_rows]))
+            for res, sim in zip(results, sims.tolist()):
+                res.similarity[slot] = sim
+                if sim < threshold:
+                    res.domain = "out"
+                    res.flags.append((f"{slot}: " if multi else "") + outside_message(kind, sim, threshold))
 
     def _shared_prefix(self, plans) -> Optional[SharedPrefix]:
         """The prefix every row shares, computed once: the template's opening (kept across calls),
@@ -257,8 +297,15 @@ class Predictor:
             res.outputs = [float(v) for v in values]
             res.prediction = float(values[0])
             if self.card.interval:
-                half = float(self.card.interval["halfwidth"][0])
-                res.lower, res.upper = res.prediction - half, res.prediction + half
+                # an older multi-output card holds the first output's half-width alone: no bounds for the rest
+                halves = [float(h) for h in self.card.interval["halfwidth"]]
+                halves += [None] * (len(values) - len(halves))
+                res.lowers = [None if h is None else v - h for v, h in zip(res.outputs, halves)]
+                res.uppers = [None if h is None else v + h for v, h in zip(res.outputs, halves)]
+                res.lower, res.upper = res.lowers[0], res.uppers[0]
+                res.interval_calibrated = not self.zero_shot
+                if self.zero_shot:  # in the flags too, so tables and pages show it with no column of their own
+                    res.flags.append("interval not calibrated: it was set with the trained domain tags, not the swap")
             flag = prediction_range_flag(res.prediction, self.label_range)
             if flag:
                 res.flags.append(flag)
@@ -272,17 +319,34 @@ def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optiona
     return Predictor(backbone, tag, library, domain_overrides).predict(rows, batch_size, progress)
 
 
+def domain_columns(r: PredictionRow, slots: Sequence[str]) -> dict:
+    """A row's applicability-domain cells: ``similarity`` (``similarity(<slot>)`` for each of several
+    compared inputs; rounded to 3 decimals, NaN (a blank CSV cell) where unknown or the row failed) and
+    ``domain``. ``slots``: the compared inputs of the table, so every row has the same columns."""
+    out = {}
+    for slot in slots:
+        value = r.similarity.get(slot)
+        out["similarity" if len(slots) == 1 else f"similarity({slot})"] = (
+            round(value, 3) if value is not None else math.nan)
+    out["domain"] = r.domain
+    return out
+
+
 def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
     """Results as a table: the inputs, ``prediction``, ``lower``/``upper`` (where the tag has intervals),
-    class probabilities (classification), ``flags``, ``zero_shot``, ``error``, ``warnings``,
-    ``standardised`` (the SMILES the model read; ``slot: SMILES`` pairs for several) and ``changes``."""
+    class probabilities (classification), ``similarity`` (``similarity(<slot>)`` for each input of a tag
+    with several; blank where unknown) and ``domain`` (in/out/unknown), ``flags``, ``zero_shot``, ``error``,
+    ``warnings``, ``standardised`` (the SMILES the model read; ``slot: SMILES`` pairs for several) and
+    ``changes``."""
     import pandas as pd
 
+    sim_slots = list(dict.fromkeys(s for r in results for s in r.similarity))
     records = []
     for r in results:
         rec = {"row": r.row, **r.inputs, "prediction": r.prediction}
         if any(x.lower is not None for x in results):
             rec["lower"], rec["upper"] = r.lower, r.upper
+        rec.update(domain_columns(r, sim_slots))
         if classes:
             for c, p in zip(classes, r.outputs or [None] * len(classes)):
                 rec[f"p({c})"] = p
@@ -295,7 +359,24 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
                                else "; ".join(f"{k}: {v}" for k, v in std.items()))
         rec["changes"] = "; ".join(r.changes)
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    return _results_first(pd.DataFrame.from_records(records))
+
+
+# What a person reads first: the row, its name or id, the prediction, its interval and probabilities,
+# the applicability-domain and caution flags and the error; the inputs and the rest after them.
+_LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "similarity", "domain", "flags", "error")
+
+
+def _results_first(frame: "pd.DataFrame") -> "pd.DataFrame":
+    cols = list(frame.columns)
+    lead = []
+    for c in _LEAD_COLUMNS:
+        lead += [c] if c in cols else []
+        if c == "upper":  # class probabilities sit where an interval would
+            lead += [p for p in cols if str(p).startswith("p(")]
+        if c == "similarity":  # one per input for a tag with several
+            lead += [p for p in cols if str(p).startswith("similarity(")]
+    return frame[lead + [c for c in cols if c not in lead]]
 
 
 def predict_table(predictor: Predictor, df: "pd.DataFrame", columns: Optional[dict] = None, batch_size: int = 16,

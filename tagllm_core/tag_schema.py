@@ -12,7 +12,9 @@ a card declares is later turned into memory: ``head.n_outputs`` x
   others (head width = read-out width + descriptor columns; one scaling,
   interval and class per output; template, slots and name agree);
 * every tensor is float32 with exactly the shape the card implies, read from
-  the header before any tensor data is loaded; tensors nobody reads are refused;
+  the header before any tensor data is loaded; tensors nobody reads are refused
+  (the one other dtype: ``applicability.<slot>``, packed fingerprint bits, uint8,
+  (n_reference, bytes) as the card's ``applicability`` declares);
 * every value is finite (and standard deviations positive) once loaded.
 
 Fields that later versions added (``layers``, ``features``, ``n_extra``,
@@ -186,6 +188,7 @@ def check_card(data: dict, where: str) -> None:
     _check_slots(c, data.get("slots", []), INPUT_KINDS)
     _check_metrics(c, data.get("metrics", {}))
     c.tree(c.mapping(data.get("training", {}), "training"), "training")
+    _check_applicability(c, data)
     if data["kind"] == "domain":
         # a domain tag has no task: nothing may later be built from these
         for key in FUNCTION_ONLY:
@@ -347,8 +350,9 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
         expected["head.bias"] = (head["n_outputs"],)
         if head.get("standardize"):
             expected["head.x_mean"] = expected["head.x_std"] = (head["in_dim"],)
+    _check_applicability_specs(card, specs, fail)
     for name in specs:
-        if name in expected:
+        if name in expected or name.startswith(APPLICABILITY_PREFIX):
             continue
         if card.kind == "function" and name.startswith("domain."):
             try:
@@ -368,6 +372,8 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
         if s.domain_tag and f"domain.{s.domain_tag}" not in specs:
             fail(f"domain.{s.domain_tag}", f"is missing: the function tag's copy of <{s.domain_tag}>")
     for name, (dtype, shape) in specs.items():
+        if name.startswith(APPLICABILITY_PREFIX):
+            continue  # checked above: uint8 bits
         if dtype != DTYPE:
             fail(name, f"has dtype {dtype}; tag files hold float32 ({DTYPE})")
         shape = tuple(shape)
@@ -386,3 +392,59 @@ def check_tensor_values(tensors: dict, where: str) -> None:
     std = tensors.get("head.x_std")
     if std is not None and not (std > 0).all():
         raise TagFormatError(f"{where}: tensor 'head.x_std' has a standard deviation that is not positive.")
+
+
+# --- applicability domain (``applicability``): packed training fingerprints and their threshold ---------
+
+APPLICABILITY_PREFIX = "applicability."
+MAX_CURVE_BINS = 100
+
+
+def _check_applicability(c: _Checker, data: dict) -> None:
+    """``applicability``: {slot: {kind, n_reference, threshold, curve…}} for SMILES/protein slots of a
+    function tag; absent (older tags) is fine. The sizes bound the tensors ``_check_applicability_specs``
+    then accepts."""
+    from .applicability import MAX_REFERENCE_ROWS, PACKED_WIDTH
+
+    domain = c.mapping(data.get("applicability"), "applicability", optional=True)
+    if not domain:
+        return
+    kinds = {s.get("name"): s.get("kind") for s in data.get("slots", [])}
+    c.tree(domain, "applicability")
+    for slot, info in domain.items():
+        f = f"applicability.{slot}"
+        info = c.mapping(info, f)
+        if slot not in kinds or kinds[slot] not in PACKED_WIDTH or info.get("kind") != kinds[slot]:
+            c.fail(f"{f}.kind", "must name a SMILES or protein input of the tag, with its kind", info.get("kind"))
+        c.integer(info.get("n_reference"), f"{f}.n_reference", 1, MAX_REFERENCE_ROWS[kinds[slot]])
+        threshold = info.get("threshold")
+        c.number(threshold, f"{f}.threshold")
+        if not 0 <= threshold <= 1:
+            c.fail(f"{f}.threshold", "must be a similarity from 0 to 1", threshold)
+        curve = c.mapping(info.get("curve"), f"{f}.curve")
+        edges = c.items(curve.get("edges"), f"{f}.curve.edges", MAX_CURVE_BINS + 1)
+        for key in ("error", "count"):
+            if len(c.items(curve.get(key), f"{f}.curve.{key}", MAX_CURVE_BINS)) != len(edges) - 1:
+                c.fail(f"{f}.curve.{key}", "must have one value per bin (edges minus one)")
+        for key in ("edges", "error", "count"):
+            for i, v in enumerate(curve[key]):
+                c.number(v, f"{f}.curve.{key}[{i}]", allow_none=key == "error")
+
+
+def _check_applicability_specs(card, specs: dict, fail) -> None:
+    """One ``applicability.<slot>`` tensor per card entry: uint8, (n_reference, bytes of the kind)."""
+    from .applicability import PACKED_WIDTH
+
+    domain = (card.applicability or {}) if card.kind == "function" else {}
+    for name, (dtype, shape) in specs.items():
+        if not name.startswith(APPLICABILITY_PREFIX):
+            continue
+        info = domain.get(name[len(APPLICABILITY_PREFIX):])
+        if info is None:
+            fail(name, "has no entry in the card's applicability")
+        expected = (info["n_reference"], PACKED_WIDTH[info["kind"]])
+        if dtype != "U8" or tuple(shape) != expected:
+            fail(name, f"is {dtype} {tuple(shape)}; the card implies uint8 (U8) {expected}")
+    for slot in domain:
+        if APPLICABILITY_PREFIX + slot not in specs:
+            fail(APPLICABILITY_PREFIX + slot, "is missing: the card has an applicability threshold for it")

@@ -8,8 +8,9 @@ final hidden state, plus a snapshot of the domain tags it was trained with (so
 one exported file is self-contained).
 
 On disk a tag is one safetensors file: tensors ``vectors`` (p, d),
-``head.*`` and ``domain.<Name>`` (p_dom, d); its card is JSON in the
-safetensors metadata. Nothing is ever pickled, and writes go to a temporary
+``head.*``, ``domain.<Name>`` (p_dom, d) and ``applicability.<slot>`` (the
+training inputs' packed fingerprints, uint8; see ``applicability``); its card
+is JSON in the safetensors metadata. Nothing is ever pickled, and writes go to a temporary
 file that is renamed into place, so a crash leaves either the old tag or the
 new one, never half of one.
 """
@@ -113,6 +114,7 @@ class TagCard:
     interval: Optional[dict] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}
     label_sample: list = field(default_factory=list)  # training labels, for the UI's histogram
     training: dict = field(default_factory=dict)  # provenance: data, stage, hyperparameters, time
+    applicability: dict = field(default_factory=dict)  # slot -> threshold + validation curve (applicability)
 
     def __post_init__(self):
         self.slots = [s if isinstance(s, SlotSpec) else SlotSpec(**s) for s in self.slots]
@@ -172,6 +174,7 @@ class Tag:
     vectors: torch.Tensor
     head_state: dict = field(default_factory=dict)  # "weight" (out, in), "bias" (out,)
     domain_vectors: dict = field(default_factory=dict)  # domain tag name -> (p_dom, d)
+    reference_fingerprints: dict = field(default_factory=dict)  # slot -> (N, bytes) uint8, packed bits
 
     @property
     def name(self) -> str:
@@ -214,6 +217,8 @@ def save_tag_file(tag: Tag, path: Path) -> None:
     bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
         raise TagFormatError(f"Refusing to save <{tag.card.name}>: {', '.join(bad)} contain NaN or infinity.")
+    for k, v in tag.reference_fingerprints.items():  # bits, not numbers: kept uint8
+        tensors[f"applicability.{k}"] = v.detach().cpu().to(torch.uint8).contiguous()
     meta = {"format": "tagllm-tag", "card": tag.card.to_json()}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -286,7 +291,8 @@ def load_tag_file(path: Path) -> Tag:
     check_tensor_values(tensors, name)
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     domains = {k[7:]: v for k, v in tensors.items() if k.startswith("domain.")}
-    return Tag(card, tensors["vectors"], head, domains)
+    references = {k[14:]: v for k, v in tensors.items() if k.startswith("applicability.")}
+    return Tag(card, tensors["vectors"], head, domains, references)
 
 
 @dataclass

@@ -25,6 +25,7 @@ that dies or is cancelled leaves no tag behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -39,9 +40,10 @@ import torch
 from .backbone import Backbone
 from .baselines import mean_baseline, rf_descriptors
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
+from .applicability import build_applicability, validation_errors
 from .descriptors import FEATURE_SETS, row_feature_names, row_features
 from .domains import KINDS, clean, randomized_smiles
-from .exceptions import TrainingError
+from .exceptions import JobCancelled, TrainingError
 from .heads import HeadConfig, LabelScaler, TaskHead
 from .metrics import (PRIMARY_METRIC, STOPPING_METRICS, classification_metrics, conformal_halfwidth,
                       regression_metrics)
@@ -258,10 +260,25 @@ def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
 
 
 class _Progress:
-    def __init__(self, callback: Optional[ProgressCallback], stage: str, total: int):
+    """Progress events for the callback. ``defer_cancel`` (several processes): only the main process
+    reports, so only it learns of a cancel; it keeps the flag (``cancelled``) instead of raising, and
+    ``_stop_if_cancelled`` raises ``JobCancelled`` on every process at once."""
+
+    def __init__(self, callback: Optional[ProgressCallback], stage: str, total: int, defer_cancel: bool = False):
         self.callback, self.stage, self.total, self.t0 = callback, stage, total, time.perf_counter()
         self.step = 0
         self.warnings: list[str] = []
+        self.defer_cancel, self.cancelled = defer_cancel, False
+
+    def _send(self, event: ProgressEvent) -> None:
+        if self.cancelled:
+            return
+        try:
+            self.callback(event)
+        except JobCancelled:
+            if not self.defer_cancel:
+                raise
+            self.cancelled = True
 
     def __call__(self, step: int, loss=None, metrics=None, epoch=None, examples: int = 0, message=None):
         self.step = step
@@ -269,15 +286,15 @@ class _Progress:
             return
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / step * (self.total - step) if step else None
-        self.callback(ProgressEvent(self.stage, step, self.total, loss, metrics or {}, epoch,
-                                    examples / elapsed if elapsed > 0 and examples else None, eta, message))
+        self._send(ProgressEvent(self.stage, step, self.total, loss, metrics or {}, epoch,
+                                 examples / elapsed if elapsed > 0 and examples else None, eta, message))
 
     def warn(self, message: str) -> None:
         """Keep ``message`` for the card and the result, and send it at once: the job log and the
         CLI show progress messages, so a person sees it while the job runs, not only afterwards."""
         self.warnings.append(message)
         if self.callback:
-            self.callback(ProgressEvent(self.stage, self.step, self.total, message=f"warning: {message}"))
+            self._send(ProgressEvent(self.stage, self.step, self.total, message=f"warning: {message}"))
 
 
 def _finite_step(loss: float, params: list) -> bool:
@@ -362,6 +379,18 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         raise TrainingError(f"Only {len(train.inputs)} usable training rows; at least {cfg.min_rows} are needed.")
     if len(valid.inputs) < 2:
         raise TrainingError("The validation set has fewer than 2 usable rows.")
+    # A seeded half of a large enough validation set sets the interval's half-width and nothing else:
+    # calibrated on the rows that chose the epoch and the read-out layer, it (and its coverage) would
+    # be optimistic. From here until the final evaluation, ``valid`` is the other half.
+    full_valid, calib = valid, None
+    holdout = _calibration_split(len(valid.inputs), cfg.seed) if cfg.task == "regression" else None
+    if holdout is not None:
+        valid, calib = _subset(full_valid, holdout[0]), _subset(full_valid, holdout[1])
+    # Checked before the warm start: a checkpoint of another run is refused at once, not minutes later.
+    ckpt = _Checkpoint(checkpoint_dir, _run_identity(backbone, cfg, {"train": train, "valid": full_valid})) \
+        if checkpoint_dir else None
+    if ckpt:
+        ckpt.verify()
     scaler = None
     if cfg.task == "regression":
         scaler = LabelScaler.fit(train.y)
@@ -405,7 +434,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     n_cached = len(train_plans) + len(valid_plans)
     prefix_steps = math.ceil(n_cached / 32)
     report = _Progress(progress if main else None, "stage3" if len(cfg.slots) > 1 else "stage2",
-                       warm_steps + prefix_steps + steps_per_epoch * cfg.epochs)
+                       warm_steps + prefix_steps + steps_per_epoch * cfg.epochs, defer_cancel=world > 1)
     if split and split.warning:
         report.warn(split.warning)
     phase_seconds: dict = {"epochs": []}
@@ -508,7 +537,6 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                         f"infinite; it counts as a bad epoch.")
 
     start_epoch, history, best, best_state, best_epoch, bad_epochs = 0, [], None, None, 0, 0
-    ckpt = _Checkpoint(checkpoint_dir) if checkpoint_dir else None
     if ckpt and ckpt.exists():
         start_epoch, history, best, best_epoch, bad_epochs, best_state = ckpt.load(tag_param, model.head, optimizer)
     else:
@@ -565,6 +593,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
             losses.append(batch_loss)
             step = warm_steps + epoch * steps_per_epoch + b + 1
             report(step, loss=batch_loss, epoch=epoch + (b + 1) / steps_per_epoch, examples=(b + 1) * cfg.batch_size)
+            _stop_if_cancelled(accelerator, report)
         model.eval()
         if stopped:
             break
@@ -573,13 +602,17 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         phase_seconds["epochs"].append(round(time.perf_counter() - t_phase, 1))
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in metrics.items()}}
         history.append(entry)
-        value = metrics.get(stop_metric)
+        # The main process's score decides for every process (each validates on its own, and its data or
+        # its rounding may differ), so all keep the same best state and stop at the same epoch.
+        value = _from_main(accelerator, [math.nan if metrics.get(stop_metric) is None else metrics[stop_metric]])[0]
+        value = None if math.isnan(value) else value
         if value is not None and _better(value, best, stop_larger):
             best, best_state, best_epoch, bad_epochs = value, snapshot(), epoch + 1, 0
         else:
             bad_epochs += 1
         report(warm_steps + (epoch + 1) * steps_per_epoch, loss=entry["train_loss"],
                metrics={k: v for k, v in entry.items() if k.startswith("valid_")}, epoch=float(epoch + 1))
+        _stop_if_cancelled(accelerator, report)
         if ckpt and main:
             ckpt.save(epoch + 1, history, best, best_epoch, bad_epochs, best_state, tag_param, model.head, optimizer)
         if bad_epochs >= cfg.patience:
@@ -589,16 +622,24 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         tag_param.copy_(best_state[0])
     model.head.load_state(best_state[1])
     out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
+    held_out = None  # (metrics, predictions) of the best state on the calibration rows
+    if calib is not None:
+        out_calib = _predict_std(model, cache, [("c", i) for i in range(len(calib.inputs))],
+                                 [model.plan(r) for r in calib.inputs], 32, _descriptors(cfg, kinds, calib.inputs))
+        held_out = _evaluate(cfg.task, out_calib, calib.y, scaler)
+        # The validation set is whole again: the card's metrics and baselines cover all its rows.
+        out, valid = _in_split_order(out, out_calib, holdout), full_valid
+        extra_valid = _descriptors(cfg, kinds, valid.inputs)
     metrics, pred = _evaluate(cfg.task, out, valid.y, scaler)
     interval = None
     if cfg.task == "regression":
-        resid = valid.y[:, 0] - pred[:, 0]
-        half = conformal_halfwidth(resid, cfg.interval_level)
-        # Too few validation rows for the level gives an infinite half-width: no interval then.
-        if np.isfinite(half):
-            interval = {"level": cfg.interval_level, "halfwidth": [half],
-                        "crossfit_coverage": _crossfit_coverage(resid, cfg.interval_level), "n_calibration": len(resid)}
+        resid = calib.y - held_out[1] if calib is not None else valid.y - pred
+        interval = _conformal_interval(resid, cfg.interval_level, held_out=calib is not None)
     label_sample = (train.y[:, 0] if cfg.task == "regression" else train.y).tolist()[:2000]
+    # The applicability domain: the training inputs' fingerprints (packed) and the similarity below which
+    # validation error rose, so prediction can flag inputs unlike anything the tag learned from.
+    applicability, references = build_applicability(kinds, train.inputs, valid.inputs,
+                                                    validation_errors(cfg.task, valid.y, pred), cfg.task, cfg.seed)
     baselines = {}
     if cfg.baselines and main:
         report(report.total, message="classic baselines on the same rows")
@@ -616,11 +657,17 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         labels=list(cfg.labels), classes=classes, label_scaling=scaler.to_dict() if scaler else None,
         readout=cfg.readout, layers=list(model.layers) if model.layers else None, features=cfg.features,
         descriptor_names=row_feature_names(kinds) if n_extra else [],
-        head=head_cfg.to_dict(), metrics={"valid": metrics, **({"baselines": baselines} if baselines else {})},
-        interval=interval, label_sample=label_sample,
+        head=head_cfg.to_dict(), metrics={"valid": metrics, **({"held_out": held_out[0]} if held_out else {}),
+                                          **({"baselines": baselines} if baselines else {})},
+        interval=interval, label_sample=label_sample, applicability=applicability,
         training={
             "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
             "rows_valid": len(valid.inputs), "rows_dropped": len(data.dropped),
+            # validation rows that chose the epoch (and layer), and those that set the interval alone; the
+            # same rows for a small validation set (interval["calibration"] == "shared")
+            "selection_rows": len(valid.inputs) - (len(calib.inputs) if calib is not None else 0),
+            "calibration_rows": (len(calib.inputs) if calib is not None else len(valid.inputs))
+                                if cfg.task == "regression" else None,
             "split": "given" if valid_df is not None else cfg.split,
             "split_method": "given" if valid_df is not None else split.method,
             "early_stopping_metric": stop_metric, "best_epoch": best_epoch,
@@ -638,8 +685,9 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                              if layer_choice else None),
         },
     )
+    _stop_if_cancelled(accelerator, report)  # a cancel seen in the last reports: nothing is saved
     tag = Tag(card, best_state[0].detach().float().cpu(), {k: v.cpu() for k, v in best_state[1].items()},
-              {k: v.float().cpu() for k, v in domain_vecs.items()})
+              {k: v.float().cpu() for k, v in domain_vecs.items()}, references)
     path = library.save(tag) if (save and library is not None and main) else None
     if ckpt and main:
         ckpt.clear()
@@ -670,19 +718,78 @@ def _augmented_rows(row: dict, cfg: FunctionTagConfig, index: int) -> list[dict]
 def _accelerator(backbone: Backbone, grad_accum: int = 1):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=backbone.device.type == "cpu", gradient_accumulation_steps=grad_accum)
+    accelerator = Accelerator(cpu=backbone.device.type == "cpu", gradient_accumulation_steps=grad_accum)
+    # The gradient state is process-wide: a run that ended between two optimizer steps would leave it
+    # "not syncing", and the next run's optimizer would skip its steps.
+    accelerator.sync_gradients = True
+    return accelerator
 
 
-def _sync_grads(accelerator, params: list, loss: torch.Tensor) -> float:
+def _sync_grads(accelerator, params: list, loss: torch.Tensor, grads: bool = True) -> float:
     """Sum gradients (and the loss) over processes; each process's loss is its share of the batch
-    mean, so the sum is the full-batch gradient. Returns the batch loss. A no-op for one process."""
+    mean, so the sum is the full-batch gradient. Returns the batch loss. A no-op for one process.
+    ``grads=False`` sums the loss alone: with gradient accumulation ``.grad`` is this process's running
+    sum over the micro-steps, summed across processes once, at the optimizer step (summing it on every
+    micro-step would add the other processes' earlier micro-steps again)."""
     if accelerator.num_processes == 1:
         return float(loss.detach())
-    for p in params:
+    for p in params if grads else []:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         p.grad = accelerator.reduce(p.grad, reduction="sum")
     return float(accelerator.reduce(loss.detach().clone(), reduction="sum"))
+
+
+CALIBRATION_MIN_ROWS = 40  # validation rows from which half is held out for the interval
+
+
+def _calibration_split(n: int, seed: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(selection, calibration) positions of ``n`` validation rows, sorted, a seeded half each; ``None``
+    below ``CALIBRATION_MIN_ROWS`` (halves too small to choose an epoch or to calibrate)."""
+    if n < CALIBRATION_MIN_ROWS:
+        return None
+    order = np.random.default_rng([seed, 11]).permutation(n)
+    return np.sort(order[n // 2:]), np.sort(order[: n // 2])
+
+
+def _in_split_order(selection: np.ndarray, calibration: np.ndarray, holdout: tuple) -> np.ndarray:
+    """Rows of the two halves back in the validation set's order."""
+    merged = np.empty((len(selection) + len(calibration), *selection.shape[1:]), selection.dtype)
+    merged[holdout[0]], merged[holdout[1]] = selection, calibration
+    return merged
+
+
+def _conformal_interval(resid: np.ndarray, level: float, held_out: bool) -> Optional[dict]:
+    """The card's interval from (N, K) calibration residuals: a split-conformal half-width per output;
+    ``None`` when there are too few rows for the level (an infinite half-width). ``held_out``: the rows
+    chose nothing else; otherwise the interval is optimistic, and the card says so."""
+    halves = [float(conformal_halfwidth(resid[:, k], level)) for k in range(resid.shape[1])]
+    if not all(np.isfinite(halves)):
+        return None
+    interval = {"level": level, "halfwidth": halves, "crossfit_coverage": _crossfit_coverage(resid[:, 0], level),
+                "n_calibration": len(resid), "calibration": "held_out" if held_out else "shared"}
+    if not held_out:
+        interval["note"] = (f"The interval is optimistic: with fewer than {CALIBRATION_MIN_ROWS} validation rows, "
+                            f"the {len(resid)} rows that set it also chose the best epoch (and the read-out "
+                            f"layer), so its coverage on new data is likely below {level:.0%}.")
+    return interval
+
+
+def _from_main(accelerator, values: list) -> list:
+    """The main process's ``values`` (floats) on every process. Decisions that end a loop (early
+    stopping, a cancel) are the main process's, so no process leaves a loop that another stays in,
+    waiting forever in its next all-reduce. Returns ``values`` for one process."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    from accelerate.utils import broadcast
+
+    return broadcast(torch.tensor(values, dtype=torch.float64, device=accelerator.device), from_process=0).tolist()
+
+
+def _stop_if_cancelled(accelerator, report: _Progress) -> None:
+    """Raise ``JobCancelled`` on every process when the main one's callback cancelled the job."""
+    if accelerator.num_processes > 1 and _from_main(accelerator, [float(report.cancelled)])[0]:
+        raise JobCancelled("the job was cancelled")
 
 
 def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:
@@ -698,14 +805,54 @@ def _crossfit_coverage(resid: np.ndarray, level: float) -> Optional[float]:
     return float(np.mean([np.mean(np.abs(resid[t]) <= h) for h, t in halves]))
 
 
-class _Checkpoint:
-    """Per-epoch training state in safetensors + JSON (no pickle), for resume."""
+# Settings that do not change the course of training up to a checkpoint: a resumed run may change them.
+_RESUMABLE_SETTINGS = ("description", "epochs", "patience", "cache_budget_gb", "baselines")
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_identity(backbone: Backbone, cfg: FunctionTagConfig, parts: dict) -> dict:
+    """SHA-256 fingerprints of what a checkpoint's state depends on: ``data`` (every cleaned row of
+    every part of the split, with its label: the file, the split and its seed), ``settings`` (the
+    configuration, less ``_RESUMABLE_SETTINGS``) and ``backbone`` (its weights' fingerprint)."""
+    fp = backbone.fingerprint
+    return {
+        "data": _digest({k: [p.inputs, p.y.tolist()] for k, p in parts.items()}),
+        "settings": _digest({k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_SETTINGS}),
+        "backbone": _digest([fp.hidden_size, fp.vocab_size, fp.embedding_sha256]),
+    }
+
+
+class _Checkpoint:
+    """Per-epoch training state in safetensors + JSON (no pickle), for resume. ``identity``
+    (``_run_identity``) is stored with it: a folder left by another run is refused, never resumed,
+    since a state of the same shapes would load silently and train on from someone else's epoch."""
+
+    def __init__(self, folder: Path, identity: dict):
+        self.folder, self.identity = Path(folder), identity
 
     def exists(self) -> bool:
         return (self.folder / "state.json").exists()
+
+    def verify(self) -> None:
+        """Raise ``TrainingError`` when the folder holds a checkpoint that this run did not write."""
+        if not self.exists():
+            return
+        start_afresh = "Delete the folder, or give this run another checkpoint folder, to start afresh."
+        try:
+            found = json.loads((self.folder / "state.json").read_text()).get("identity")
+        except (OSError, ValueError, AttributeError):
+            raise TrainingError(f"The checkpoint in {self.folder} cannot be read. {start_afresh}") from None
+        if not isinstance(found, dict):
+            raise TrainingError(f"The checkpoint in {self.folder} has no run fingerprint (an older version wrote "
+                                f"it), so it cannot be told apart from another run's; it was not resumed. "
+                                f"{start_afresh}")
+        differ = [what for what in ("data", "settings", "backbone") if found.get(what) != self.identity[what]]
+        if differ:
+            raise TrainingError(f"The checkpoint in {self.folder} comes from another run (its "
+                                f"{' and '.join(differ)} differ from this run's); it was not resumed. {start_afresh}")
 
     def save(self, epoch, history, best, best_epoch, bad_epochs, best_state, tag_param, head, optimizer):
         from safetensors.torch import save_file
@@ -727,8 +874,9 @@ class _Checkpoint:
                     scalars[f"{pid}.{name}"] = float(val)
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
-        meta = {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "opt_scalars": scalars, "param_groups": opt["param_groups"]}
+        meta = {"identity": self.identity, "epoch": epoch, "history": history, "best": best,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "opt_scalars": scalars,
+                "param_groups": opt["param_groups"]}
         atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
     def load(self, tag_param, head, optimizer):
@@ -876,7 +1024,7 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     optimizer = accelerator.prepare(torch.optim.Adam([tag], lr=cfg.lr))
-    report = _Progress(progress if main else None, "stage1", cfg.steps)
+    report = _Progress(progress if main else None, "stage1", cfg.steps, defer_cancel=world > 1)
     # Length bucketing: batches of similar length waste little on padding.
     by_len = sorted(range(len(train)), key=lambda i: len(train[i]))
     buckets = [by_len[s:s + cfg.batch_size] for s in range(0, len(by_len), cfg.batch_size)]
@@ -896,10 +1044,13 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
                 else:
                     loss = tag.sum() * 0.0
                 accelerator.backward(loss)
-                loss = torch.tensor(_sync_grads(accelerator, [tag], loss))
-                # Checked before the step, so the tag stays the last finite one (the loss is summed over
-                # processes, so every rank stops at the same step).
-                if not _finite_step(float(loss), [tag]):
+                # Gradients are summed across processes only when the optimizer steps (the end of an
+                # accumulation); the loss on every micro-step.
+                synced = accelerator.sync_gradients
+                loss = torch.tensor(_sync_grads(accelerator, [tag], loss, grads=synced))
+                # Checked before the step, so the tag stays the last finite one (the loss and the synced
+                # gradients are summed over processes, so every rank stops at the same step).
+                if not _finite_step(float(loss), [tag] if synced else []):
                     stopped = True
                     report.warn(f"Training stopped at step {step + 1} of {cfg.steps}: the loss or its gradient "
                                 f"became non-finite (NaN or infinity). The tag after step {step}, the last "
@@ -914,6 +1065,7 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
                 metrics = {"valid_perplexity": domain_perplexity(backbone, encoder, valid, tag.detach())}
                 history.append({"step": step, "train_loss": loss.item(), **metrics})
             report(step, loss=loss.item(), metrics=metrics, examples=tokens, message="tokens/s")
+            _stop_if_cancelled(accelerator, report)
             if step >= cfg.steps:
                 break
     if not torch.isfinite(tag).all():  # a finite loss can still step into overflow; never save such a tag

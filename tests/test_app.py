@@ -11,7 +11,10 @@ and job database; the job processes inherit it through the environment.
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
+import json
 import time
 from pathlib import Path
 
@@ -220,7 +223,46 @@ def test_predict_paste_mismatched_boxes_is_an_error():
     with pytest.raises(InputError, match="different numbers"):
         rows_from_paste(slots, {"protein": "MKV\nMKL", "smiles": "CCO\nCCN\nCCC"})
     rows = rows_from_paste(slots, {"protein": ">p1\nMKV\nLLA", "smiles": "CCO\nCCN"})  # one protein, paired
-    assert rows == [{"protein": ">p1\nMKV\nLLA", "smiles": "CCO"}, {"protein": ">p1\nMKV\nLLA", "smiles": "CCN"}]
+    assert rows == [{"protein": ">p1\nMKV\nLLA", "smiles": "CCO", "name": "p1"},
+                    {"protein": ">p1\nMKV\nLLA", "smiles": "CCN", "name": "p1"}]
+
+
+def test_paste_keeps_names_fasta_headers_and_blank_lines():
+    """Issue 10 item 7: "SMILES name" lines and FASTA headers give a name column; a blank line is a row
+    (reported as empty), so row numbers match the pasted lines."""
+    from ui.inputs import rows_from_paste
+
+    rows = rows_from_paste([("smiles", "smiles")], {"smiles": "CCO ethanol\n\nc1ccccc1O phenol  (PhOH)\n\n"})
+    assert rows == [{"smiles": "CCO", "name": "ethanol"}, {"smiles": "", "name": ""},
+                    {"smiles": "c1ccccc1O", "name": "phenol  (PhOH)"}]
+    rows = rows_from_paste([("sequence", "protein")], {"sequence": ">p1 kinase A\nMKV\n\n>p2\nLLA\n"})
+    assert [r["name"] for r in rows] == ["p1 kinase A", "p2"]
+    assert rows_from_paste([("smiles", "smiles")], {"smiles": "CCO\nCCN\n"}) == [{"smiles": "CCO"}, {"smiles": "CCN"}]
+
+
+def test_csv_id_column_is_kept_for_each_row():
+    from ui.inputs import rows_from_table
+
+    df = pd.DataFrame({"Compound ID": ["A", "B"], "smiles": ["CCO", "CCN"]})
+    assert rows_from_table(df, {"smiles": "smiles"}) == [{"smiles": "CCO", "id": "A"}, {"smiles": "CCN", "id": "B"}]
+    named = pd.DataFrame({"name": ["ethanol"], "smiles": ["CCO"]})
+    assert rows_from_table(named, {"smiles": "smiles"}) == [{"smiles": "CCO", "name": "ethanol"}]
+
+
+def test_predict_table_reads_names_rows_and_units(tiny_app):
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "LogS", template="Input: The SMILES of the molecule is {smiles:<SMILES>}. "
+                                                     "Output: The solubility (log mol/L) is <{name}>"))
+    at = new_app("pages/predict.py")
+    at.selectbox(key="predict_tag").set_value("LogS").run()
+    at.text_area(key="paste::smiles").input("CCO ethanol\n\nc1ccccc1O phenol").run()
+    at.button(key="predict_button").click().run()
+    frame = at.session_state["prediction"].frame
+    assert frame["row"].tolist() == [1, 2, 3] and frame["name"].tolist() == ["ethanol", "", "phenol"]
+    assert "empty input" in frame.loc[1, "error"] and frame.loc[2, "error"] == ""
+    assert list(frame.columns[:4]) == ["row", "status", "name", "prediction"]
+    shown = next(df for df in at.dataframe if "name" in df.value.columns)
+    assert json.loads(shown.proto.columns)["prediction"]["label"] == "LogS (log mol/L)"  # units in the header
 
 
 def test_predict_zero_shot_swap_is_marked(tiny_app):
@@ -243,6 +285,43 @@ def test_predict_opens_on_a_one_input_tag(tiny_app):
     at = new_app("pages/predict.py")
     assert at.selectbox(key="predict_tag").value == "Solubility"
     assert any(o.startswith("<Affinity>") for o in at.selectbox(key="predict_tag").options)
+
+
+def test_predict_many_tags_in_one_table(tiny_app):
+    """Issue 10 item 4: tags with the same inputs give one table with a column per tag, and one CSV;
+    the first tag's single-tag view stays below as the detail."""
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "Toxicity", seed=5))
+    lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", "Protein"),)))
+    at = new_app("pages/predict.py")
+    more = at.multiselect(key="predict_more")
+    assert any(o.startswith("<Toxicity>") for o in more.options)
+    assert not any(o.startswith("<Stability>") for o in more.options)  # reads a protein, not a SMILES
+    more.set_value(["Toxicity"]).run()
+    at.text_area(key="paste::smiles").input("CCO\nC1CC(C\nc1ccccc1O").run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    many = at.session_state["prediction_many"]
+    frame = many.frame
+    assert {"Solubility", "Solubility lower", "Solubility upper", "Toxicity"} <= set(frame.columns)
+    assert frame.loc[1, "error"].count("invalid SMILES") == 1
+    assert frame.loc[0, "error"] == "" and frame.loc[2, "error"] == ""
+    assert any({"Solubility", "Toxicity"} <= set(df.value.columns) for df in at.dataframe)
+    assert "predict_many_download" in {b.key for b in at.get("download_button")}
+    from ui.results import many_download_frame
+
+    csv = many_download_frame(many).to_csv(index=False)
+    assert "Toxicity" in csv.splitlines()[0] and "None" not in csv
+    # the single-tag view of the first tag stays, as the detail
+    assert at.session_state["prediction"].tag == "Solubility"
+    assert at.number_input(key="detail_row").value == 1
+    # the other tag's detail is one choice away
+    at.selectbox(key="predict_detail_tag").set_value("Toxicity").run()
+    assert at.session_state["prediction"].tag == "Toxicity"
+    # back to one tag: the combined table goes, the single view stays
+    at.multiselect(key="predict_more").set_value([]).run()
+    at.button(key="predict_button").click().run()
+    assert "prediction_many" not in at.session_state or at.session_state["prediction_many"] is None
 
 
 def test_predict_protein_detail_view(tiny_app):
@@ -640,6 +719,9 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
                   metrics={"valid": {"rmse": 1.1}})
     assert cards.readout_text(old) == "the final layer" and cards.comparison_frame(old) is None
+    shallow = dataclasses.replace(card, training={"layer_choice": {"chosen": 12, "best": 26}})
+    assert cards.readout_text(shallow).startswith(
+        "layer 12 (chosen on validation: the shallowest within one standard error of the best, layer 26)")
 
 
 # --------------------------------------------------------------------------- hardening (issue 11)

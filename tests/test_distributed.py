@@ -2,8 +2,10 @@
 
 Each process takes its share of every batch and the gradients are summed across processes,
 so two processes (gloo) must train the same tags as one process, to float rounding: both
-the function tag with its head (stages 2-3) and a domain tag (stage 1). Uses batches that do
-not split evenly. Runs the worker in subprocesses: ~1 minute on two cores.
+the function tag with its head (stages 2-3) and a domain tag (stage 1, also with gradient
+accumulation). Uses batches that do not split evenly. The ranks also stop together: on rank 0's
+early-stopping decision and on its cancel flag. Runs the worker in subprocesses: ~2 minutes on
+two cores.
 """
 
 from __future__ import annotations
@@ -27,26 +29,49 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(args: list, out: Path) -> None:
+def _run(args: list, out: Path, mode: str = "train", timeout: float = 300) -> None:
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run([sys.executable, *args, str(HERE / "_ddp_worker.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+    # the timeout turns a rank waiting forever for the other into a failure
+    proc = subprocess.run([sys.executable, *args, str(HERE / "_ddp_worker.py"), str(out), mode], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _two(out: Path, mode: str = "train", timeout: float = 300) -> list:
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())], out, mode,
+         timeout)
+    return [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
 
 
 def test_two_processes_train_the_same_tags_as_one(tmp_path):
     _run([], tmp_path / "one")
-    _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())],
-         tmp_path / "two")
+    ranks = _two(tmp_path / "two")
     one = load_file(str(tmp_path / "one" / "rank0.safetensors"))
-    ranks = [load_file(str(tmp_path / "two" / f"rank{r}.safetensors")) for r in (0, 1)]
     assert one["world"].tolist() == [1, 0]
     assert [r["world"].tolist() for r in ranks] == [[2, 0], [2, 1]]  # really two processes
-    for key in ("function", "head", "domain"):
+    # domain_accum*: stage 1 with gradient accumulation 2 and 3 (the gradients are summed across
+    # processes once per optimizer step, not on every micro-step)
+    for key in ("function", "head", "domain", "domain_accum2", "domain_accum3"):
         assert not torch.equal(one[key], torch.zeros_like(one[key]))
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0)  # replicas stay identical
         torch.testing.assert_close(ranks[0][key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def test_ranks_stop_on_rank_zeros_early_stopping_decision(tmp_path):
+    """Rank 1's validation gets worse every epoch (patience 1: it alone would stop after epoch 1);
+    rank 0's decides for both, so neither waits for the other and the replicas stay identical."""
+    ranks = _two(tmp_path / "two", "stop", timeout=240)
+    assert ranks[0]["epochs_run"].item() == ranks[1]["epochs_run"].item() >= 2
+    torch.testing.assert_close(ranks[0]["function"], ranks[1]["function"], rtol=0, atol=0)
+
+
+def test_a_cancel_on_rank_zero_stops_every_rank(tmp_path):
+    """Only rank 0 reports progress, so only it sees the cancel; every rank must raise JobCancelled
+    (stage 2, then stage 1) instead of waiting for the other in the next all-reduce."""
+    ranks = _two(tmp_path / "two", "cancel", timeout=240)
+    for r in ranks:
+        assert r["function"].item() == 1 and r["domain"].item() == 1
 
 
 def test_cli_under_torchrun_reports_and_saves_once(tmp_path):

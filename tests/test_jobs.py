@@ -304,6 +304,23 @@ def test_default_command_goes_through_the_cli(store):
                    "--job-db", str(store.db_path), "--job-id", str(job.id)]
 
 
+def test_function_tag_jobs_checkpoint_in_their_own_folder(store):
+    """A training job passes a checkpoint folder of its own, the same on every launch (from any
+    store on the database, as after an app restart), so a job process started again resumes its
+    last epoch; deleting the job deletes the folder."""
+    job = store.create("train-function-tag", "sol", ["train-function-tag", "--name=sol"])
+    cmd = jobs.job_command(store, job, python="py")
+    folder = store.log_dir / f"{job.id}-checkpoint"
+    assert f"--checkpoint-dir={folder}" in cmd
+    assert jobs.job_command(JobStore(store.db_path), job, python="py") == cmd
+    other = store.create("train-domain-tag", "dom", ["train-domain-tag", "--name=dom"])
+    assert not any(a.startswith("--checkpoint-dir") for a in jobs.job_command(store, other, python="py"))
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    store.fail(job.id, "stopped")
+    assert store.delete(job.id) and not folder.exists()
+
+
 def test_launch_failure_marks_job_failed(store):
     job = store.create("k", "n", [])
     with pytest.raises(OSError):

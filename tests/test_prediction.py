@@ -236,6 +236,28 @@ def test_non_finite_output_is_a_row_error(llama):
 # --- zero-shot domain swaps ----------------------------------------------------------------------
 
 
+def test_multi_output_intervals_are_per_output(backbone):
+    tag = make_function_tag(backbone, n_outputs=2, label_scaling={"mean": [1.0, 2.0], "std": [1.0, 1.0]},
+                            interval={"level": 0.9, "halfwidth": [0.5, 2.0]})
+    r = Predictor(backbone, tag).predict([{"smiles": "CCO"}])[0]
+    assert r.interval_calibrated is True
+    assert r.lowers == pytest.approx([r.outputs[0] - 0.5, r.outputs[1] - 2.0])
+    assert r.uppers == pytest.approx([r.outputs[0] + 0.5, r.outputs[1] + 2.0])
+    assert (r.lower, r.upper) == (r.lowers[0], r.uppers[0])
+
+
+def test_zero_shot_intervals_are_marked_uncalibrated(backbone):
+    """The half-width was calibrated with the trained domain tags; after a swap it is a guess."""
+    tag = make_function_tag(backbone, interval={"level": 0.9, "halfwidth": [0.75]})
+    normal = Predictor(backbone, tag).predict([{"smiles": "CCO"}])[0]
+    assert normal.interval_calibrated is True
+    swapped = Predictor(backbone, tag, domain_overrides={"smiles": None}).predict([{"smiles": "CCO"}])[0]
+    assert swapped.zero_shot and swapped.lower is not None and swapped.interval_calibrated is False
+    assert any("not calibrated" in f for f in swapped.flags) and not any("not calibrated" in f for f in normal.flags)
+    plain = Predictor(backbone, make_function_tag(backbone)).predict([{"smiles": "CCO"}])[0]
+    assert plain.interval_calibrated is None  # no interval at all
+
+
 def test_zero_shot_domain_swap_via_library(backbone, library_factory):
     lib = library_factory(backbone)
     lib.save(make_domain_tag(backbone, "SMILES2", "smiles", n_tokens=4, seed=42))
@@ -498,3 +520,65 @@ def test_over_long_smiles_is_a_row_error_not_a_cropped_molecule(llama):
     # a tag trained with a shorter limit refuses longer molecules at prediction too
     res = Predictor(llama, tag, max_length={"smiles": 10}).predict([{"smiles": "CCCCCCCCCCCCO"}, {"smiles": "CCO"}])
     assert not res[0].ok and "longer than the limit of 10" in res[0].error and res[1].ok
+
+
+# --- applicability domain (tests/test_domain.py has the rest) --------------------------------------
+
+
+def test_a_trained_two_input_tag_knows_both_domains(llama):
+    import pandas as pd
+
+    from tagllm_core.tags import SlotSpec
+    from tagllm_core.training import FunctionTagConfig, train_function_tag
+
+    prots = ["MKTAYIAKQR", "GSHGSHGSWV", "WWVKRQWWVA", "PEPTIDEPEPTIDE"]
+    smiles = ["CCO", "CCN", "c1ccccc1O", "CC(C)O"]
+    rows = [(p, s) for p in prots for s in smiles]
+    df = pd.DataFrame({"sequence": [p for p, _ in rows], "smiles": [s for _, s in rows],
+                       "y": [len(p) + len(s) for p, s in rows]})
+    cfg = FunctionTagConfig(name="Pairs", labels=["y"], epochs=1, split="random", valid_fraction=0.25, n_tokens=2,
+                            slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)])
+    tag = train_function_tag(llama, None, cfg, df, save=False).tag
+    domain = tag.card.applicability
+    assert set(domain) == {"sequence", "smiles"}
+    assert domain["sequence"]["kind"] == "protein" and domain["sequence"]["n_reference"] <= 4
+    assert tuple(tag.reference_fingerprints["sequence"].shape) == (domain["sequence"]["n_reference"], 1000)
+    assert tuple(tag.reference_fingerprints["smiles"].shape) == (domain["smiles"]["n_reference"], 256)
+    res = Predictor(llama, tag).predict([{"sequence": p, "smiles": s} for p, s in rows])
+    from tagllm_core import applicability as ad
+
+    for slot, kind, column in (("sequence", "protein", 0), ("smiles", "smiles", 1)):
+        stored = {bytes(r) for r in tag.reference_fingerprints[slot].numpy()}
+        for r, row in zip(res, rows):
+            seen = bytes(ad.fingerprints(kind, [row[column]])[0]) in stored
+            assert (r.similarity[slot] == pytest.approx(1.0)) == seen
+    assert {r.domain for r in res} <= {"in", "out"}
+
+
+def test_similarity_does_not_depend_on_the_batch(llama):
+    from tagllm_core import applicability as ad
+
+    tag = make_function_tag(llama)
+    tag.reference_fingerprints["smiles"] = torch.from_numpy(ad.fingerprints("smiles", SMILES[:6]))
+    tag.card.applicability["smiles"] = {"kind": "smiles", "n_reference": 6, "threshold": 0.3,
+                                        "curve": {"edges": [0.3, 1.0], "error": [0.2], "count": [3]}}
+    p = Predictor(llama, tag)
+    rows = [{"smiles": s} for s in SMILES]
+    together = [r.similarity["smiles"] for r in p.predict(rows, batch_size=5)]
+    alone = [p.predict([row])[0].similarity["smiles"] for row in rows]
+    assert together == alone
+    assert together[:6] == pytest.approx([1.0] * 6)
+
+
+def test_classification_frame_puts_similarity_and_domain_after_the_probabilities(llama):
+    from tagllm_core import applicability as ad
+    from tagllm_core.prediction import results_frame
+
+    tag = make_function_tag(llama, task="classification", n_outputs=2, classes=["no", "yes"])
+    tag.reference_fingerprints["smiles"] = torch.from_numpy(ad.fingerprints("smiles", ["CCO"]))
+    tag.card.applicability["smiles"] = {"kind": "smiles", "n_reference": 1, "threshold": 0.5,
+                                        "curve": {"edges": [0.5, 1.0], "error": [0.0], "count": [2]}}
+    frame = results_frame(Predictor(llama, tag).predict([{"smiles": "CCO"}, {"smiles": "c1ccccc1"}]), ["no", "yes"])
+    cols = list(frame.columns)
+    assert cols[cols.index("p(yes)") + 1: cols.index("p(yes)") + 3] == ["similarity", "domain"]
+    assert frame["domain"].tolist() == ["in", "out"]

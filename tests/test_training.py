@@ -319,6 +319,35 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(llama, tmp_path):
     assert os.listdir(ckpt) == []  # a finished run clears its checkpoint
 
 
+def test_a_checkpoint_from_another_run_is_refused(llama, tmp_path):
+    """A leftover checkpoint folder resumes only the run that wrote it: other data, other settings or
+    a checkpoint without the run's fingerprint (an older version) are refused, and the folder is kept."""
+    import json
+
+    df = small_frame(12)
+    ckpt = tmp_path / "ckpt"
+
+    def stop_in_epoch_two(ev):
+        if ev.epoch is not None and ev.epoch > 1.0 and not ev.metrics:
+            raise JobCancelled("interrupted")
+
+    cfg = smiles_cfg(epochs=2, readout="last", ridge_warm_start=False)
+    with pytest.raises(JobCancelled):
+        train_function_tag(llama, None, cfg, df, save=False, checkpoint_dir=ckpt, progress=stop_in_epoch_two)
+    other_data = df.assign(y=df["y"] * 2.0)  # same rows and shapes, other labels
+    with pytest.raises(TrainingError, match=r"another run.*data"):
+        train_function_tag(llama, None, cfg, other_data, save=False, checkpoint_dir=ckpt)
+    other_cfg = smiles_cfg(epochs=2, readout="last", ridge_warm_start=False, tag_lr=1e-2)
+    with pytest.raises(TrainingError, match=r"another run.*settings"):
+        train_function_tag(llama, None, other_cfg, df, save=False, checkpoint_dir=ckpt)
+    assert sorted(os.listdir(ckpt)) == ["state.json", "state.safetensors"]  # refused, not deleted
+    meta = json.loads((ckpt / "state.json").read_text())
+    meta.pop("identity", None)  # as written before checkpoints carried the run's fingerprint
+    (ckpt / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainingError, match="fingerprint"):
+        train_function_tag(llama, None, cfg, df, save=False, checkpoint_dir=ckpt)
+
+
 # --- cancellation and killed jobs leave no tag -------------------------------------------------------
 
 
@@ -495,6 +524,34 @@ def test_dropped_rows_keep_file_row_numbers_with_max_rows(llama):
     assert expected  # some bad rows are in the sample
     res = train_function_tag(llama, None, cfg, df, save=False)
     assert sorted(r for r, _ in res.dropped) == expected
+
+
+def test_interval_is_calibrated_on_held_out_validation_rows(llama):
+    """With 40 or more validation rows, a seeded half of them sets the interval's half-width and
+    nothing else: early stopping and the layer choice see only the other half."""
+    from tagllm_core.training import _calibration_split
+
+    df = small_frame(20)  # 100 rows, 40 for validation
+    res = train_function_tag(llama, None, smiles_cfg(epochs=1, valid_fraction=0.4), df, save=False)
+    card = res.tag.card
+    assert card.training["rows_valid"] == 40
+    assert card.training["calibration_rows"] == 20 and card.training["selection_rows"] == 20
+    assert all(h["valid_n"] == 20 for h in res.history)  # early stopping saw the selection half only
+    select, calib = _calibration_split(40, 0)
+    assert sorted([*select, *calib]) == list(range(40)) and len(calib) == 20
+    vt, vp = np.array(res.valid_true), np.array(res.valid_pred)  # every validation row, in split order
+    assert card.interval["n_calibration"] == 20 and card.interval["calibration"] == "held_out"
+    assert card.interval["halfwidth"][0] == pytest.approx(conformal_halfwidth(vt[calib] - vp[calib], 0.9))
+    assert card.metrics["held_out"]["n"] == 20
+    assert "note" not in card.interval
+
+
+def test_small_validation_set_shares_its_rows_and_says_the_interval_is_optimistic(llama):
+    res = train_function_tag(llama, None, smiles_cfg(valid_fraction=0.25), small_frame(12), save=False)
+    card = res.tag.card
+    assert card.training["rows_valid"] < 40
+    assert card.training["calibration_rows"] == card.training["rows_valid"]
+    assert card.interval["calibration"] == "shared" and "optimistic" in card.interval["note"]
 
 
 def test_small_validation_set_saves_a_tag_without_interval(llama, library_factory):

@@ -8,8 +8,11 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
+from tagllm_core.applicability import NEAREST
 from tagllm_core.backbone import BackboneFingerprint
 from tagllm_core.tags import TagCard, TagInfo
+
+from . import charts
 
 KIND_LABEL = {"smiles": "molecule (SMILES)", "protein": "protein sequence", "text": "text"}
 KIND_ICON = {"smiles": "🧪", "protein": "🧬", "text": "📝"}
@@ -64,7 +67,11 @@ def readout_text(card: TagCard) -> str:
     if card.layers:
         chosen = (card.training or {}).get("layer_choice")
         text = f"layer{'s' if len(card.layers) > 1 else ''} {', '.join(map(str, card.layers))}"
-        text += " (chosen on validation)" if chosen else ""
+        best = (chosen or {}).get("best")
+        if chosen and best and best != chosen.get("chosen"):
+            text += f" (chosen on validation: the shallowest within one standard error of the best, layer {best})"
+        elif chosen:
+            text += " (chosen on validation)"
     else:
         text = "the final layer"
     if card.features == "descriptors":
@@ -183,6 +190,8 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
         if card.classes:
             rows.append(("classes", ", ".join(map(str, card.classes))))
     rows.append(("training data", training_text(card).replace("`", "")))
+    if card.kind == "function":
+        rows.append(("applicability domain", "; ".join(domain_lines(card).values())))
     for name, value in flat_metrics(card).items():
         rows.append((name, format_number(value)))
     for key, metrics in ((card.metrics or {}).get("baselines") or {}).items():
@@ -194,3 +203,39 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
     if card.description:
         rows.append(("description", card.description))
     return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def domain_lines(card: TagCard) -> dict:
+    """{slot: ``smiles: in domain from Tanimoto 0.35 (nearest of 1,234 training molecules)``}; an older tag
+    without the data gets one "unknown" line."""
+    stored = card.applicability or {}
+    if not stored:
+        return {"": "unknown (the tag predates storing its training fingerprints)"}
+    out = {}
+    for slot, info in stored.items():
+        what, measure = NEAREST.get(info.get("kind"), ("input", "similarity"))
+        n = info.get("n_reference")
+        sample = "" if n == info.get("n_training") else f", a sample of {format_number(info.get('n_training'))}"
+        out[slot] = (f"{slot}: in domain from {measure} {format_number(info.get('threshold'), 2)} "
+                     f"to the nearest of {format_number(n)} training {what}s{sample}")
+    return out
+
+
+def render_domain(card: TagCard, key: str) -> None:
+    """The applicability domain of a function tag: its threshold per input and the validation curve
+    the threshold came from (error against similarity to the training inputs)."""
+    lines = domain_lines(card)
+    if not card.applicability:
+        st.caption(f"Applicability domain: {lines['']}. Predictions show domain \"unknown\".")
+        return
+    for slot, info in card.applicability.items():
+        st.markdown(f"**Applicability domain** · {lines[slot]}")
+        what, measure = NEAREST.get(info.get("kind"), ("input", "similarity"))
+        ratio = info.get("ratio")
+        st.caption(f"Rows whose nearest training {what} is less similar than the threshold are flagged "
+                   f"\"out\". The threshold is where validation {info.get('error_metric', 'error')} rose above "
+                   f"{ratio:g} × its average." if ratio else "")
+        st.plotly_chart(charts.domain_curve_figure(info.get("curve") or {}, float(info.get("threshold", 0.0)),
+                                                   measure, info.get("error_metric", "error"),
+                                                   info.get("overall_error"), ratio),
+                        width="stretch", key=f"domain-curve::{key}::{slot}")

@@ -139,3 +139,27 @@ def residue_figure(composition: dict) -> go.Figure:
     fig = go.Figure(go.Bar(x=list(composition), y=[100 * v for v in composition.values()],
                            marker_color=_PRED_COLOUR))
     return _layout(fig, "Residue composition", "amino acid", "% of residues", height=280)
+
+
+def domain_curve_figure(curve: dict, threshold: float, measure: str = "similarity",
+                        error_metric: str = "error", overall: Optional[float] = None,
+                        ratio: Optional[float] = None) -> go.Figure:
+    """Validation error against similarity to the training inputs (one point per similarity-quantile
+    bin, at its middle), the threshold read from it (vertical line) and the error limit of the rule
+    (``ratio`` x ``overall``, horizontal line). ``curve``: {"edges": (B+1,), "error": (B,), "count": (B,)}."""
+    edges = [float(e) for e in curve.get("edges") or []]
+    points = [((a + b) / 2, e, n, a, b) for a, b, e, n in zip(edges, edges[1:], curve.get("error") or [],
+                                                             curve.get("count") or []) if e is not None]
+    fig = go.Figure(go.Scatter(
+        x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name="validation rows",
+        line=dict(color=_PRED_COLOUR), marker=dict(size=9),
+        customdata=[[p[2], p[3], p[4]] for p in points],
+        hovertemplate=f"{measure} %{{customdata[1]:.2f}}–%{{customdata[2]:.2f}}<br>mean {error_metric} %{{y:.3g}}"
+                      "<br>%{customdata[0]} rows<extra></extra>"))
+    if overall is not None and ratio:
+        fig.add_hline(y=ratio * overall, line=dict(color="#888", dash="dot"),
+                      annotation_text=f"{ratio:g} × average {error_metric}", annotation_position="top left")
+    fig.add_vline(x=threshold, line=dict(color="#d9822b", dash="dash"),
+                  annotation_text=f"threshold {threshold:.2f}", annotation_position="top right")
+    return _layout(fig, "Validation error against similarity to the training data",
+                   f"nearest training input ({measure})", f"mean {error_metric}", height=300)

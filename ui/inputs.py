@@ -24,7 +24,7 @@ from tagllm_core.domains import clean, split_entries
 from tagllm_core.exceptions import InputError
 from tagllm_core.limits import limits
 
-__all__ = ["rows_from_paste", "rows_from_table", "guess_column", "guess_kind_of_column", "slot_name_for",
+__all__ = ["rows_from_paste", "paste_entries", "rows_from_table", "id_column", "guess_column", "guess_kind_of_column", "slot_name_for",
            "named_bytes", "content_key", "read_uploaded_table", "read_uploaded_corpus", "predict_rows_problem",
            "save_upload", "label_candidates", "guess_task"]
 
@@ -32,13 +32,15 @@ __all__ = ["rows_from_paste", "rows_from_table", "guess_column", "guess_kind_of_
 def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]:
     """Paste boxes -> rows. ``slots``: [(slot, kind)]; ``texts``: slot -> box text.
 
-    Each box holds one entry per line (FASTA records for proteins). With several
-    slots, every box needs the same number of entries, except that a box with a
-    single entry is paired with every entry of the others (one protein against
-    many molecules). Raises ``InputError`` for empty boxes or mismatched counts.
+    Each box holds one entry per line (FASTA records for proteins); a blank line is an empty entry,
+    reported as such, so row numbers match the pasted lines. With several slots, every box needs the
+    same number of entries, except that a box with a single entry is paired with every entry of the
+    others (one protein against many molecules). Names ("CCO ethanol", FASTA headers) go to a ``name``
+    key when any entry has one. Raises ``InputError`` for empty boxes or mismatched counts.
     """
-    entries = {slot: split_entries(kind, texts.get(slot) or "") for slot, kind in slots}
-    empty = [slot for slot, values in entries.items() if not values]
+    named = {slot: paste_entries(kind, texts.get(slot) or "") for slot, kind in slots}
+    entries = {slot: [e for e, _ in pairs] for slot, pairs in named.items()}
+    empty = [slot for slot, values in entries.items() if not any(v for v in values)]
     if empty:
         raise InputError(f"Enter at least one entry for {', '.join(repr(s) for s in empty)}.")
     n = max(len(v) for v in entries.values())
@@ -47,8 +49,29 @@ def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]
         counts = ", ".join(f"{s}: {len(v)}" for s, v in entries.items())
         raise InputError(f"The boxes hold different numbers of entries ({counts}). Give each box the same "
                          f"number of lines, or a single entry to pair with all the others.")
-    return [{slot: (values[i] if len(values) > 1 else values[0]) for slot, values in entries.items()}
+    rows = [{slot: (values[i] if len(values) > 1 else values[0]) for slot, values in entries.items()}
             for i in range(n)]
+    if "name" not in entries and any(name for pairs in named.values() for _, name in pairs):
+        for i, row in enumerate(rows):
+            names = [pairs[i if len(pairs) > 1 else 0][1] for pairs in named.values()]
+            row["name"] = " · ".join(dict.fromkeys(x for x in names if x))
+    return rows
+
+
+def paste_entries(kind: str, text: str) -> list[tuple[str, str]]:
+    """A paste box -> [(entry, name)]: FASTA records with their header as the name (proteins, when '>'
+    starts the box), else one entry per line. A SMILES cannot hold a space, so the rest of a SMILES line
+    is its name; other kinds keep the whole line. Blank lines in between stay, as empty entries; blank
+    lines at the end are not rows."""
+    text = str(text or "").replace("\r\n", "\n")
+    if kind == "protein" and text.lstrip().startswith(">"):
+        return [(record, record.split("\n", 1)[0][1:].strip()) for record in split_entries(kind, text)]
+    lines = text.rstrip().split("\n") if text.strip() else []
+    out = []
+    for line in lines:
+        value, _, name = line.strip().partition(" ") if kind == "smiles" else (line.strip(), "", "")
+        out.append((value, name.strip()))
+    return out
 
 
 EXAMPLE_FILES = {"smiles": "molecules.smi", "protein": "proteins.fasta"}
@@ -71,10 +94,31 @@ def example_texts(slots: Sequence[tuple[str, str]], folder: Path) -> dict:
 
 
 def rows_from_table(df: pd.DataFrame, columns: dict) -> list[dict]:
-    """CSV rows -> [{slot: value}]; ``columns``: slot -> column. Missing columns raise ``InputError``."""
+    """CSV rows -> [{slot: value}]; ``columns``: slot -> column. A column that names or identifies rows
+    (``id_column``) rides along as ``name`` or ``id``. Missing columns raise ``InputError``."""
     require_columns(df, list(columns.values()))
     data = {slot: df[col].tolist() for slot, col in columns.items()}
+    ident = id_column(df, exclude=list(columns.values()))
+    if ident is not None and ident[1] not in data:
+        data[ident[1]] = ["" if v is None or v != v else v for v in df[ident[0]].tolist()]  # NaN: blank
     return [{slot: values[i] for slot, values in data.items()} for i in range(len(df))]
+
+
+_ID_NAMES = {"id": ("id", "compoundid", "molid", "molregno", "chemblid", "identifier", "cid", "uniprotid",
+                    "accession"),
+             "name": ("name", "compoundname", "molname", "moleculename", "title", "drugname")}
+
+
+def id_column(df: pd.DataFrame, exclude: Iterable[str] = ()) -> Optional[tuple[str, str]]:
+    """(column, "id" or "name") for the first column whose header says it identifies rows; else None."""
+    exclude = set(exclude)
+    for col in df.columns:
+        if col in exclude:
+            continue
+        for key, names in _ID_NAMES.items():
+            if _norm(col) in names:
+                return col, key
+    return None
 
 
 def _norm(name: str) -> str:

@@ -1,17 +1,19 @@
-"""Rendering a finished prediction: summary, table, download, histogram and the row detail view."""
+"""Rendering a finished prediction: summary, table, download, histogram and the row detail view; for several
+tags, the combined table first and one tag's view as the detail."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from tagllm_core.multi import column_label
 from tagllm_core.tags import TagCard
 
 from . import charts, detail
 from .cards import format_number
-from .results import PredictionRun, download_frame, format_seconds
+from .results import MultiRun, PredictionRun, download_frame, format_seconds, many_download_frame
 
 
-def _column_config(run: PredictionRun) -> dict:
+def _column_config(run: PredictionRun, card: TagCard) -> dict:
     cfg = {
         "row": st.column_config.NumberColumn("row", width="small"),
         "status": st.column_config.TextColumn("status", width="small"),
@@ -24,12 +26,22 @@ def _column_config(run: PredictionRun) -> dict:
                                           "outside the training labels' range."),
         "standardised": st.column_config.TextColumn("standardised", help="The SMILES the model read."),
         "changes": st.column_config.TextColumn("changes", help="What standardisation changed in the input."),
+        "similarity": st.column_config.NumberColumn(
+            "similarity", format="%.2f", help="Similarity to the nearest training input: Tanimoto of Morgan "
+                                              "fingerprints for molecules, 3-mer Jaccard for proteins."),
+        "domain": st.column_config.TextColumn(
+            "domain", width="small", help="Applicability domain. in: as similar to the training data as the "
+                                          "threshold found on validation; out: less; unknown: an older tag."),
         "percentile": st.column_config.NumberColumn(
             "percentile", format="%.1f", help="Share of training labels at or below the prediction (%)."),
     }
     if run.task == "regression":
         for col in ("prediction", "lower", "upper"):
             cfg[col] = st.column_config.NumberColumn(col, format="%.3f")
+    # the header says what is predicted, in which units; the data (and the CSV) keep "prediction"
+    label = column_label(card)
+    cfg["prediction"] = (st.column_config.NumberColumn(label, format="%.3f") if run.task == "regression"
+                         else st.column_config.TextColumn(label))
     for c in run.classes:
         cfg[f"p({c})"] = st.column_config.NumberColumn(f"p({c})", format="%.3f")
     return cfg
@@ -54,7 +66,7 @@ def render(run: PredictionRun, card: TagCard) -> None:
         with st.expander("Show the error messages" if len(errors) <= 50 else "Show the first 50 error messages"):
             for msg in errors["error"].head(50):
                 st.markdown(f"- {msg}")
-    st.dataframe(run.frame, hide_index=True, width="stretch", column_config=_column_config(run),
+    st.dataframe(run.frame, hide_index=True, width="stretch", column_config=_column_config(run, card),
                  height=min(400, 38 + 35 * run.n_rows))
     # The CSV is built only when the button is pressed (a callable), not on every rerun of a 10k-row result.
     st.download_button("⬇️ Download all rows (CSV)", lambda: download_frame(run).to_csv(index=False).encode("utf-8"),
@@ -73,6 +85,36 @@ def render(run: PredictionRun, card: TagCard) -> None:
     _row_detail(run)
 
 
+def render_many(run: MultiRun) -> PredictionRun:
+    """The combined table of several tags and its CSV; returns the tag run chosen for the detail view
+    (also kept as ``st.session_state["prediction"]``)."""
+    st.subheader("Results · " + ", ".join(f"<{t}>" for t in run.tags))
+    errors = run.errors
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Rows", f"{run.n_rows:,}")
+    c2.metric("Tags", f"{len(run.tags)}")
+    c3.metric("Rows with errors", f"{len(errors):,}")
+    c4.metric("Time", format_seconds(run.seconds))
+    if len(errors):
+        st.error(f"{len(errors):,} row(s) have an error for at least one tag; the reason is in the error column. "
+                 f"All other rows were predicted by every tag.")
+    numbers = {c: st.column_config.NumberColumn(c, format="%.3f") for c in run.frame.columns
+               if c != "row" and run.frame[c].dtype.kind == "f"}
+    st.dataframe(run.frame, hide_index=True, width="stretch", height=min(400, 38 + 35 * run.n_rows),
+                 column_config={**numbers, "row": st.column_config.NumberColumn("row", width="small"),
+                                "status": st.column_config.TextColumn("status", width="small"),
+                                "error": st.column_config.TextColumn("error", width="large")})
+    st.download_button("⬇️ Download the table (CSV)",
+                       lambda: many_download_frame(run).to_csv(index=False).encode("utf-8"),
+                       file_name="predictions_" + "_".join(run.tags) + ".csv", mime="text/csv",
+                       key="predict_many_download", on_click="ignore")
+    if st.session_state.get("predict_detail_tag") not in run.tags:
+        st.session_state["predict_detail_tag"] = run.tags[0]
+    chosen = st.selectbox("Details for one tag", run.tags, key="predict_detail_tag", format_func=lambda t: f"<{t}>")
+    st.session_state["prediction"] = run.details[chosen]
+    return run.details[chosen]
+
+
 def _row_detail(run: PredictionRun) -> None:
     st.subheader("Row details")
     n = run.n_rows
@@ -80,6 +122,9 @@ def _row_detail(run: PredictionRun) -> None:
         st.session_state["detail_row"] = 1
     row = st.number_input(f"Row (1 – {n:,})", min_value=1, max_value=n, step=1, key="detail_row")
     rec = run.frame.iloc[int(row) - 1]
+    ident = " · ".join(str(rec[c]) for c in ("name", "id") if c in rec and str(rec[c]))
+    if ident:
+        st.markdown(f"**{ident}**")
     if rec["error"]:
         st.error(rec["error"])
     else:
@@ -95,6 +140,10 @@ def _row_detail(run: PredictionRun) -> None:
             st.caption(f"p({c}) = {format_number(rec[f'p({c})'])}")
     for flag in filter(None, str(rec.get("flags", "")).split("; ")):
         st.warning(f"🚩 {flag}")
+    if rec.get("domain"):
+        sims = ", ".join(f"{c} {rec[c]:.2f}" for c in rec.index if str(c).startswith("similarity") and rec[c] == rec[c])
+        st.caption(f"Applicability domain: **{rec['domain']}**" + (f" ({sims} to the nearest training input)"
+                                                                   if sims else ""))
     if rec["warnings"]:
         st.caption(f"⚠️ {rec['warnings']}")
     smiles_slots = [slot for slot, kind in run.slots if kind == "smiles"]

@@ -1,4 +1,5 @@
-"""Running a prediction for the Predict page and shaping its results for display and download."""
+"""Running a prediction (one tag, or several into one table) for the Predict page, and shaping its results
+for display and download."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Callable, Optional
 import pandas as pd
 
 from tagllm_core.backbone import Backbone
+from tagllm_core.multi import ID_COLUMNS, combined_frame, predict_each
 from tagllm_core.prediction import Predictor, results_frame
 from tagllm_core.progress import ProgressEvent
-from tagllm_core.tags import TagLibrary
+from tagllm_core.tags import Tag, TagLibrary
 
 from . import charts
 
@@ -53,6 +55,13 @@ def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list,
     tag = library.get(tag_name)
     predictor = Predictor(bb, tag, library, domain_overrides=overrides or None)
     results = predictor.predict(rows, batch_size=batch_size, progress=progress)
+    return single_run(tag, results, predictor.zero_shot, overrides, source, time.perf_counter() - t0)
+
+
+def single_run(tag: Tag, results: list, zero_shot: bool = False, overrides: Optional[dict] = None,
+               source: Optional[pd.DataFrame] = None, seconds: float = 0.0) -> PredictionRun:
+    """One tag's ``PredictionRow``s as the page shows them: a status column and, for regression tags
+    with training labels, the percentile of each prediction among them."""
     card = tag.card
     classes = list(card.classes) if card.task == "classification" else []
     frame = results_frame(results, classes or None)
@@ -63,8 +72,44 @@ def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list,
             pos = list(frame.columns).index("upper") + 1
         frame.insert(pos, "percentile", charts.percentiles(frame["prediction"].tolist(), card.label_sample))
     return PredictionRun(tag=tag.name, task=card.task or "regression", slots=[(s.name, s.kind) for s in card.slots],
-                         frame=frame, zero_shot=predictor.zero_shot, overrides=dict(overrides or {}),
-                         classes=classes, source=source, seconds=time.perf_counter() - t0)
+                         frame=frame, zero_shot=zero_shot, overrides=dict(overrides or {}),
+                         classes=classes, source=source, seconds=seconds)
+
+
+@dataclass
+class MultiRun:
+    """Several tags over the same rows (``tagllm_core.multi``): the combined table, and each tag's own
+    run for the detail view."""
+
+    tags: list  # tag names, the first one's slots name the inputs
+    slots: list  # [(slot, kind)] of the first tag
+    frame: pd.DataFrame  # row, status, name/id, a column (and interval) per tag, flags, error, inputs, …
+    details: dict  # tag name -> PredictionRun
+    source: Optional[pd.DataFrame] = None
+    seconds: float = 0.0
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.frame[self.frame["error"] != ""]
+
+
+def run_many(bb: Backbone, library: TagLibrary, tag_names: list, rows: list, batch_size: int = 16,
+             progress: Optional[Callable[[ProgressEvent], None]] = None,
+             source: Optional[pd.DataFrame] = None) -> MultiRun:
+    """Predict ``rows`` with every tag in ``tag_names`` (same inputs; ``InputError`` otherwise)."""
+    t0 = time.perf_counter()
+    runs = predict_each(bb, tag_names, rows, library, batch_size=batch_size, progress=progress)
+    frame = combined_frame(rows, runs)
+    frame.insert(1, "status", [_status(e, f, w) for e, f, w in zip(frame["error"], frame["flags"], frame["warnings"])])
+    seconds = time.perf_counter() - t0
+    first = runs[0].tag.card
+    return MultiRun(tags=[r.tag.name for r in runs], slots=[(s.name, s.kind) for s in first.slots], frame=frame,
+                    details={r.tag.name: single_run(r.tag, r.results, source=source, seconds=seconds) for r in runs},
+                    source=source, seconds=seconds)
 
 
 def _status(error: str, flags: str, warnings: str) -> str:
@@ -78,11 +123,20 @@ def _status(error: str, flags: str, warnings: str) -> str:
 
 def download_frame(run: PredictionRun) -> pd.DataFrame:
     """Every row for the CSV download: the uploaded columns (if any) followed by the results."""
-    res = run.frame.drop(columns=["status"])
-    if run.source is None or len(run.source) != len(res):
+    return _with_source(run.frame.drop(columns=["status"]), run.slots, run.source)
+
+
+def many_download_frame(run: MultiRun) -> pd.DataFrame:
+    """The combined table for the CSV download, after the uploaded columns (if any)."""
+    return _with_source(run.frame.drop(columns=["status"]), run.slots, run.source)
+
+
+def _with_source(res: pd.DataFrame, slots: list, source: Optional[pd.DataFrame]) -> pd.DataFrame:
+    if source is None or len(source) != len(res):
         return res
-    extra = res.drop(columns=["row", *[s for s, _ in run.slots]])
-    left = run.source.reset_index(drop=True)
+    # the uploaded table already holds the inputs and the id or name column the rows carried
+    extra = res.drop(columns=["row", *[s for s, _ in slots], *[c for c in ID_COLUMNS if c in res.columns]])
+    left = source.reset_index(drop=True)
     extra = extra.rename(columns={c: f"{c}_pred" if c in left.columns else c for c in extra.columns})
     return pd.concat([left, extra], axis=1)
 
