@@ -25,7 +25,8 @@ from .prediction import PredictionRow, Predictor, domain_columns
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagCard, TagLibrary
 
-__all__ = ["ID_COLUMNS", "TagResults", "column_label", "input_kinds", "same_inputs_problem", "predict_each",
+__all__ = ["ID_COLUMNS", "TagResults", "ManyPredictor", "column_label", "input_kinds", "same_inputs_problem",
+           "predict_each",
            "combined_frame", "predict_many", "predict_many_table"]
 
 # Row keys that name a row rather than feed a tag: kept in their own columns, next to the row number.
@@ -164,7 +165,7 @@ def combined_frame(rows: Sequence[dict], runs: Sequence[TagResults]) -> "pd.Data
     slots = [s.name for s in runs[0].tag.card.slots]
     records = []
     for i, row in enumerate(rows):
-        rec = {"row": i + 1}
+        rec = {"row": runs[0].results[i].row}  # the row's number in its file (a chunk's rows do not start at 1)
         rec.update({k: row[k] for k in ID_COLUMNS if k in row and k not in slots})
         for run in runs:
             rec.update(_tag_columns(run, run.results[i]))
@@ -196,25 +197,42 @@ def _resolve(tags: Sequence[Union[Tag, str]], library: Optional[TagLibrary]) -> 
     return chosen
 
 
+class ManyPredictor:
+    """The predictors of several tags over the same inputs, built and checked once: a file predicted in
+    chunks (``streaming``) reuses them for every chunk. Raises ``InputError`` when the tags do not take the
+    same inputs (``TagLLMError`` for a tag made with another backbone) before any row is predicted."""
+
+    def __init__(self, backbone: Backbone, tags: Sequence[Union[Tag, str]], library: Optional[TagLibrary] = None):
+        self.tags = _resolve(tags, library)
+        self.predictors = [Predictor(backbone, tag, library) for tag in self.tags]  # all checked before the long part
+
+    @property
+    def slots(self) -> list:
+        """The first tag's slots: the keys of the rows."""
+        return [s.name for s in self.tags[0].card.slots]
+
+    def predict(self, rows: Sequence[dict], batch_size: int = 16, progress: Optional[ProgressCallback] = None,
+                first_row: int = 1) -> list[TagResults]:
+        """Every tag's results over ``rows``; ``first_row`` as in ``Predictor.predict``. Never raises for a bad row."""
+        first = self.tags[0].card
+        runs = []
+        for i, (tag, predictor) in enumerate(zip(self.tags, self.predictors)):
+            mapping = _slot_mapping(first, tag.card)
+            ids = [k for k in ID_COLUMNS if k not in mapping and k not in mapping.values()]
+            tag_rows = [{**{k: r[k] for k in ids if k in r}, **{mapping[s]: r[s] for s in mapping if s in r}}
+                        for r in rows]  # names and ids ride along, so each tag's own results keep them
+            results = predictor.predict(tag_rows, batch_size=batch_size, first_row=first_row,
+                                        progress=_tag_progress(progress, i, len(self.tags), tag.name))
+            runs.append(TagResults(tag, column_label(tag.card), results, {v: k for k, v in mapping.items()}))
+        return runs
+
+
 def predict_each(backbone: Backbone, tags: Sequence[Union[Tag, str]], rows: Sequence[dict],
                  library: Optional[TagLibrary] = None, batch_size: int = 16,
                  progress: Optional[ProgressCallback] = None) -> list[TagResults]:
-    """Every tag's results over ``rows`` ([{slot: raw value}], keyed by the first tag's slots). Raises
-    ``InputError`` when the tags do not take the same inputs (``TagLLMError`` for a tag made with another
-    backbone) before any row is predicted; never for a bad row."""
-    chosen = _resolve(tags, library)
-    first = chosen[0].card
-    predictors = [Predictor(backbone, tag, library) for tag in chosen]  # every tag checked before the long part
-    runs = []
-    for i, (tag, predictor) in enumerate(zip(chosen, predictors)):
-        mapping = _slot_mapping(first, tag.card)
-        ids = [k for k in ID_COLUMNS if k not in mapping and k not in mapping.values()]
-        tag_rows = [{**{k: r[k] for k in ids if k in r}, **{mapping[s]: r[s] for s in mapping if s in r}}
-                    for r in rows]  # names and ids ride along, so each tag's own results keep them
-        results = predictor.predict(tag_rows, batch_size=batch_size,
-                                    progress=_tag_progress(progress, i, len(chosen), tag.name))
-        runs.append(TagResults(tag, column_label(tag.card), results, {v: k for k, v in mapping.items()}))
-    return runs
+    """Every tag's results over ``rows`` ([{slot: raw value}], keyed by the first tag's slots); raises as
+    ``ManyPredictor`` does, never for a bad row."""
+    return ManyPredictor(backbone, tags, library).predict(rows, batch_size, progress)
 
 
 def predict_many(backbone: Backbone, tags: Sequence[Union[Tag, str]], rows: Sequence[dict],

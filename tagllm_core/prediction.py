@@ -200,10 +200,11 @@ class Predictor:
         return c
 
     def predict(self, rows: Sequence[dict], batch_size: int = 16, progress: Optional[ProgressCallback] = None,
-                max_batch_tokens: int = 8192) -> list[PredictionRow]:
-        """rows: [{slot: raw text}]. Never raises for a bad row; see ``PredictionRow.error``."""
+                max_batch_tokens: int = 8192, first_row: int = 1) -> list[PredictionRow]:
+        """rows: [{slot: raw text}]. Never raises for a bad row; see ``PredictionRow.error``.
+        ``first_row``: the number of ``rows[0]`` in its file, so a file predicted in chunks keeps its row numbers."""
         # every row names every compared input, so a table of failed rows still has its similarity columns
-        results = [PredictionRow(row=i + 1, inputs=dict(r), similarity=dict.fromkeys(self.similarity_slots))
+        results = [PredictionRow(row=first_row + i, inputs=dict(r), similarity=dict.fromkeys(self.similarity_slots))
                    for i, r in enumerate(rows)]
         pending: list[int] = []  # indices of rows that passed cleaning
         cleaned_rows: list[dict] = []

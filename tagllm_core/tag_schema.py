@@ -417,6 +417,13 @@ def _check_applicability(c: _Checker, data: dict) -> None:
         if slot not in kinds or kinds[slot] not in PACKED_WIDTH or info.get("kind") != kinds[slot]:
             c.fail(f"{f}.kind", "must name a SMILES or protein input of the tag, with its kind", info.get("kind"))
         c.integer(info.get("n_reference"), f"{f}.n_reference", 1, MAX_REFERENCE_ROWS[kinds[slot]])
+        # shown on the library card: numbers and short texts, or absent
+        if "n_training" in info:
+            c.integer(info["n_training"], f"{f}.n_training", 0, MAX_VOCAB * 100)
+        for key in ("overall_error", "ratio"):
+            c.number(info.get(key), f"{f}.{key}", allow_none=True)
+        for key in ("method", "error_metric"):
+            c.text(info.get(key), f"{f}.{key}", 200, optional=True)
         threshold = info.get("threshold")
         c.number(threshold, f"{f}.threshold")
         if not 0 <= threshold <= 1:

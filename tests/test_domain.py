@@ -330,3 +330,28 @@ def test_cli_predict_writes_similarity_and_domain_columns(env, capsys, tmp_path,
     assert cols[cols.index("upper") + 1: cols.index("upper") + 3] == ["similarity", "domain"]
     assert df["domain"].tolist() == ["in", "out", ""]
     assert "outside the applicability domain" in df.loc[1, "flags"]
+
+
+@pytest.mark.parametrize("field,value", [("threshold", 1.5), ("threshold", "high"), ("n_reference", 0),
+                                         ("n_training", "many"), ("ratio", [1]), ("error_metric", "x" * 500),
+                                         ("kind", "protein")])
+def test_card_with_bad_domain_fields_is_refused(llama, tmp_path, field, value):
+    tag = _with_domain(make_function_tag(llama), {"smiles": AROMATICS}, {"smiles": 0.35})
+    tag.card.applicability["smiles"][field] = value
+    path = tmp_path / "t.tag.safetensors"
+    save_tag_file(tag, path)
+    with pytest.raises(TagFormatError, match=f"applicability.smiles.{field}"):
+        load_tag_file(path)
+
+
+def test_a_domain_tag_may_not_carry_domain_data(llama, tmp_path):
+    from conftest import make_domain_tag
+
+    tag = make_domain_tag(llama)
+    tag.card.applicability = {"smiles": {"kind": "smiles", "n_reference": 1, "threshold": 0.5,
+                                         "curve": {"edges": [0.5, 1.0], "error": [0.1], "count": [2]}}}
+    tag.reference_fingerprints["smiles"] = torch.from_numpy(ad.fingerprints("smiles", ["CCO"]))
+    path = tmp_path / "d.tag.safetensors"
+    save_tag_file(tag, path)
+    with pytest.raises(TagFormatError, match="applicability"):
+        load_tag_file(path)

@@ -168,7 +168,9 @@ def test_training_loop_itself_learns_without_warm_start(llama, molecules):
     rmses = [h["valid_rmse"] for h in res.history]
     assert len(rmses) == 6
     assert rmses[0] > 0.9 * std
-    assert res.metrics["rmse"] == pytest.approx(min(rmses))
+    # the best epoch is kept; history scores the validation rows that chose it (a half of the 40: the
+    # other half calibrates the interval), the card's metrics every validation row
+    assert rmses[res.tag.card.training["best_epoch"]] == min(rmses)
     assert res.metrics["rmse"] < 0.5 * std, rmses
     losses = [h["train_loss"] for h in res.history[1:]]
     assert losses[-1] < 0.5 * losses[0]
