@@ -5,7 +5,7 @@ import streamlit as st
 
 from tagllm_core import multi
 from tagllm_core.exceptions import InputError, TagLLMError
-from ui import cards, inputs, predict_view, results, state
+from ui import cards, inputs, jobs_panel, predict_jobs, predict_view, results, state
 
 TRAINED = "(as trained)"
 
@@ -121,6 +121,16 @@ if st.button("Predict", type="primary", key="predict_button"):
         st.error(input_error)
     elif not rows:
         st.error("Nothing to predict yet: paste at least one entry per input, or choose a CSV file.")
+    elif more and overrides:
+        st.error("Domain swaps (zero-shot) apply to one tag: clear them, or the extra tags.")
+    elif predict_jobs.runs_as_job(len(rows)):
+        try:
+            job = predict_jobs.start(state.job_store(), [name, *more], rows, [s for s, _ in slots], overrides,
+                                     batch_size, upload=(data, fname, columns) if mode != "Paste" else None)
+            st.success(f"{len(rows):,} rows run as background job #{job.id}: follow it under Background "
+                       f"predictions below. Its table stays there to download after you leave the page.")
+        except TagLLMError as err:
+            st.error(str(err))
     else:
         bar = st.progress(0.0, text=f"Preparing {len(rows):,} rows…")
 
@@ -129,8 +139,6 @@ if st.button("Predict", type="primary", key="predict_button"):
 
         table = source if mode != "Paste" else None
         try:
-            if more and overrides:
-                raise InputError("Domain swaps (zero-shot) apply to one tag: clear them, or the extra tags.")
             if more:
                 st.session_state["prediction_many"] = results.run_many(
                     bb, lib, [name, *more], rows, batch_size=batch_size, progress=on_progress, source=table)
@@ -154,3 +162,8 @@ if run is not None:
         st.info(f"Showing the last results, made with <{run.tag}>. Press Predict to use <{name}>.")
     result_card = tags[run.tag].card if run.tag in tags else card
     predict_view.render(run, result_card)
+
+if predict_jobs.any_jobs(state.job_store()):
+    st.subheader("Background predictions")
+    st.caption(f"Inputs of more than {predict_jobs.job_threshold():,} rows are predicted by a background job.")
+    jobs_panel.panel(kinds=(predict_jobs.KIND,), key="predict_job_select")

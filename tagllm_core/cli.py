@@ -4,8 +4,9 @@ A thin layer: each command parses its arguments, calls the library, and
 prints. Errors derived from ``TagLLMError`` are printed as one line (exit 2);
 anything else is a bug and keeps its traceback.
 
-Training commands accept ``--job-db PATH --job-id N``: the app launches them
-this way as background jobs (see ``jobs``), and progress goes to SQLite.
+Training commands and ``predict`` accept ``--job-db PATH --job-id N``: the app launches them
+this way as background jobs (see ``jobs``), and progress goes to SQLite. ``predict`` streams its
+input in chunks and can resume an interrupted output (``streaming``).
 """
 
 from __future__ import annotations
@@ -145,35 +146,37 @@ def cmd_tags(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data import read_table
-    from .prediction import Predictor, predict_table
+    from .streaming import predict_file
 
     names = list(args.tag or []) + [n.strip() for v in args.tags or [] for n in v.split(",") if n.strip()]
     if not names:
         raise InputError("predict needs a function tag: --tag NAME (repeat it, or --tags A,B, for several).")
-    bb = _backbone(args)
-    lib = _library(bb)
-    progress = None if args.quiet else _tqdm_progress("predict")
-    if len(dict.fromkeys(names)) > 1:
-        from .multi import predict_many_table
+    if len(dict.fromkeys(names)) > 1 and args.domain:
+        raise InputError("--domain swaps a domain tag of one function tag; predict several tags without it.")
 
-        if args.domain:
-            raise InputError("--domain swaps a domain tag of one function tag; predict several tags without it.")
-        tags = [lib.get(n) for n in names]
-        out = predict_many_table(bb, tags, read_table(args.input), _pairs(args.column, "--column"), lib,
-                                 batch_size=args.batch_size, progress=progress)
-    else:
-        predictor = Predictor(bb, lib.get(names[0]), lib, domain_overrides=_pairs(args.domain, "--domain") or None)
-        df = read_table(args.input)
-        out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size,
-                            progress=progress)
-    out.to_csv(args.output, index=False)
-    n_err = int((out["error"] != "").sum())
-    print(f"wrote {len(out)} rows to {args.output} ({len(out) - n_err} predicted, {n_err} with errors)")
-    n_out = int((out["domain"] == "out").sum()) if "domain" in out.columns else 0
-    if n_out:
-        print(f"{n_out} outside the tag's applicability domain (see the similarity, domain and flags columns)")
-    for msg in out.loc[out["error"] != "", "error"].head(10):
+    def work(progress):
+        # Loaded here, inside the job once it holds its slot (``jobs.run_job``), like the training commands.
+        bb = _backbone(args)
+        lib = _library(bb)
+        res = predict_file(bb, [lib.get(n) for n in dict.fromkeys(names)], lib, Path(args.input),
+                           Path(args.output), columns=_pairs(args.column, "--column"),
+                           domain_overrides=_pairs(args.domain, "--domain") or None, chunk_rows=args.chunk_rows,
+                           batch_size=args.batch_size, resume=args.resume, progress=progress)
+        return res.to_dict()
+
+    if args.job_db:
+        # a background job of the Predict page: progress and cancel through SQLite, the table in the job's folder
+        from .jobs import JobStore, run_job
+
+        return 0 if run_job(JobStore(Path(args.job_db)), int(args.job_id), work) == "finished" else 1
+    res = work(None if args.quiet else _tqdm_progress("predict"))
+    kept = f"; {res['skipped']:,} rows already done were kept" if res["skipped"] else ""
+    print(f"wrote {res['skipped'] + res['rows']:,} rows to {args.output} ({res['rows'] - res['errors']:,} predicted, "
+          f"{res['errors']:,} with errors{kept}) at {res['rows_per_s']:.1f} rows/s")
+    if res["outside"]:
+        print(f"{res['outside']:,} outside the tag's applicability domain (see the similarity, domain and flags "
+              f"columns)")
+    for msg in res["error_examples"]:
         print(f"  {msg}", file=sys.stderr)
     return 0
 
@@ -345,11 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("delete").add_argument("name")
     t.set_defaults(func=cmd_tags)
 
-    pr = sub.add_parser("predict", help="predict a CSV with one function tag, or several into one table")
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--job-db", help=argparse.SUPPRESS)
+    job.add_argument("--job-id", help=argparse.SUPPRESS)
+
+    pr = sub.add_parser("predict", parents=[job],
+                        help="predict a CSV, .smi or SDF file with one function tag, or several into one table")
     pr.add_argument("--tag", action="append", help="a function tag; repeat it for one column per tag")
     pr.add_argument("--tags", action="append", metavar="A,B,…", help="several function tags taking the same inputs")
-    pr.add_argument("--input", required=True)
-    pr.add_argument("--output", required=True)
+    pr.add_argument("--input", required=True, help="CSV/TSV, .smi or .sdf (optionally .gz), read in chunks")
+    pr.add_argument("--output", "--out", dest="output", required=True,
+                    help="a CSV, or .sdf for molecules with the predictions as properties; written chunk by chunk")
+    pr.add_argument("--chunk-rows", type=int, default=1000, metavar="N",
+                    help="rows read, predicted and written at a time (memory holds one chunk)")
+    pr.add_argument("--resume", action="store_true",
+                    help="keep the rows an interrupted run finished in --output and predict only the rest")
     pr.add_argument("--column", action="append", metavar="SLOT=COLUMN")
     pr.add_argument("--domain", action="append", metavar="SLOT=TAG", help="zero-shot: swap a slot's domain tag")
     pr.add_argument("--batch-size", type=int, default=16)
@@ -363,10 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--column", action="append", metavar="SLOT=COLUMN")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=cmd_evaluate)
-
-    job = argparse.ArgumentParser(add_help=False)
-    job.add_argument("--job-db", help=argparse.SUPPRESS)
-    job.add_argument("--job-id", help=argparse.SUPPRESS)
 
     f = sub.add_parser("train-function-tag", parents=[job], help="stages 2-3: learn a function tag and its head")
     f.add_argument("--name", required=True)

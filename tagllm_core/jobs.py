@@ -60,6 +60,7 @@ __all__ = [
     "JobStore",
     "JobReporter",
     "max_concurrent_jobs",
+    "prediction_output",
     "job_command",
     "launch",
     "wait_for_slot",
@@ -593,6 +594,7 @@ class JobStore:
                 os.unlink(log_path)
         _remove_uploads(argv)
         shutil.rmtree(self.log_dir / f"{job_id}-checkpoint", ignore_errors=True)
+        shutil.rmtree(prediction_output(self, job_id).parent, ignore_errors=True)
         return True
 
     # -- crash detection -----------------------------------------------------
@@ -746,12 +748,20 @@ def run_job(
 # --------------------------------------------------------------------------
 
 
+def prediction_output(store: JobStore, job_id: int) -> Path:
+    """Where a predict job writes its table: a folder of its own beside the logs, found again from any
+    store on the database (after an app restart), so its results can be downloaded later."""
+    return store.log_dir / f"{job_id}-predict" / "predictions.csv"
+
+
 def job_command(store: JobStore, job: Job, python: str = sys.executable) -> list[str]:
     """The command line that runs ``job`` through the CLI."""
     # A function-tag job checkpoints each epoch in a folder of its own, the same on every launch: a
     # job process started again (after the app or the machine restarted) resumes where it stopped.
     folder = store.log_dir / f"{job.id}-checkpoint"
     ckpt = [f"--checkpoint-dir={folder}"] if job.argv[:1] == ["train-function-tag"] else []
+    if job.argv[:1] == ["predict"]:  # likewise a predict job resumes its table, keeping the rows it finished
+        ckpt = [f"--output={prediction_output(store, job.id)}", "--resume"]
     return [
         python, "-m", "tagllm_core", *job.argv, *ckpt,
         "--job-db", str(store.db_path), "--job-id", str(job.id),

@@ -9,7 +9,10 @@ default that fits the target machine and a variable to change it:
 * ``TAGLLM_MAX_ROWS`` (default 1,000,000): the most rows of a table, or
   records of a FASTA / SMILES corpus.
 * ``TAGLLM_MAX_PREDICT_ROWS`` (default 100,000): the most rows the Predict page
-  takes at once (the CLI's ``predict`` has only ``TAGLLM_MAX_ROWS``).
+  takes at once (the CLI's ``predict`` streams its input in chunks and has no row limit).
+* ``TAGLLM_PREDICT_JOB_ROWS`` (default 500): above this many rows the Predict
+  page runs the prediction as a background job (``predict`` through the job
+  runner) rather than inside the page's script run.
 
 A value that is not a positive whole number is ignored (the default applies).
 """
@@ -27,6 +30,7 @@ class Limits:
     max_decompressed_bytes: int
     max_rows: int
     max_predict_rows: int
+    predict_job_rows: int
 
     @property
     def max_decompressed_mb(self) -> int:
@@ -42,4 +46,5 @@ def limits() -> Limits:
     """The limits now in force (the environment is read each time, so a test or a restart can change them)."""
     return Limits(max_decompressed_bytes=_positive_int("TAGLLM_MAX_DECOMPRESSED_MB", 512) << 20,
                   max_rows=_positive_int("TAGLLM_MAX_ROWS", 1_000_000),
-                  max_predict_rows=_positive_int("TAGLLM_MAX_PREDICT_ROWS", 100_000))
+                  max_predict_rows=_positive_int("TAGLLM_MAX_PREDICT_ROWS", 100_000),
+                  predict_job_rows=_positive_int("TAGLLM_PREDICT_JOB_ROWS", 500))

@@ -235,7 +235,8 @@ def count_rows(path: PathLike) -> int:
         return sum(1 for _ in _sdf_records(path))
     try:
         with _open_text(path) as fh:
-            return max(0, sum(1 for _ in csv.reader(fh, delimiter=_sep(path))) - 1)
+            # blank lines are no rows to pandas either
+            return max(0, sum(1 for record in csv.reader(fh, delimiter=_sep(path)) if record) - 1)
     except UnicodeDecodeError as err:
         raise _not_utf8(path, err) from err
     except csv.Error as err:
@@ -317,7 +318,7 @@ def _blank(value) -> str:
 
 def _sdf_bytes(frame: pd.DataFrame, chunk: Chunk, columns: dict) -> bytes:
     """The chunk's rows as SDF records (see the module docstring)."""
-    from rdkit import Chem
+    from rdkit import Chem, RDLogger
     from rdkit.Chem import rdDepictor
 
     smiles_col = next(iter(columns.values()))
@@ -327,11 +328,13 @@ def _sdf_bytes(frame: pd.DataFrame, chunk: Chunk, columns: dict) -> bytes:
         mol = chunk.mols[i] if chunk.mols is not None else None
         if mol is None and chunk.mols is None:
             raw = _blank(rec.get(smiles_col))
+            RDLogger.DisableLog("rdApp.*")  # an invalid SMILES is already the row's error
             mol = Chem.MolFromSmiles(raw) if raw else None
+            RDLogger.EnableLog("rdApp.*")
             if mol is not None:
                 rdDepictor.Compute2DCoords(mol)
         mol = Chem.Mol(mol) if mol is not None else Chem.Mol()
-        name = _blank(rec.get("name"))
+        name = _blank(rec.get("name")) or _blank(rec.get("id"))
         if name or not mol.HasProp("_Name"):
             mol.SetProp("_Name", name)
         for key, value in rec.items():
@@ -461,16 +464,21 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
     predictor = _TablePredictor(backbone, tags, library, domain_overrides)
     fmt, out_fmt = input_format(input_path), output_format(output_path)
     slot_columns = _columns(predictor, fmt, columns)
+    if fmt == "csv":  # a wrong column is refused before the output is touched
+        from .data import require_columns
+
+        require_columns(next(iter_chunks(input_path, 1), Chunk(1, pd.DataFrame())).frame, list(slot_columns.values()))
     total = count_rows(input_path)
     result = StreamResult(output_path, total)
     header: Optional[list] = None
     if resume and output_path.exists():
         result.skipped = completed_rows(output_path)
-        if out_fmt == "csv" and result.skipped:
+        if out_fmt == "csv":
             _, header, _, last = _csv_state(output_path)
-            if "row" in header and last[header.index("row")] != str(result.skipped):
+            header = header or None  # a header alone is kept; an empty file gets one
+            if last is not None and last[0] != str(result.skipped):  # the row number comes first
                 raise InputError(f"{output_path.name} was not written by predict in input order (its last row is "
-                                 f"numbered {last[header.index('row')]}, not {result.skipped}); write a new output.")
+                                 f"numbered {last[0]}, not {result.skipped}); write a new output.")
         if result.skipped > total:
             raise InputError(f"{output_path.name} holds more rows ({result.skipped:,}) than {input_path.name} "
                              f"({total:,}): it is the output of another input. Write a new output, or drop --resume.")
@@ -489,10 +497,6 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
             chunk = Chunk(done + 1, chunk.frame.iloc[cut:].reset_index(drop=True),
                           {p - cut: m for p, m in chunk.errors.items() if p >= cut},
                           chunk.mols[cut:] if chunk.mols is not None else None)
-        if fmt == "csv" and chunk.first_row == 1:
-            from .data import require_columns
-
-            require_columns(chunk.frame, list(slot_columns.values()))
         table = predictor.table(chunk, slot_columns, batch_size,
                                 _chunk_progress(progress, done, len(chunk), total, t0, result.skipped))
         if out_fmt == "sdf":

@@ -537,12 +537,13 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
                         f"infinite; it counts as a bad epoch.")
 
     start_epoch, history, best, best_state, best_epoch, bad_epochs = 0, [], None, None, 0, 0
+    warm_state = None  # the warm start's tag and head (not kept in a checkpoint)
     if ckpt and ckpt.exists():
         start_epoch, history, best, best_epoch, bad_epochs, best_state = ckpt.load(tag_param, model.head, optimizer)
     else:
         metrics0, _ = validate()
         history.append({"epoch": 0, "train_loss": None, **{f"valid_{k}": v for k, v in metrics0.items()}})
-        best_state = snapshot()
+        best_state = warm_state = snapshot()
         report(warm_steps, metrics={f"valid_{k}": v for k, v in metrics0.items()}, epoch=0.0,
                message="validation of the warm start")
         check_outputs(metrics0, "The warm start")
@@ -618,14 +619,27 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         if bad_epochs >= cfg.patience:
             break
 
-    with torch.no_grad():
-        tag_param.copy_(best_state[0])
-    model.head.load_state(best_state[1])
-    out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
+    calib_keys = [("c", i) for i in range(len(calib.inputs))] if calib is not None else []
+    calib_plans = [model.plan(r) for r in calib.inputs] if calib is not None else []
+    extra_calib = _descriptors(cfg, kinds, calib.inputs) if calib is not None else None
+
+    def outputs_of(state) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(selection rows' outputs, calibration rows' outputs or None) of a (tag, head) state."""
+        with torch.no_grad():
+            tag_param.copy_(state[0])
+        model.head.load_state(state[1])
+        out = _predict_std(model, cache, valid_keys, valid_plans, 32, extra_valid)
+        return out, (_predict_std(model, cache, calib_keys, calib_plans, 32, extra_calib) if calib is not None
+                     else None)
+
+    # The warm start as a baseline on every validation row (history[0] holds the selection rows only).
+    warm_metrics = None
+    if calib is not None and warm_state is not None and best_epoch != 0:
+        warm_sel, warm_cal = outputs_of(warm_state)
+        warm_metrics = _evaluate(cfg.task, _in_split_order(warm_sel, warm_cal, holdout), full_valid.y, scaler)[0]
+    out, out_calib = outputs_of(best_state)
     held_out = None  # (metrics, predictions) of the best state on the calibration rows
     if calib is not None:
-        out_calib = _predict_std(model, cache, [("c", i) for i in range(len(calib.inputs))],
-                                 [model.plan(r) for r in calib.inputs], 32, _descriptors(cfg, kinds, calib.inputs))
         held_out = _evaluate(cfg.task, out_calib, calib.y, scaler)
         # The validation set is whole again: the card's metrics and baselines cover all its rows.
         out, valid = _in_split_order(out, out_calib, holdout), full_valid
@@ -645,7 +659,10 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         report(report.total, message="classic baselines on the same rows")
         n_classes = len(classes or [])
         baselines["mean"] = mean_baseline(cfg.task, train.y, valid.y, n_classes)
-        baselines["warm_start"] = {k[6:]: v for k, v in history[0].items() if k.startswith("valid_")}
+        if calib is not None and best_epoch == 0:
+            warm_metrics = metrics  # the warm start is the kept state
+        baselines["warm_start"] = warm_metrics if warm_metrics is not None else {
+            k[6:]: v for k, v in history[0].items() if k.startswith("valid_")}
         x_tr = extra_train.numpy() if n_extra else row_features(kinds, train.inputs)
         x_va = extra_valid.numpy() if n_extra else row_features(kinds, valid.inputs)
         rf = rf_descriptors(cfg.task, x_tr, train.y, x_va, valid.y, n_classes, cfg.seed)

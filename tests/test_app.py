@@ -650,13 +650,14 @@ def test_real_backbone_training_job(real_app):
     assert "is trained and saved" in texts(at.success)
 
 
-def test_predict_ten_thousand_rows(tiny_app):
+def test_predict_ten_thousand_rows(tiny_app, monkeypatch):
     """10,000 pasted rows (some bad) predict in one go, and the page stays light: one detail view, no 10k pictures."""
     import random
 
     smiles = [line.split()[0] for line in (EXAMPLES / "molecules.smi").read_text().splitlines()]
     rng = random.Random(0)
     rows = [rng.choice(smiles) if i % 1000 else "C1CC(C" for i in range(10_000)]
+    monkeypatch.setenv("TAGLLM_PREDICT_JOB_ROWS", "20000")  # inline here; above the threshold it is a job
     at = new_app("pages/predict.py", timeout=600)
     at.text_area(key="paste::smiles").input("\n".join(rows)).run()
     t0 = time.perf_counter()
@@ -915,6 +916,51 @@ def test_predict_page_caps_the_rows(tiny_app, monkeypatch):
     assert not at.exception
     assert "5 rows" in texts(at.error) and "at most 3" in texts(at.error)
     assert "prediction" not in at.session_state
+
+
+def test_predict_above_the_row_threshold_runs_as_a_background_job(tiny_app, monkeypatch):
+    """Above TAGLLM_PREDICT_JOB_ROWS the page starts a predict job instead of predicting inline; the job's
+    table is downloadable from the jobs panel after the page is left and opened again."""
+    monkeypatch.setenv("TAGLLM_PREDICT_JOB_ROWS", "3")
+    at = new_app("pages/predict.py")
+    at.text_area(key="paste::smiles").input("CCO ethanol\nCCN\nC1CC(C\nc1ccccc1O phenol\nCCCl").run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "prediction" not in at.session_state or at.session_state["prediction"] is None
+    store = JobStore()
+    (job,) = store.list()
+    assert job.kind == "predict" and job.argv[:3] == ["predict", "--tag", "Solubility"]
+    assert "background job" in texts(at.success)
+    job = wait_for_job(store, job.id)
+    assert job.state == "finished", (job.error, job.log_tail())
+    assert job.result["rows"] == 5 and job.result["errors"] == 1
+    # leave the page and come back (a fresh session, as after a restart): the results are there to download
+    at = new_app("pages/predict.py")
+    assert not at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert any(f"job #{job.id}" in label for label in labels), labels
+    from tagllm_core.jobs import prediction_output
+
+    table = pd.read_csv(prediction_output(store, job.id), keep_default_na=False)
+    assert table["row"].tolist() == [1, 2, 3, 4, 5] and table["name"].tolist()[0] == "ethanol"
+    assert "invalid SMILES" in table.loc[2, "error"]
+
+
+def test_predict_job_of_an_uploaded_csv_reads_the_saved_upload(tiny_app, monkeypatch):
+    from ui import predict_jobs
+
+    monkeypatch.setenv("TAGLLM_PREDICT_JOB_ROWS", "2")
+    monkeypatch.setattr(predict_jobs, "launch", lambda store, job: None)  # the job's own run is the test above
+    at = new_app("pages/predict.py")
+    at.radio(key="predict_mode").set_value("Upload a CSV").run()
+    csv = b"id,structure\nA,CCO\nB,CCN\nC,c1ccccc1\n"
+    at.file_uploader(key="predict_upload").set_value(("my mols.csv", csv, "text/csv")).run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = JobStore().list()
+    saved = Path(training.argv_value(job.argv, "--input"))
+    assert saved.read_bytes() == csv and saved.name == "my_mols.csv"
+    assert "--column=smiles=structure" in job.argv
 
 
 def test_gzip_bomb_upload_is_refused_on_the_train_page(tiny_app, monkeypatch):

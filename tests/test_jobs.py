@@ -321,6 +321,24 @@ def test_function_tag_jobs_checkpoint_in_their_own_folder(store):
     assert store.delete(job.id) and not folder.exists()
 
 
+def test_predict_jobs_write_and_resume_their_table_in_their_own_folder(store):
+    """A predict job writes its table under its own folder, the same on every launch, and resumes it
+    (a job process started again after a restart keeps the rows it finished); deleting the job deletes it."""
+    job = store.create("predict", "LogS", ["predict", "--tag", "LogS", "--input", "in.csv"])
+    cmd = jobs.job_command(store, job, python="py")
+    out = jobs.prediction_output(store, job.id)
+    assert out.parent == store.log_dir / f"{job.id}-predict"
+    assert f"--output={out}" in cmd and "--resume" in cmd
+    assert jobs.job_command(JobStore(store.db_path), job, python="py") == cmd
+    assert jobs.prediction_output(JobStore(store.db_path), job.id) == out
+    other = store.create("train-domain-tag", "dom", ["train-domain-tag", "--name=dom"])
+    assert not any(a.startswith("--output") for a in jobs.job_command(store, other, python="py"))
+    out.parent.mkdir(parents=True)
+    out.write_text("row,prediction\n1,2.0\n")
+    store.fail(job.id, "stopped")
+    assert store.delete(job.id) and not out.parent.exists()
+
+
 def test_launch_failure_marks_job_failed(store):
     job = store.create("k", "n", [])
     with pytest.raises(OSError):

@@ -548,6 +548,22 @@ def test_interval_is_calibrated_on_held_out_validation_rows(llama):
     assert "note" not in card.interval
 
 
+def test_warm_start_baseline_covers_every_validation_row(llama):
+    """The card's warm-start baseline is scored on the same rows as its other baselines (all of
+    validation), not on the selection half that history[0] holds: a run that keeps the warm start
+    (0 epochs) and one that trains past it report the same warm-start baseline."""
+    df = small_frame(20)  # 100 rows, 40 for validation: half of them calibrate
+    # a zero head as the warm start (the training mean), which training soon beats
+    cfg = dict(valid_fraction=0.4, readout="last", ridge_warm_start=False, head_lr=1e-2, patience=5)
+    kept = train_function_tag(llama, None, smiles_cfg(epochs=0, **cfg), df, save=False).tag.card
+    trained = train_function_tag(llama, None, smiles_cfg(epochs=3, **cfg), df, save=False)
+    card = trained.tag.card
+    assert card.training["best_epoch"] != 0  # otherwise the warm start is simply the kept state
+    warm = card.metrics["baselines"]["warm_start"]
+    assert warm["n"] == 40 and warm["rmse"] == pytest.approx(kept.metrics["valid"]["rmse"], rel=1e-4)
+    assert kept.metrics["baselines"]["warm_start"]["rmse"] == pytest.approx(kept.metrics["valid"]["rmse"], rel=1e-6)
+
+
 def test_small_validation_set_shares_its_rows_and_says_the_interval_is_optimistic(llama):
     res = train_function_tag(llama, None, smiles_cfg(valid_fraction=0.25), small_frame(12), save=False)
     card = res.tag.card

@@ -1,9 +1,10 @@
-"""The live jobs panel of the Train page.
+"""The live jobs panel of the Train page, and of the Predict page for its background predictions.
 
 A fragment re-runs every two seconds and only reads SQLite (the job rows and
 the chosen job's new events), so it never holds the page up while a job trains in
 its own process. When a job ends, the whole page reruns once so that the
-sidebar and the tag lists pick up the new tag.
+sidebar and the tag lists pick up the new tag. A finished predict job offers its
+table for download, read from the job's folder whenever it is asked for.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 import shlex
 import time
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
-from tagllm_core.jobs import Job, JobStore, cancel, kill
+from tagllm_core.jobs import Job, JobStore, cancel, kill, prediction_output
 
 from . import charts, state
 from .cards import format_number
@@ -23,7 +25,7 @@ from .results import format_seconds
 from .training import argv_value
 
 STATE_ICON = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
-KIND_TEXT = {"function-tag": "function tag", "domain-tag": "domain tag"}
+KIND_TEXT = {"function-tag": "function tag", "domain-tag": "domain tag", "predict": "prediction"}
 FORCE_STOP_AFTER_S = 15
 
 
@@ -40,15 +42,16 @@ def _overview(jobs: list[Job]) -> pd.DataFrame:
     } for j in jobs])
 
 
-def panel() -> None:
-    """The jobs panel (call from a page; it wraps itself in a polling fragment)."""
-    _panel()
+def panel(kinds: Optional[tuple] = None, key: str = "job_select") -> None:
+    """The jobs panel (call from a page; it wraps itself in a polling fragment). ``kinds``: only jobs of
+    these kinds (default: all); ``key``: the job picker's widget key, one per page's panel."""
+    _panel(kinds, key)
 
 
 @st.fragment(run_every=2)
-def _panel() -> None:
+def _panel(kinds: Optional[tuple], key: str) -> None:
     store = state.job_store()
-    jobs = store.list(limit=25)
+    jobs = [j for j in store.list(limit=25 if kinds is None else 200) if kinds is None or j.kind in kinds][:25]
     active = {j.id for j in jobs if j.is_active}
     previous = st.session_state.get("_active_jobs")
     st.session_state["_active_jobs"] = active
@@ -62,10 +65,10 @@ def _panel() -> None:
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0,
                                                                            max_value=100, format="%d%%")})
     ids = [j.id for j in jobs]
-    if st.session_state.get("job_select") not in ids:
-        st.session_state["job_select"] = ids[0]
+    if st.session_state.get(key) not in ids:
+        st.session_state[key] = ids[0]
     by_id = {j.id: j for j in jobs}
-    job_id = st.selectbox("Job", ids, key="job_select",
+    job_id = st.selectbox("Job", ids, key=key,
                           format_func=lambda i: f"#{i} <{by_id[i].name}> · {by_id[i].state}")
     render_job(store, by_id[job_id])
 
@@ -78,7 +81,9 @@ def render_job(store: JobStore, job: Job) -> None:
             _active(store, job)
         events = _events(store, job.id)
         _curves(events, job.id)
-        if job.state == "finished":
+        if job.kind == "predict":
+            _prediction(store, job)
+        elif job.state == "finished":
             _finished(job)
         elif job.state == "failed":
             st.error(f"The job failed: {job.error or 'no reason recorded'}. No tag was saved.")
@@ -112,7 +117,7 @@ def _active(store: JobStore, job: Job) -> None:
         st.progress(0.0, text=f"Starting: loading the model and preparing the data… "
                               f"({format_seconds(job.elapsed_s)} so far)")
     else:
-        text = f"Step {job.step:,} of {job.total_steps:,}"
+        text = f"{'Row' if job.kind == 'predict' else 'Step'} {job.step:,} of {job.total_steps:,}"
         if job.loss is not None:
             text += f" · loss {format_number(job.loss, 4)}"
         if job.eta_s is not None:
@@ -179,3 +184,27 @@ def _finished(job: Job) -> None:
         st.session_state["predict_tag_request"] = res.get("tag", job.name)
         st.switch_page("pages/predict.py")
     st.page_link("pages/predict.py", label="Open the Predict page", icon="🔮")
+
+
+def _prediction(store: JobStore, job: Job) -> None:
+    """A predict job's outcome and its table: all of it once finished, the rows done so far otherwise."""
+    path = prediction_output(store, job.id)
+    res = job.result or {}
+    if job.state == "finished":
+        rows = res.get("skipped", 0) + res.get("rows", 0)
+        st.success(f"Predicted {rows:,} rows with <{job.name}>: {rows - res.get('errors', 0):,} predicted, "
+                   f"{res.get('errors', 0):,} with errors (the error column says why).")
+    elif job.state == "failed":
+        st.error(f"The job failed: {job.error or 'no reason recorded'}.")
+    elif job.state == "cancelled":
+        st.info("The job was cancelled.")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    done = "" if job.state == "finished" else " so far"
+    # read when the button is pressed (a callable), not on every poll of the panel
+    st.download_button(f"⬇️ Download job #{job.id}'s predictions{done} (CSV)", lambda: path.read_bytes(),
+                       file_name=f"{job.name.replace(' + ', '_')}_predictions.csv", mime="text/csv",
+                       key=f"predict-job-{job.id}", on_click="ignore")
+    if job.state == "finished":
+        st.dataframe(pd.read_csv(path, nrows=20, keep_default_na=False), hide_index=True, width="stretch")
+        st.caption("The first 20 rows; the download holds every row.")
