@@ -1,4 +1,4 @@
-"""Background training jobs whose state lives in SQLite.
+"""Background jobs (training; predictions too big for a page, ``predict`` jobs) whose state lives in SQLite.
 
 Why a separate OS process: Streamlit re-runs the page script on every widget
 interaction and kills script threads on a browser refresh, so a training loop
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from . import paths
-from .exceptions import JobCancelled, TagLLMError
+from .exceptions import JobCancelled, TagLLMError, TagNameError
 from .progress import ProgressEvent
 
 __all__ = [
@@ -435,6 +435,23 @@ class JobStore:
             ).fetchone()
             return row is not None
 
+    def name_taken_by(self, job_id: int) -> Optional[int]:
+        """The id of an earlier training job, still queued or running, that trains a tag of the same name
+        as training job ``job_id`` (None if there is none, or ``job_id`` trains nothing). The earliest job
+        keeps the name: two sessions can pass the Train page's name check at the same moment, and the
+        later job must learn that before it trains for minutes, not when it saves."""
+        self.reap()
+        with self._read() as conn:
+            row = self._row(conn, job_id)
+            if not row["kind"].startswith("train"):
+                return None
+            other = conn.execute(
+                "SELECT id FROM jobs WHERE name=? AND id<? AND kind LIKE 'train%'"
+                " AND state IN ('queued','running') ORDER BY id LIMIT 1",
+                (row["name"], job_id),
+            ).fetchone()
+            return None if other is None else int(other["id"])
+
     def queue_position(self, job_id: int) -> Optional[int]:
         """How many launched jobs are queued ahead of this one (None if not queued)."""
         with self._read() as conn:
@@ -725,6 +742,11 @@ def run_job(
     try:
         wait_for_slot(store, job_id, poll=poll, max_concurrent=max_concurrent)
         print(f"job {job_id}: running (pid {os.getpid()})", flush=True)
+        earlier = store.name_taken_by(job_id)
+        if earlier is not None:  # checked again, atomically, when the tag is saved (TagLibrary.save)
+            name = store.get(job_id).name
+            raise TagNameError(f"The name <{name}> is taken: job #{earlier} is already training a tag called "
+                               f"<{name}>. Choose another name.")
         result = work(JobReporter(store, job_id))
         store.finish(job_id, result if result is not None else {})
     except JobCancelled:

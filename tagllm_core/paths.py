@@ -46,9 +46,14 @@ def uploads_dir() -> Path:
     return data_dir() / "uploads"
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, replace: bool = True) -> None:
     """Call ``write(tmp_path)``, then rename onto ``path`` (same folder, so the rename is atomic):
-    readers see the old file or the whole new one, and a crash leaves no half-written file."""
+    readers see the old file or the whole new one, and a crash leaves no half-written file (at most a
+    hidden ``.<name>.….tmp`` beside it).
+
+    ``replace=False`` claims the name in the same atomic step (a hard link, which fails when the name
+    exists): ``FileExistsError`` if ``path`` exists, and of two writers racing for one name exactly one
+    wins, where a check before the write would let both pass and the later rename silently win."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -57,7 +62,21 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    Path(tmp).unlink(missing_ok=True)  # the link's other name
+
+
+def _link_exclusive(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name by an exclusive create, then fill it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.replace(tmp, path)

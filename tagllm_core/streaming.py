@@ -390,7 +390,7 @@ class _TablePredictor:
                                                          first_row=chunk.first_row))
         table = _side_by_side(df.reset_index(drop=True), out.drop(columns=list(self.slot_kinds)))
         row_col = "row_pred" if "row" in df.columns else "row"
-        table = table[[row_col] + [c for c in table.columns if c != row_col]]
+        table = table[[row_col] + [c for c in table.columns if c != row_col]].copy()
         error_col = "error_pred" if "error" in df.columns else "error"
         for pos, message in chunk.errors.items():
             table.loc[pos, error_col] = message

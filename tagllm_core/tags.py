@@ -207,7 +207,8 @@ def init_tag_vectors(embedding: torch.Tensor, n_tokens: int = DEFAULT_N_TOKENS, 
     return (base + noise_t).contiguous()
 
 
-def save_tag_file(tag: Tag, path: Path) -> None:
+def save_tag_file(tag: Tag, path: Path, replace: bool = True) -> None:
+    """Write ``tag`` to ``path`` atomically; ``replace=False``: ``FileExistsError`` if the name is taken."""
     tensors = {"vectors": tag.vectors.detach().float().cpu().contiguous()}
     for k, v in tag.head_state.items():
         tensors[f"head.{k}"] = v.detach().float().cpu().contiguous()
@@ -220,7 +221,7 @@ def save_tag_file(tag: Tag, path: Path) -> None:
     for k, v in tag.reference_fingerprints.items():  # bits, not numbers: kept uint8
         tensors[f"applicability.{k}"] = v.detach().cpu().to(torch.uint8).contiguous()
     meta = {"format": "tagllm-tag", "card": tag.card.to_json()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta), replace=replace)
 
 
 def _open_checked(path: Path):
@@ -375,9 +376,13 @@ class TagLibrary:
         if self._path(self.bundled_dir, name).exists():
             raise TagNameError(f"<{name}> is a bundled tag; choose another name.")
         path = self._path(self.user_dir, name)
+        taken = f"A user tag named <{name}> already exists; delete it first or choose another name."
         if path.exists() and not overwrite:
-            raise TagNameError(f"A user tag named <{name}> already exists; delete it first or choose another name.")
-        save_tag_file(tag, path)
+            raise TagNameError(taken)
+        try:  # the check above is a courtesy; without overwrite the write itself claims the name atomically
+            save_tag_file(tag, path, replace=overwrite)
+        except FileExistsError:
+            raise TagNameError(taken) from None
         return path
 
     def delete(self, name: str) -> None:

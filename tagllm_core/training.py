@@ -843,15 +843,29 @@ def _run_identity(backbone: Backbone, cfg: FunctionTagConfig, parts: dict) -> di
 
 
 class _Checkpoint:
-    """Per-epoch training state in safetensors + JSON (no pickle), for resume. ``identity``
-    (``_run_identity``) is stored with it: a folder left by another run is refused, never resumed,
-    since a state of the same shapes would load silently and train on from someone else's epoch."""
+    """Per-epoch training state in one safetensors file, the bookkeeping (JSON) in its header (no
+    pickle), for resume. One file, replaced atomically: a kill can never pair one epoch's weights with
+    another epoch's bookkeeping. ``identity`` (``_run_identity``) is stored with it: a folder left by
+    another run is refused, never resumed, since a state of the same shapes would load silently and
+    train on from someone else's epoch."""
+
+    FILE = "checkpoint.safetensors"
 
     def __init__(self, folder: Path, identity: dict):
         self.folder, self.identity = Path(folder), identity
 
+    @property
+    def path(self) -> Path:
+        return self.folder / self.FILE
+
     def exists(self) -> bool:
-        return (self.folder / "state.json").exists()
+        return self.path.exists()
+
+    def _meta(self) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), "pt") as f:
+            return json.loads((f.metadata() or {})["checkpoint"])
 
     def verify(self) -> None:
         """Raise ``TrainingError`` when the folder holds a checkpoint that this run did not write."""
@@ -859,8 +873,8 @@ class _Checkpoint:
             return
         start_afresh = "Delete the folder, or give this run another checkpoint folder, to start afresh."
         try:
-            found = json.loads((self.folder / "state.json").read_text()).get("identity")
-        except (OSError, ValueError, AttributeError):
+            found = self._meta().get("identity")
+        except Exception:  # safetensors and json raise several types for a damaged file
             raise TrainingError(f"The checkpoint in {self.folder} cannot be read. {start_afresh}") from None
         if not isinstance(found, dict):
             raise TrainingError(f"The checkpoint in {self.folder} has no run fingerprint (an older version wrote "
@@ -889,18 +903,17 @@ class _Checkpoint:
                     tensors[f"opt.{pid}.{name}"] = val.cpu().contiguous()
                 else:
                     scalars[f"{pid}.{name}"] = float(val)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
         meta = {"identity": self.identity, "epoch": epoch, "history": history, "best": best,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "opt_scalars": scalars,
                 "param_groups": opt["param_groups"]}
-        atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda tmp: save_file(tensors, tmp, metadata={"checkpoint": json.dumps(meta)}))
 
     def load(self, tag_param, head, optimizer):
         from safetensors.torch import load_file
 
-        meta = json.loads((self.folder / "state.json").read_text())
-        t = load_file(str(self.folder / "state.safetensors"))
+        meta = self._meta()
+        t = load_file(str(self.path))
         with torch.no_grad():
             tag_param.copy_(t["tag"])
         head.load_state({k[5:]: v for k, v in t.items() if k.startswith("head.")})
@@ -917,8 +930,7 @@ class _Checkpoint:
         return meta["epoch"], meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"], best_state
 
     def clear(self):
-        for name in ("state.json", "state.safetensors"):
-            (self.folder / name).unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------

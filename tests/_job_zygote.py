@@ -8,6 +8,7 @@ its imports alone take 10-20 s. This helper imports the CLI and the training cod
 Protocol (one JSON object per line on stdin, one line back on stdout)::
 
     {"argv": [...], "env": {...}, "log": "/path/job.log"}   ->  "<pid>"
+    {"script": "/path/code.py", "env": {...}, "log": ...}    ->  "<pid>"   (runs a file instead of the CLI)
 
 The pid is a job process like any other: the test signals it (SIGKILL) or waits for its job in the store.
 Children are reaped here as they exit, so none lingers as a zombie.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import sys
 import traceback
@@ -44,19 +46,23 @@ def _reap(signum, frame) -> None:
 
 
 def _child(cmd: dict) -> None:
-    os.setsid()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    fd = os.open(cmd["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    os.environ.update(cmd.get("env", {}))
     code = 1
     try:
-        code = cli.main(cmd["argv"])
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        Path(cmd["log"]).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cmd["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.environ.update(cmd.get("env", {}))
+        if cmd.get("script"):  # a test's own code in a job-like process
+            runpy.run_path(cmd["script"], run_name="__main__")
+            code = 0
+        else:
+            code = cli.main(cmd["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:

@@ -316,7 +316,7 @@ def test_function_tag_jobs_checkpoint_in_their_own_folder(store):
     other = store.create("train-domain-tag", "dom", ["train-domain-tag", "--name=dom"])
     assert not any(a.startswith("--checkpoint-dir") for a in jobs.job_command(store, other, python="py"))
     folder.mkdir(parents=True)
-    (folder / "state.json").write_text("{}")
+    (folder / "checkpoint.safetensors").write_bytes(b"")
     store.fail(job.id, "stopped")
     assert store.delete(job.id) and not folder.exists()
 
@@ -476,3 +476,58 @@ def test_reporter_keeps_training_warnings_and_prints_them_to_the_job_log(store, 
     report(ev(2, total=100, message="warning: Training stopped at epoch 2: the loss became non-finite"))
     assert [h["message"] for h in store.history(job.id)][-1].startswith("warning: Training stopped")
     assert "warning: Training stopped at epoch 2" in capsys.readouterr().out
+
+
+# -- one tag name, two jobs; SIGKILL (issue 11, concurrency and faults) --------------------------------------
+
+
+def test_a_later_training_job_for_a_taken_name_is_refused_before_its_work(store):
+    """Two sessions can pass the Train page's name check at the same moment: the earlier job keeps the
+    name, the later one fails at once with the reason (tests/test_concurrency.py runs it with real jobs)."""
+    first = store.create("train-function-tag", "Dup", [])
+    second = store.create("train-domain-tag", "Dup", [])
+    other = store.create("train-function-tag", "Other", [])
+    assert store.set_running(first.id, os.getpid())
+    assert store.name_taken_by(first.id) is None and store.name_taken_by(other.id) is None
+    assert store.name_taken_by(second.id) == first.id
+    ran = []
+    assert run_job(store, second.id, lambda report: ran.append(1) or {}, poll=0.01, max_concurrent=3) == "failed"
+    error = store.get(second.id).error
+    assert ran == [] and "<Dup> is taken" in error and f"job #{first.id}" in error
+    # the name is free again once the earlier job is over (the library then says whether the tag exists)
+    store.fail(first.id, "stopped")
+    third = store.create("train-function-tag", "Dup", [])
+    assert run_job(store, third.id, lambda report: {"ok": 1}, poll=0.01) == "finished"
+    # jobs that train nothing (a prediction with a tag's name) are not held to it
+    busy = store.create("train-function-tag", "Busy", [])
+    store.set_running(busy.id, os.getpid())
+    reading = store.create("predict", "Busy", [])
+    assert store.name_taken_by(reading.id) is None
+
+
+def test_sigkill_while_jobs_write_events_leaves_a_sound_database(store, spawn):
+    """Job processes killed with SIGKILL at 10 seeded random moments while they write progress as fast as
+    they can (each write a transaction): the database passes SQLite's integrity check, each killed job is
+    recorded as died, its events so far are readable, and the next job gets the slot and finishes."""
+    import random
+    import sqlite3
+
+    rng = random.Random(7)
+    for trial in range(10):
+        job = store.create("k", f"kill{trial}", [])
+        pid = spawn(job, "--steps", "100000", "--sleep", "0", "--poll", "0.01")
+        wait_until(lambda: store.get(job.id).state == "running", what="job to start")
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.killpg(pid, signal.SIGKILL)
+        j = wait_until(lambda: done(store, job.id), what="the death to be recorded")
+        assert j.state == "failed" and j.error == DIED_MESSAGE
+        steps = [h["step"] for h in store.history(job.id)]
+        assert steps == sorted(steps) and (not steps or steps[-1] == j.step)
+        conn = sqlite3.connect(str(store.db_path))
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            conn.close()
+    nxt = store.create("k", "next", [])
+    spawn(nxt, "--steps", "3")
+    assert wait_until(lambda: done(store, nxt.id), what="the next job").state == "finished"

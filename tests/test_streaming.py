@@ -89,7 +89,7 @@ def test_chunked_csv_equals_one_shot(llama, lib, tmp_path):
     assert b.loc[23, "error"] == "" and b.loc[17, "error"].startswith("row 18, smiles:")
     assert b.loc[24, "error"].startswith("row 25, smiles:")
     # and the same table as the in-memory predict_table (which has no row column)
-    whole = predict_table(Predictor(llama, lib.get("LogS"), lib), df).fillna("")
+    whole = predict_table(Predictor(llama, lib.get("LogS"), lib), df).astype(object).fillna("")
     assert_same_table(b.drop(columns=["row"]), whole.astype(str).replace("nan", ""))
 
 
@@ -100,7 +100,7 @@ def test_chunked_several_tags_equals_one_shot(llama, lib, tmp_path):
     run(llama, lib, src, out, tags=("LogS", "Other"), chunk_rows=5)
     got = read_csv(out)
     raw = predict_many_table(llama, ["LogS", "Other"], df, library=lib)
-    whole = raw.fillna("")
+    whole = raw.astype(object).fillna("")
     assert got["row"].tolist() == [str(i) for i in range(1, 13)]
     assert list(got.columns[1:]) == list(whole.columns)
     for c in whole.columns:

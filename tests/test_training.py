@@ -297,7 +297,8 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(llama, tmp_path):
     with pytest.raises(JobCancelled):
         train_function_tag(llama, None, _resume_cfg(), df, save=False, checkpoint_dir=ckpt,
                            progress=interrupt_in_epoch_two)
-    assert sorted(os.listdir(ckpt)) == ["state.json", "state.safetensors"]
+    # one file, so a kill cannot pair one epoch's weights with another epoch's bookkeeping
+    assert sorted(os.listdir(ckpt)) == ["checkpoint.safetensors"]
 
     resumed_events = []
     res = train_function_tag(llama, None, _resume_cfg(), df, save=False, checkpoint_dir=ckpt,
@@ -326,6 +327,8 @@ def test_a_checkpoint_from_another_run_is_refused(llama, tmp_path):
     a checkpoint without the run's fingerprint (an older version) are refused, and the folder is kept."""
     import json
 
+    from safetensors import safe_open
+
     df = small_frame(12)
     ckpt = tmp_path / "ckpt"
 
@@ -342,11 +345,18 @@ def test_a_checkpoint_from_another_run_is_refused(llama, tmp_path):
     other_cfg = smiles_cfg(epochs=2, readout="last", ridge_warm_start=False, tag_lr=1e-2)
     with pytest.raises(TrainingError, match=r"another run.*settings"):
         train_function_tag(llama, None, other_cfg, df, save=False, checkpoint_dir=ckpt)
-    assert sorted(os.listdir(ckpt)) == ["state.json", "state.safetensors"]  # refused, not deleted
-    meta = json.loads((ckpt / "state.json").read_text())
+    assert sorted(os.listdir(ckpt)) == ["checkpoint.safetensors"]  # refused, not deleted
+    from safetensors.torch import load_file, save_file
+
+    path = ckpt / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["checkpoint"])
     meta.pop("identity", None)  # as written before checkpoints carried the run's fingerprint
-    (ckpt / "state.json").write_text(json.dumps(meta))
+    save_file(load_file(str(path)), str(path), metadata={"checkpoint": json.dumps(meta)})
     with pytest.raises(TrainingError, match="fingerprint"):
+        train_function_tag(llama, None, cfg, df, save=False, checkpoint_dir=ckpt)
+    path.write_bytes(path.read_bytes()[:100])  # damaged (a disk filled up, say)
+    with pytest.raises(TrainingError, match="cannot be read"):
         train_function_tag(llama, None, cfg, df, save=False, checkpoint_dir=ckpt)
 
 
