@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import io
+import os
 import json
 import time
 from pathlib import Path
@@ -501,6 +502,16 @@ def test_jobs_panel_shows_a_failed_job(tiny_app):
     store.fail(job.id, "TrainingError: A label column is constant: there is nothing to learn.")
     at = new_app("pages/train.py")
     assert "A label column is constant" in texts(at.error)
+
+
+def test_jobs_panel_shows_a_finished_jobs_training_warnings(tiny_app):
+    store = JobStore()
+    job = store.create("function-tag", "Warned", ["train-function-tag", "--name=Warned"])
+    warning = "The scaffold split put 0 of 50 rows in validation; a random split was used instead."
+    assert store.set_running(job.id, os.getpid())
+    assert store.finish(job.id, {"tag": "Warned", "metrics": {"rmse": 0.5}, "warnings": [warning]})
+    at = new_app("pages/train.py")
+    assert warning in texts(at.warning)
 
 
 def test_jobs_panel_cancels_a_running_job(tiny_app):

@@ -151,6 +151,8 @@ def _curves(events: list, job_id: int) -> None:
 
 def _finished(job: Job) -> None:
     res = job.result or {}
+    for warning in res.get("warnings") or []:  # e.g. a scaffold split that fell back to random
+        st.warning(warning)
     if job.kind == "domain-tag" or "perplexity" in res:
         ppl = res.get("perplexity") or {}
         st.success(f"<{res.get('tag', job.name)}> is trained and saved in your library. Choose it as the domain "
