@@ -163,9 +163,9 @@ with tab_fn:
                 help="Longer sequences are cut; predictions with this tag are cropped alike.")
             layers = a1.text_input(
                 "Read-out depth", value=str(training.DEFAULT_LAYERS), key="tf_layers",
-                help="auto: chosen in the warm start by a linear head per layer scored on validation; the "
-                     "shallowest layer within one standard error of the best score is kept, and the layers "
-                     "above it never run, so training and prediction are faster. final: the last "
+                help="auto: the layer whose linear head scores best on validation, chosen in the warm start; "
+                     "the layers above it never run, so training and prediction are faster (the CLI's "
+                     "--layer-tolerance trades accuracy for a shallower layer). final: the last "
                      "layer, as in the paper. Or layer numbers, e.g. 12 or 7,15.")
             layers_problem = training.layers_problem(layers)
             if layers_problem:

@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(12 or 7,15)")
     f.add_argument("--layer-tolerance", type=float, default=ft["layer_tolerance"], metavar="SE",
                    help="with --layers auto: keep the shallowest layer within this many standard errors of the "
-                        "best validation score (faster predictions); 0 keeps the best-scoring layer")
+                        "best validation score (faster predictions, often less accurate); 0, the default, keeps "
+                        "the best-scoring layer")
     f.add_argument("--features", choices=list(FEATURE_SETS), default=ft["features"],
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
