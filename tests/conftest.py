@@ -242,3 +242,13 @@ def count_block_calls(bb):
     finally:
         for h in handles:
             h.remove()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama and its character tokenizer saved as a model folder (``TAGLLM_BACKBONE`` accepts a
+    path), for tests that run the CLI or job processes: one per test module."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_model("llama").save_pretrained(folder)
+    make_char_tokenizer(add_bos=True).save_pretrained(folder)
+    return folder

@@ -26,7 +26,7 @@ from tagllm_core.jobs import JobStore
 from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SlotSpec, TagLibrary
 
-from conftest import REPO, make_char_tokenizer, make_domain_tag, make_function_tag, make_tiny_model  # noqa: E402
+from conftest import REPO, make_char_tokenizer, make_domain_tag, make_function_tag  # noqa: E402
 
 SUFFIX = ".tag.safetensors"
 SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCCCN", "OCCO", "CCCCCCO", "c1ccccc1CC", "CCOC(=O)C", "CN", "CCCl"]
@@ -121,14 +121,6 @@ def test_pairs():
 
 
 # --- end to end on a tiny model folder ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    make_tiny_model("llama").save_pretrained(folder)
-    make_char_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

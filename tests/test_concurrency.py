@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, make_char_tokenizer, make_function_tag, make_tiny_model
+from conftest import REPO, make_function_tag
 from tagllm_core import jobs
 from tagllm_core.backbone import get_backbone
 from tagllm_core.exceptions import TagNameError
@@ -56,14 +56,6 @@ def wait_until(pred, timeout: float = TIMEOUT, what: str = "condition"):
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    make_tiny_model("llama").save_pretrained(folder)
-    make_char_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
 
 
 class Zygote:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from tagllm_core.multi import predict_many_table
 from tagllm_core.prediction import Predictor, predict_table
 from tagllm_core.tags import TagLibrary
 
-from conftest import REPO, make_char_tokenizer, make_function_tag, make_tiny_model
+from conftest import REPO, make_function_tag
 
 SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCCCN", "OCCO", "CCCCCCO", "c1ccccc1CC", "CCOC(=O)C", "CN", "CCCl"]
 BAD = "C1CC(C"
@@ -249,14 +248,6 @@ def test_smiles_file_and_sdf_need_a_one_smiles_tag(llama, lib, library_factory, 
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    make_tiny_model("llama").save_pretrained(folder)
-    make_char_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -18,8 +18,21 @@ from tagllm_core.tags import Tag, TagLibrary
 from . import charts
 
 
+class _ResultTable:
+    """What the page asks of any result table: its ``frame`` has one row per input row and an
+    ``error`` column ("" where the row was predicted)."""
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.frame[self.frame["error"] != ""]
+
+
 @dataclass
-class PredictionRun:
+class PredictionRun(_ResultTable):
     """What the Predict page keeps in session state between reruns."""
 
     tag: str
@@ -32,14 +45,6 @@ class PredictionRun:
     classes: list = field(default_factory=list)
     source: Optional[pd.DataFrame] = None  # the uploaded table, for the download
     seconds: float = 0.0
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.frame)
-
-    @property
-    def errors(self) -> pd.DataFrame:
-        return self.frame[self.frame["error"] != ""]
 
     @property
     def n_ok(self) -> int:
@@ -77,7 +82,7 @@ def single_run(tag: Tag, results: list, zero_shot: bool = False, overrides: Opti
 
 
 @dataclass
-class MultiRun:
+class MultiRun(_ResultTable):
     """Several tags over the same rows (``tagllm_core.multi``): the combined table, and each tag's own
     run for the detail view."""
 
@@ -88,13 +93,6 @@ class MultiRun:
     source: Optional[pd.DataFrame] = None
     seconds: float = 0.0
 
-    @property
-    def n_rows(self) -> int:
-        return len(self.frame)
-
-    @property
-    def errors(self) -> pd.DataFrame:
-        return self.frame[self.frame["error"] != ""]
 
 
 def run_many(bb: Backbone, library: TagLibrary, tag_names: list, rows: list, batch_size: int = 16,
