@@ -17,7 +17,7 @@ from tagllm_core.tags import load_tag_file, save_tag_file
 
 from conftest import make_function_tag  # noqa: E402
 from test_training import small_frame, smiles_cfg  # noqa: E402
-from test_cli import env, folder_backbone, library, model_dir  # noqa: E402,F401 (fixtures)
+from test_cli import env, folder_backbone, library  # noqa: E402,F401 (fixtures; model_dir is in conftest)
 
 AROMATICS = ["c1ccccc1O", "c1ccccc1N", "Cc1ccccc1", "c1ccc2ccccc2c1", "Oc1ccc(Cl)cc1", "c1ccncc1",
              "Nc1ccc(O)cc1", "COc1ccccc1", "c1ccc(-c2ccccc2)cc1", "O=C(O)c1ccccc1"]
