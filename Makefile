@@ -8,7 +8,7 @@ PORT   ?= 8501
 # TAGLLM_BACKBONE be a Hugging Face id that is downloaded. The tests are always offline.
 HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast browser-deps bench clean-cache
+.PHONY: setup run lint test test-fast browser-deps bench clean-cache
 
 setup: $(STAMP)
 
@@ -29,11 +29,16 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
-test: setup browser-deps
+# Lint and import order (ruff.toml), then types of the engine (mypy.ini); both run before any test.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy tagllm_core
+
+test: setup browser-deps lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
 
 # Unit tests only (tiny random backbones): seconds, no real model.
-test-fast: setup
+test-fast: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not real and not browser"
 
 bench: setup

@@ -33,11 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "benchmarks"
 DOMAIN_TAGS = {"smiles": "SMILES", "protein": "Protein"}

@@ -1,4 +1,4 @@
-"""Train the tags bundled in assets/tags/<backbone-slug>/ (development only).
+"""Train the tags bundled in tagllm_core/data/tags/<backbone-slug>/ (development only).
 
 Needs ../shared (benchmarks, protein corpus) and, for <SMILES>, the MOSES
 corpus from `pip install --no-deps molsets`. Each tag is trained with the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
-
 import pandas as pd  # noqa: E402
+
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 
@@ -47,13 +47,12 @@ def main():
 
     from tagllm_core.backbone import load_backbone
     from tagllm_core.data import moses_smiles_path, read_corpus
-    from tagllm_core.paths import ASSETS_DIR
+    from tagllm_core.paths import BUNDLED_TAGS_DIR
     from tagllm_core.tags import SlotSpec, TagLibrary, save_tag_file
     from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag
 
     bb = load_backbone()
-    lib = TagLibrary(bb.fingerprint)
-    out_dir = Path(args.out_dir) if args.out_dir else ASSETS_DIR / "tags" / bb.fingerprint.slug
+    out_dir = Path(args.out_dir) if args.out_dir else BUNDLED_TAGS_DIR / bb.fingerprint.slug
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python bench/build_bundled_tags.py " + " ".join(sys.argv[1:])
 
@@ -148,11 +147,13 @@ def main():
         df = df[df.target_id.isin(set(keep))]
         tr, va = df[df.split == "train"], df[df.split == "valid"]
         cfg = FunctionTagConfig(
-            name="BindingAffinity", slots=[SlotSpec("sequence", "protein", "Protein"), SlotSpec("smiles", "smiles", "SMILES")],
+            name="BindingAffinity",
+            slots=[SlotSpec("sequence", "protein", "Protein"), SlotSpec("smiles", "smiles", "SMILES")],
             labels=["y"], what="binding affinity (pKd)", epochs=args.epochs, max_length={"protein": 512},
             cache_budget_gb=12.0, **overrides,
-            description=(f"Kinase-inhibitor binding affinity, pKd (DAVIS, Davis et al. 2011; DeepDTA setting-1 folds, "
-                         f"{args.davis_proteins} of 442 kinases with all their drugs; proteins cropped to 512 residues)."))
+            description=(f"Kinase-inhibitor binding affinity, pKd (DAVIS, Davis et al. 2011; "
+                         f"DeepDTA setting-1 folds, {args.davis_proteins} of 442 kinases with all their drugs; "
+                         f"proteins cropped to 512 residues)."))
         res = train_function_tag(bb, bundled_lib(), cfg, tr, va, progress=progress, save=False,
                                  data_name=f"davis.csv.gz ({args.davis_proteins} targets)")
         print("BindingAffinity", res.metrics)

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from predict_throughput import SMILES  # noqa: E402
-
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
+
+from predict_throughput import SMILES  # noqa: E402
 
 
 def main() -> None:

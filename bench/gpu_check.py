@@ -29,10 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
+
 sys.path.insert(1, str(ROOT / "tests"))  # _tag_builders (pytest-free)
 sys.path.insert(2, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+
 
 def export_skeleton(dest: Path) -> None:
     """Copy the default backbone's config and tokenizer (no weights) to ``dest``."""
@@ -63,9 +65,9 @@ def sync(device: str) -> None:
 
 def step_check(bb, device: str, label: str, rows_fn, template: str, slot_kinds: dict, domains: list, reps: int):
     """Naive against cached step: time and agreement. Returns a dict of figures."""
-    from train_throughput import build, step_cached, step_naive, timed
-
     from tagllm_core.prefix_cache import compute_prefix_states
+
+    from train_throughput import build, step_cached, step_naive, timed
 
     model = build(bb, template, slot_kinds, domains)
     plans = [model.plan(r) for r in rows_fn()]
@@ -107,21 +109,23 @@ def main():
         return
 
     import pandas as pd
-    from _tag_builders import synthetic_solubility_tag
-    from predict_throughput import SMILES
     from rdkit import Chem
-    from train_throughput import AA
 
     from tagllm_core.prediction import Predictor
     from tagllm_core.tags import SlotSpec
     from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag
+
+    from _tag_builders import synthetic_solubility_tag
+    from predict_throughput import SMILES
+    from train_throughput import AA
 
     dev = args.device
     report: dict = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else dev,
                     "torch": torch.__version__}
     print(f"device {report['device']}, torch {torch.__version__}", flush=True)
     smi_template = "Input: The SMILES of the molecule is {smiles:<SMILES>}. Output: The solubility is <Sol>"
-    pair_template = ("Input: The protein sequence is {sequence:<Protein>}. The SMILES of the drug is {smiles:<SMILES>}. "
+    pair_template = ("Input: The protein sequence is {sequence:<Protein>}. "
+                     "The SMILES of the drug is {smiles:<SMILES>}. "
                      "Output: The binding affinity is <Affinity>")
     rng = random.Random(0)
     proteins = ["".join(rng.choice(AA) for _ in range(512)) for _ in range(8)]

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
+
 # tests/_tag_builders.py (pytest-free); by folder, since site-packages may hold an unrelated `tests` package
 sys.path.insert(1, str(ROOT / "tests"))
 
@@ -41,8 +42,9 @@ SMILES = [
 
 
 def _tag(bb):
-    from _tag_builders import synthetic_solubility_tag
     from tagllm_core.tags import TagLibrary
+
+    from _tag_builders import synthetic_solubility_tag
 
     lib = TagLibrary(bb.fingerprint)
     if lib.exists("Solubility"):
@@ -117,7 +119,8 @@ def main() -> None:
     if not args.skip_first_run:
         with tempfile.TemporaryDirectory() as empty:
             first = run_child(args.rows, dict(env, TAGLLM_CACHE=empty))
-        print(f"cold start, first run (dequantise GGUF + cache): {first['first_prediction_s']:.1f} s to first prediction")
+        print(f"cold start, first run (dequantise GGUF + cache): "
+              f"{first['first_prediction_s']:.1f} s to first prediction")
     cached = run_child(args.rows, env)
     print(f"cold start, cached: {cached['first_prediction_s']:.1f} s to first prediction "
           f"(backbone load {cached['load_s']:.1f} s, from cache: {cached['from_cache']})")

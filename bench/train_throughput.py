@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
-
 import torch  # noqa: E402
+
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
 from predict_throughput import SMILES  # noqa: E402
 

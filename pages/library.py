@@ -48,6 +48,7 @@ for info in tags:
             st.dataframe(cards.card_table(info, bb.fingerprint), hide_index=True, width="stretch")
             if card.kind == "function":
                 cards.render_domain(card, info.name)
+                cards.render_reference(info, info.name)
         if info.source == "user":
             c1, c2 = st.columns([3, 1])
             confirm = c1.checkbox(f"Delete <{info.name}> permanently", key=f"delete-confirm::{info.name}")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from tagllm_core.domains import KINDS
 from tagllm_core.exceptions import InputError, TagLLMError
-from ui import cards, inputs, jobs_panel, state, training, widgets
+from ui import cards, inputs, jobs_panel, state, train_form, training, widgets
 
 st.title("Train")
 bb = state.backbone()
@@ -29,12 +29,7 @@ def _dom_label(option):
 def _start(kind, name, argv_builder, name_key, uploads):
     """Button callback: save the uploads, create and launch the job, clear the name box."""
     try:
-        folder = None
-        for data, fname, setter in uploads:
-            path = inputs.save_upload(data, fname, folder)
-            folder = path.parent
-            setter(path)
-        job = training.start_job(store, kind, name, argv_builder())
+        job = train_form.start_with_uploads(store, kind, name, argv_builder, uploads)
     except TagLLMError as err:
         state.flash(str(err), "error")
         return
@@ -42,16 +37,6 @@ def _start(kind, name, argv_builder, name_key, uploads):
     st.session_state[name_key] = ""
     state.flash(f"Started job #{job.id}: training <{name}> in the background. Follow it under "
                 f"Training jobs below; it keeps running if you close this tab.")
-
-
-def _name_check(raw):
-    """(bare name or None, problem or None)."""
-    if not (raw or "").strip():
-        return None, None
-    try:
-        return training.check_new_tag_name(raw, lib, store), None
-    except TagLLMError as err:
-        return None, str(err)
 
 
 tab_fn, tab_dom = st.tabs(["Train new function tag", "Train new domain tag"])
@@ -71,10 +56,6 @@ with tab_fn:
         st.caption(f"`{fname}`: {len(df):,} rows; columns {', '.join(map(str, df.columns))}")
         st.dataframe(df.head(5), hide_index=True, width="stretch")
         columns = [str(c) for c in df.columns]
-        problems = []
-        if len(columns) < 2:
-            problems.append(f"`{fname}` has only the column {columns}; training needs at least one input "
-                            f"column and one label column.")
         guessed = [c for c in columns if inputs.guess_kind_of_column(c, df[c]) in ("smiles", "protein")][:2]
         input_cols = st.multiselect("Input column(s)", columns, default=guessed or columns[:1], key="tf_inputs",
                                     max_selections=3, help="Each input becomes a slot in the prompt template.")
@@ -91,46 +72,32 @@ with tab_fn:
             slot = inputs.slot_name_for(col, kind, [s.slot for s in slots])
             c3.caption(f"template slot `{{{slot}}}`")
             slots.append(training.SlotChoice(col, slot, kind, None if dom == "none" else dom))
-        if not input_cols:
-            problems.append("Choose at least one input column.")
 
         label_options = inputs.label_candidates(df, exclude=input_cols)
         labels = st.multiselect("Label column(s)", label_options, default=label_options[:1], key="tf_labels",
                                 help="What the tag learns to predict; several columns = multi-output regression.")
-        if not labels:
-            problems.append("Choose a label column.")
         first = labels[0] if labels else ""
         task_guess = inputs.guess_task(df[first]) if first else "regression"
         task = st.radio("Task", ["regression", "classification"], horizontal=True, key=f"tf_task::{first}",
                         index=0 if task_guess == "regression" else 1)
-        if task == "classification" and len(labels) > 1:
-            problems.append("A classification tag takes a single label column.")
 
         c1, c2 = st.columns(2)
         raw_name = c1.text_input("Tag name", key="tf_name", placeholder="e.g. LogP",
                                  help="Letters, digits and _ . + - ; becomes <Name> in the prompt.")
-        name, name_problem = _name_check(raw_name)
+        name, name_problem = train_form.check_name(raw_name, lib, store)
         if name_problem:
             st.error(name_problem)
-            problems.append(name_problem)
-        elif name is None:
-            problems.append("Enter a tag name.")
         what = c2.text_input("What is predicted (prompt wording)", key=f"tf_what::{first}",
                              value=first.replace("_", " ") if first else "property")
         template_text = st.text_area("Template (optional)", key="tf_template", height=80,
-                                     placeholder=training.resolve_template("", slots, name or "Tag", what or "property")
-                                     if slots else None,
+                                     placeholder=train_form.preview_template("", slots, name, what).resolved,
                                      help="Use {slot} for each input; the function tag goes at the end. "
                                           "Leave empty for the default shown.")
-        template = None
-        if slots:
-            try:
-                resolved = training.resolve_template(template_text, slots, name or "Tag", what or "property")
-                st.caption(f"Prompt: `{resolved}`")
-                template = resolved if (template_text or "").strip() else None
-            except TagLLMError as err:
-                st.error(f"Template: {err}")
-                problems.append(str(err))
+        template = train_form.preview_template(template_text, slots, name, what)
+        if template.resolved:
+            st.caption(f"Prompt: `{template.resolved}`")
+        elif template.problem:
+            st.error(f"Template: {template.problem}")
 
         c1, c2 = st.columns(2)
         epochs = c1.number_input("Epochs", min_value=1, max_value=200, value=training.DEFAULT_EPOCHS,
@@ -145,7 +112,7 @@ with tab_fn:
                                  help="auto: scaffold split when an input is a SMILES, else random.")
             max_rows = a2.number_input("Use at most this many rows (0 = all)", min_value=0, value=0, step=100,
                                        key="tf_maxrows")
-            n_rows = min(len(df), int(max_rows) or len(df))
+            n_rows = train_form.rows_used(len(df), max_rows)
             valid_fraction = a1.number_input(
                 "Validation share", min_value=0.05, max_value=0.5, step=0.05, format="%.2f",
                 value=training.suggest_valid_fraction(n_rows), key=f"tf_vfrac::{n_rows}",
@@ -170,7 +137,6 @@ with tab_fn:
             layers_problem = training.layers_problem(layers)
             if layers_problem:
                 st.error(layers_problem)
-                problems.append(layers_problem)
             descriptors = a2.checkbox(
                 "Head also reads classic descriptors", value=training.DEFAULT_FEATURES == "descriptors",
                 key="tf_features",
@@ -179,29 +145,26 @@ with tab_fn:
                      "paper's pure-tag method.")
             valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
                                         key="tf_valid")
-        n_train = max(1, int(n_rows * (1 - float(valid_fraction))))
-        n_steps = -(-n_train // int(batch_size)) * int(epochs)  # ceil: the last batch may be partial
+        n_train, n_steps = train_form.estimate_steps(n_rows, valid_fraction, batch_size, epochs)
         st.caption(f"{n_rows:,} rows, about {n_train:,} for training: {n_steps:,} optimiser steps "
                    f"after a one-pass warm start. "
                    f"Training runs in the background; you can leave this page.")
+        form = train_form.FunctionForm(
+            file_name=fname, columns=columns, slots=slots, labels=labels, task=task, name=name,
+            name_problem=name_problem, what=what, template=template, epochs=epochs, batch_size=batch_size,
+            tag_lr=tag_lr, n_tokens=n_tokens, split=split, valid_fraction=valid_fraction, max_rows=max_rows,
+            augment=augment, crop=crop, layers=layers, descriptors=descriptors, train_file=example_path)
+        problems = train_form.function_form_problems(form)
         for p in problems:
             if p != name_problem:
-                (st.caption if "Enter a tag name" in p else st.warning)(p)
+                (st.caption if p == train_form.ENTER_NAME else st.warning)(p)
         # The engine's own checks on the data (labels, inputs, row count), so that no job is queued only to fail.
-        for dp in training.check_training_data_cached(
-                df, tuple((s.column, s.slot, s.kind) for s in slots), tuple(labels), task, int(max_rows) or None,
-                float(valid_fraction), valid_up is not None,
-                (("protein", int(crop)),) if crop and "protein" in kinds else ()):
+        for dp in train_form.data_problems(df, form, valid_up is not None):
             (st.error if dp.level == "error" else st.warning)(dp.message)
             if dp.level == "error":
                 problems.append(dp.message)
 
-        spec = training.FunctionJobSpec(
-            name=name or "", train_file=example_path, slots=slots, labels=labels, task=task, template=template,
-            what=what or "property", epochs=int(epochs), batch_size=int(batch_size), n_tokens=int(n_tokens),
-            tag_lr=float(tag_lr), split=split, valid_fraction=float(valid_fraction), max_rows=int(max_rows) or None,
-            augment=int(augment), max_length={"protein": int(crop)} if crop and "protein" in kinds else {},
-            layers=layers.strip() or "auto", features="descriptors" if descriptors else "none")
+        spec = train_form.function_spec(form)
         uploads = []
         if example_path is None:
             uploads.append((data, fname, lambda p: setattr(spec, "train_file", p)))
@@ -218,9 +181,7 @@ with tab_dom:
         "td", "Corpus", ["fasta", "fa", "faa", "smi", "txt", "csv", "tsv", "gz"], (".fasta", ".smi", ".csv"))
     corpus, fmt, column = None, None, None
     if data is not None:
-        lower = fname.lower().removesuffix(".gz")
-        guess = ("fasta" if lower.endswith((".fasta", ".fa", ".faa")) else
-                 "csv" if lower.endswith((".csv", ".tsv")) else "smiles")
+        guess = train_form.corpus_format(fname)
         formats = ["fasta", "smiles", "csv"]
         fmt = st.selectbox("Format", formats, index=formats.index(guess), key=f"td_fmt::{fname}",
                            format_func={"fasta": "FASTA", "smiles": "SMILES list (one per line)",
@@ -243,7 +204,7 @@ with tab_dom:
         kind = c1.selectbox("Input kind", KINDS, index=KINDS.index(default_kind), key=f"td_kind::{fname}",
                             format_func=lambda k: cards.KIND_LABEL.get(k, k))
         raw_name = c2.text_input("Tag name", key="td_name", placeholder="e.g. Peptide")
-        name, name_problem = _name_check(raw_name)
+        name, name_problem = train_form.check_name(raw_name, lib, store)
         if name_problem:
             st.error(name_problem)
         steps = st.number_input("Training steps", min_value=1, max_value=100_000, value=200, key="td_steps")
@@ -255,15 +216,14 @@ with tab_dom:
             max_seq = a1.number_input("Use at most this many sequences (0 = all)", min_value=0, value=0,
                                       step=1000, key="td_maxseq")
             batch = a2.number_input("Batch size", min_value=1, max_value=128, value=8, key="td_batch")
-        problems = [] if name else ["name"]
+        problems = train_form.domain_form_problems(name, len(corpus))
         if not name and not name_problem:
             st.caption("Enter a tag name to start.")
-        if len(corpus) < 8:
-            st.warning("A domain tag needs at least 8 usable sequences.")
-            problems.append("corpus")
-        spec = training.DomainJobSpec(name=name or "", corpus_file=example_path, fmt=fmt, kind=kind, column=column,
-                                      steps=int(steps), n_tokens=int(n_tokens), max_sequences=int(max_seq) or None,
-                                      max_tokens=int(max_tokens), batch_size=int(batch))
+        for p in problems:
+            if p != train_form.ENTER_NAME:
+                st.warning(p)
+        spec = train_form.domain_spec(name, example_path, fmt, kind, column, steps, n_tokens, max_seq, max_tokens,
+                                      batch)
         uploads = [] if example_path is not None else [(data, fname, lambda p: setattr(spec, "corpus_file", p))]
         st.button("Start training", type="primary", key="td_start", disabled=bool(problems),
                   on_click=_start, args=("domain-tag", name, lambda: training.domain_tag_argv(spec),

@@ -62,19 +62,19 @@ def kmer_index(kmer: str) -> int:
 
 
 def _morgan_bits(values: Sequence[str]) -> np.ndarray:
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem import rdFingerprintGenerator
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
     bits = np.zeros((len(values), FP_BITS), dtype=np.uint8)
-    RDLogger.DisableLog("rdApp.*")
+    rdBase.DisableLog("rdApp.*")
     try:
         for i, smiles in enumerate(values):
             mol = Chem.MolFromSmiles(str(smiles))
             if mol is not None:  # an unreadable one stays all zeros: similarity 0 to everything
                 bits[i] = gen.GetFingerprintAsNumPy(mol)
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        rdBase.EnableLog("rdApp.*")
     return bits
 
 
@@ -174,9 +174,9 @@ class DomainCurve:
     ``threshold``: inputs at least this similar are in the domain.
     """
 
-    edges: list
-    error: list
-    count: list
+    edges: list[float]
+    error: list[Optional[float]]
+    count: list[int]
     overall_error: float
     threshold: float
 
@@ -209,9 +209,10 @@ def domain_curve(similarity: np.ndarray, error: np.ndarray, ratio: float = ERROR
     overall = float(err.mean())
     kept = n_bins - 1
     for b in range(n_bins - 2, -1, -1):
-        if means[b] is None:
+        mean = means[b]
+        if mean is None:
             continue
-        if means[b] > ratio * overall:
+        if mean > ratio * overall:
             break
         kept = b
     threshold = float(sim[which >= kept].min())

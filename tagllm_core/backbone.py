@@ -28,13 +28,16 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import torch
 
 from .exceptions import BackboneError, BackboneMismatchError
 from .paths import cache_dir
 from .stack import decoder_layers, num_layers
+
+if TYPE_CHECKING:  # transformers is imported when a backbone loads, not on import
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -187,8 +190,8 @@ class Backbone:
     browser sessions, and CPU inference already uses every core.
     """
 
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     source: BackboneSource
     fingerprint: BackboneFingerprint
     device: torch.device
@@ -226,7 +229,8 @@ class Backbone:
     @property
     def embedding_matrix(self) -> torch.Tensor:
         """(vocab, d) input embeddings."""
-        return self.model.get_input_embeddings().weight
+        # an embedding module's ``weight`` (typed by nn.Module.__getattr__ as tensor or module)
+        return cast(torch.Tensor, self.model.get_input_embeddings().weight)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(…,) token ids -> (…, d) embeddings in the backbone's dtype."""

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-import py3Dmol
 from rdkit import Chem, rdBase
 from rdkit.Chem import (
     QED,
@@ -154,10 +153,11 @@ def mol_to_svg(
 def _embed(mol: Chem.Mol, seed: int) -> int:
     """Embed one ETKDGv3 conformer; return its id, or -1 if both attempts fail."""
     params = rdDistGeom.ETKDGv3()
-    params.randomSeed = int(seed)
+    # rdkit's generated stubs type Boost property setters wrongly (as taking EmbedParameters)
+    params.randomSeed = int(seed)  # type: ignore[assignment]
     conf_id = rdDistGeom.EmbedMolecule(mol, params)
     if conf_id < 0:
-        params.useRandomCoords = True
+        params.useRandomCoords = True  # type: ignore[assignment]
         conf_id = rdDistGeom.EmbedMolecule(mol, params)
     return conf_id
 
@@ -209,6 +209,8 @@ _3DMOL_JS_NAME = "3Dmol-min.js"
 
 def _js_search_paths() -> list[Path]:
     """Where a local copy of 3Dmol.js may be: inside py3Dmol, then the app's assets."""
+    import py3Dmol  # here, not at the top: py3Dmol is in the [app] extra, and the engine runs without it
+
     package_dir = Path(py3Dmol.__file__).resolve().parent
     return [package_dir / _3DMOL_JS_NAME, package_dir / "js" / _3DMOL_JS_NAME, ASSETS_DIR / _3DMOL_JS_NAME]
 
@@ -261,6 +263,8 @@ def view3d_html(molblock: str, width: int = 480, height: int = 400, style: str =
         raise ValueError(f"Unknown viewer style {style!r}; choose from {sorted(_VIEWER_STYLES)}.")
     if not molblock or not molblock.strip():
         raise InputError("Empty MolBlock: there is no structure to show.")
+    import py3Dmol  # the [app] extra (see _js_search_paths)
+
     js_path = local_3dmol_js_path()
     # With the script inlined, py3Dmol's loader is never reached; a data: URI
     # keeps any CDN address out of the page all the same.
@@ -302,8 +306,9 @@ def descriptors(smiles: str) -> Descriptors:
     """Compute :class:`Descriptors` for ``smiles``."""
     mol = parse_smiles(smiles)
     return Descriptors(
-        mw=_RDDescriptors.MolWt(mol),
-        clogp=Crippen.MolLogP(mol),
+        # rdkit's generated stubs miss the descriptors these modules define at import time
+        mw=_RDDescriptors.MolWt(mol),  # type: ignore[attr-defined]
+        clogp=Crippen.MolLogP(mol),  # type: ignore[attr-defined]
         tpsa=rdMolDescriptors.CalcTPSA(mol),
         hbd=rdMolDescriptors.CalcNumLipinskiHBD(mol),
         hba=rdMolDescriptors.CalcNumLipinskiHBA(mol),

@@ -142,7 +142,26 @@ def cmd_tags(args) -> int:
     elif args.tags_cmd == "delete":
         lib.delete(args.name)
         print(f"deleted <{args.name}>")
+    elif args.tags_cmd == "add-reference":
+        _add_reference(bb, lib, args)
     return 0
+
+
+def _add_reference(bb, lib, args) -> None:
+    """Predict the reference set with a user tag and store the distribution in its file (``reference``)."""
+    from .reference import attach_reference
+
+    info = lib.find(args.name)
+    if info.source != "user":
+        raise TagLLMError(f"<{info.name}> is bundled with the app and read-only; its reference distribution is "
+                          f"added when it is built. Export it and import it under another name to add one.")
+    tag = attach_reference(lib.get(info.name), bb, rows=args.rows, batch_size=args.batch_size,
+                           progress=None if args.quiet else _tqdm_progress("reference"))
+    path = lib.save(tag, overwrite=True)  # atomic: the old file or the new one, never half of one
+    entry = tag.card.reference_set
+    skipped = f", {entry['n_skipped']:,} skipped (not predictable)" if entry["n_skipped"] else ""
+    print(f"<{tag.name}>: predictions over {entry['n']:,} reference molecules ({entry['name']}){skipped} "
+          f"stored in {path}")
 
 
 def cmd_predict(args) -> int:
@@ -164,6 +183,10 @@ def cmd_predict(args) -> int:
                            batch_size=args.batch_size, resume=args.resume, progress=progress)
         return res.to_dict()
 
+    if int(os.environ.get("RANK", "0")):
+        # a helper process under torchrun: it runs its share of the batches; process 0 writes and reports
+        work(None)
+        return 0
     if args.job_db:
         # a background job of the Predict page: progress and cancel through SQLite, the table in the job's folder
         from .jobs import JobStore, run_job
@@ -334,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("backbone_cmd", choices=["info"])
     b.set_defaults(func=cmd_backbone_info)
 
-    t = sub.add_parser("tags", help="list, show, export, import, delete tags")
+    t = sub.add_parser("tags", help="list, show, export, import, delete tags; add-reference")
     tsub = t.add_subparsers(dest="tags_cmd", required=True)
     tl = tsub.add_parser("list")
     tl.add_argument("--json", action="store_true")
@@ -346,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("file")
     ti.add_argument("--overwrite", action="store_true")
     tsub.add_parser("delete").add_argument("name")
+    tr = tsub.add_parser("add-reference", help="store a user tag's predictions over the drug-like reference set, "
+                                               "for the reference_percentile column")
+    tr.add_argument("name")
+    tr.add_argument("--rows", type=int, default=None, help="predict a seeded sample of N reference molecules "
+                                                          "(default: all 2,000)")
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_tags)
 
     job = argparse.ArgumentParser(add_help=False)

@@ -116,7 +116,9 @@ def read_fasta(src: Source) -> list[tuple[str, str]]:
     """[(header, sequence)]; sequences are joined across lines, not yet validated."""
     data, name = _read_bytes(src)
     text = _decode(data, name)
-    records, header, seq = [], None, []
+    records: list[tuple[str, str]] = []
+    header: Optional[str] = None
+    seq: list[str] = []
     for line in text.splitlines():
         if line.startswith(">"):
             if header is not None or seq:
@@ -234,10 +236,10 @@ def scaffold_split(smiles: list[str], valid_fraction: float, seed: int = 0) -> S
     scaffold), no scaffold split comes near ``valid_fraction``: a random split is returned
     instead, with a ``warning`` saying so.
     """
-    from rdkit import RDLogger
+    from rdkit import rdBase
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
-    RDLogger.DisableLog("rdApp.*")
+    rdBase.DisableLog("rdApp.*")
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(smiles):
         try:
@@ -245,7 +247,7 @@ def scaffold_split(smiles: list[str], valid_fraction: float, seed: int = 0) -> S
         except (ValueError, RuntimeError):
             key = s
         groups.setdefault(key, []).append(i)
-    RDLogger.EnableLog("rdApp.*")
+    rdBase.EnableLog("rdApp.*")
     rng = np.random.default_rng(seed)
     n = len(smiles)
     n_valid_target = max(1, int(round(n * valid_fraction)))

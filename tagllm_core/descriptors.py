@@ -55,10 +55,10 @@ def feature_names(kind: str) -> list[str]:
 
 
 def _smiles_row(smiles: str) -> list[float]:
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem import Descriptors
 
-    RDLogger.DisableLog("rdApp.*")
+    rdBase.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     names = _rdkit_names()
     if mol is None:

@@ -26,7 +26,7 @@ DEFAULT_MAX_LENGTH = {"protein": 1000, "smiles": 200, "text": 2000}
 @dataclass
 class CleanInput:
     value: Optional[str]
-    warnings: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     error: Optional[str] = None
     length: Optional[int] = None  # residues / characters before any cropping (proteins, text)
 
@@ -45,7 +45,7 @@ def _is_blank(text) -> bool:
 
 def clean_smiles(text, max_length: Optional[int] = None) -> CleanInput:
     """Parse with RDKit and return the canonical SMILES (stereo kept)."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
 
     if _is_blank(text):
         return CleanInput(None, error="empty input: a SMILES string is needed")
@@ -53,7 +53,7 @@ def clean_smiles(text, max_length: Optional[int] = None) -> CleanInput:
     if any(c.isspace() for c in raw):
         # "CCO ethanol" style lines: the SMILES is the first word, the rest is a name.
         raw = raw.split()[0]
-    RDLogger.DisableLog("rdApp.*")  # RDKit would print to stderr for every bad row
+    rdBase.DisableLog("rdApp.*")  # RDKit would print to stderr for every bad row
     try:
         mol = Chem.MolFromSmiles(raw, sanitize=False)
         if mol is None:
@@ -66,7 +66,7 @@ def clean_smiles(text, max_length: Optional[int] = None) -> CleanInput:
             return CleanInput(None, error=f"invalid SMILES {raw[:60]!r}: no atoms")
         canonical = Chem.MolToSmiles(mol)
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        rdBase.EnableLog("rdApp.*")
     # Unlike a protein, a SMILES cannot be cropped: cut mid-string it is another molecule or none.
     limit = max_length or DEFAULT_MAX_LENGTH["smiles"]
     if len(canonical) > limit:
@@ -175,7 +175,8 @@ def split_entries(kind: str, text: str) -> list[str]:
         return []
     text = str(text).replace("\r\n", "\n")
     if kind == "protein" and text.lstrip().startswith(">"):
-        records, current = [], []
+        records: list[str] = []
+        current: list[str] = []
         for line in text.split("\n"):
             if line.startswith(">") and current:
                 records.append("\n".join(current))

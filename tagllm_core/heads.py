@@ -56,6 +56,9 @@ class TaskHead(nn.Module):
     """(B, F) read-out features [+ (B, n_extra) descriptors] -> (B, n_outputs) predictions
     (standardised) or logits."""
 
+    x_mean: torch.Tensor  # (in_dim,) buffers, registered in __init__
+    x_std: torch.Tensor
+
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
@@ -128,8 +131,8 @@ def build_head(config: HeadConfig, state: Optional[dict] = None) -> TaskHead:
 class LabelScaler:
     """Per-output standardisation: z = (y - mean) / std."""
 
-    mean: list
-    std: list
+    mean: list[float]
+    std: list[float]
 
     @classmethod
     def fit(cls, y: np.ndarray) -> "LabelScaler":

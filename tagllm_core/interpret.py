@@ -56,9 +56,9 @@ def nearest_tokens(vectors: torch.Tensor, embedding: torch.Tensor, tokenizer, k:
 class PCAResult:
     vocab_xy: np.ndarray  # (n_sample, 2)
     vocab_ids: np.ndarray  # (n_sample,)
-    tag_xy: dict  # tag name -> (p, 2)
-    explained: tuple  # variance ratio of the two components (within the vocabulary sample)
-    tag_norms: dict  # tag name -> (p,) vector norms
+    tag_xy: dict[str, np.ndarray]  # tag name -> (p, 2)
+    explained: tuple[float, ...]  # variance ratio of the two components (within the vocabulary sample)
+    tag_norms: dict[str, np.ndarray]  # tag name -> (p,) vector norms
     vocab_norm_mean: float
 
 

@@ -27,7 +27,9 @@ Lifecycle::
 States: ``queued -> running -> finished | failed | cancelled`` (a queued job
 can also go straight to ``failed`` or ``cancelled``). Terminal states are never
 overwritten, so a late writer (a reaper, a dying child) cannot resurrect or
-relabel a job.
+relabel a job. The one way back is ``relaunch`` (a job that died or was
+cancelled, once its process is gone): the same row, argv and checkpoint
+folder, queued again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -56,6 +59,7 @@ __all__ = [
     "ACTIVE_STATES",
     "TERMINAL_STATES",
     "DIED_MESSAGE",
+    "died_reason",
     "Job",
     "JobStore",
     "JobReporter",
@@ -67,6 +71,8 @@ __all__ = [
     "run_job",
     "cancel",
     "kill",
+    "can_relaunch",
+    "relaunch",
 ]
 
 JOB_STATES = ("queued", "running", "finished", "failed", "cancelled")
@@ -74,6 +80,19 @@ ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("finished", "failed", "cancelled")
 
 DIED_MESSAGE = "the job process died unexpectedly"
+
+# The last line of a log counts as the reason for a death only if it reads like one: the process died
+# before it could record anything, so stderr's last words (python's "can't open file", a shell's
+# "not found") are all there is. A job's own progress lines are never quoted as the cause.
+_ERROR_LINE = re.compile(r"(?i)error|exception|can't open file|no such file|not found|permission denied")
+_RELAUNCH_MARK = "--- relaunched"  # a line that relaunch() writes into the log before each new start
+
+# Kinds of jobs that train a tag: the app's ("function-tag", "domain-tag") and the CLI command names.
+_TRAINING_SQL = "(kind LIKE 'train%' OR kind LIKE '%-tag')"
+
+
+def _trains_a_tag(kind: str) -> bool:
+    return kind.startswith("train") or kind.endswith("-tag")
 
 _SCHEMA_VERSION = 1
 
@@ -252,6 +271,51 @@ def _remove_uploads(argv: Sequence[str]) -> None:
         if folder != root:
             with contextlib.suppress(OSError):  # not empty (another file still in use), or gone already
                 folder.rmdir()
+
+
+def _exit_text(returncode: Optional[int]) -> str:
+    if returncode is None:
+        return ""
+    if returncode < 0:
+        try:
+            return f" (killed by {signal.Signals(-returncode).name})"
+        except ValueError:
+            return f" (killed by signal {-returncode})"
+    return f" (exit status {returncode})"
+
+
+def _log_error(text: str) -> Optional[str]:
+    """The error a job log ends with: the final line of its last Python traceback, or else its last line if
+    that reads like an error (``_ERROR_LINE``); None when the log ends otherwise (progress, nothing)."""
+    text = text.rsplit(_RELAUNCH_MARK, 1)[-1]  # only this attempt's lines
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        # The exception line is the traceback's last unindented line (frames and code lines are indented).
+        tail = [line for line in lines[starts[-1] + 1:] if not line[:1].isspace()]
+        if tail:
+            return tail[-1][:300]
+    last = lines[-1].strip()
+    return last[:300] if _ERROR_LINE.search(last) else None
+
+
+def died_reason(log_path: str | Path | None, returncode: Optional[int] = None, max_bytes: int = 8_000) -> str:
+    """Why a job's process died, as far as can be told: ``DIED_MESSAGE``, its exit status when known, and
+    the error its log (stdout + stderr) ends with. A process that dies before it has parsed its argv (an
+    import error, a script that cannot be opened) has recorded nothing, and its stderr is all there is."""
+    reason = DIED_MESSAGE + _exit_text(returncode)
+    if not log_path:
+        return reason
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            error = _log_error(fh.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return reason
+    return f"{reason}; its log ends with: {error}" if error else reason
 
 
 # --------------------------------------------------------------------------
@@ -443,10 +507,10 @@ class JobStore:
         self.reap()
         with self._read() as conn:
             row = self._row(conn, job_id)
-            if not row["kind"].startswith("train"):
+            if not _trains_a_tag(row["kind"]):
                 return None
             other = conn.execute(
-                "SELECT id FROM jobs WHERE name=? AND id<? AND kind LIKE 'train%'"
+                f"SELECT id FROM jobs WHERE name=? AND id<? AND {_TRAINING_SQL}"
                 " AND state IN ('queued','running') ORDER BY id LIMIT 1",
                 (row["name"], job_id),
             ).fetchone()
@@ -616,14 +680,20 @@ class JobStore:
 
     # -- crash detection -----------------------------------------------------
 
-    def reap(self, job_ids: Optional[Iterable[int]] = None) -> list[int]:
+    def reap(self, job_ids: Optional[Iterable[int]] = None,
+             returncodes: Optional[dict[int, int]] = None) -> list[int]:
         """Fail active jobs whose process is gone (killed, OOM, crashed before
         it could report). Returns the ids it failed.
 
-        Cheap on the common path: a plain read and a /proc lookup per active
-        job; the write lock is only taken when a dead process was found.
+        The recorded reason is ``died_reason``: ``DIED_MESSAGE``, the exit status
+        where ``returncodes`` (job id -> the status of a process the caller
+        waited for, as ``launch``'s waiter does) knows it, and the error the
+        job's log ends with, if any. Cheap on the common path: a plain read and
+        a /proc lookup per active job; the write lock is only taken when a dead
+        process was found.
         """
-        sql = "SELECT id, pid, pid_start FROM jobs WHERE state IN ('queued','running') AND pid IS NOT NULL"
+        sql = ("SELECT id, pid, pid_start, log_path FROM jobs"
+               " WHERE state IN ('queued','running') AND pid IS NOT NULL")
         args: list = []
         if job_ids is not None:
             ids = [int(i) for i in job_ids]
@@ -635,6 +705,9 @@ class JobStore:
             suspects = [r for r in conn.execute(sql, args) if not _pid_alive(r["pid"], r["pid_start"])]
         if not suspects:
             return []
+        codes = returncodes or {}
+        # Read the logs before taking the write lock: file reads have no business holding it.
+        reasons = {r["id"]: died_reason(r["log_path"], codes.get(r["id"])) for r in suspects}
         reaped = []
         now = time.time()
         with self._write() as conn:
@@ -644,11 +717,33 @@ class JobStore:
                 cur = conn.execute(
                     "UPDATE jobs SET state='failed', error=?, finished=?"
                     " WHERE id=? AND state IN ('queued','running') AND pid=?",
-                    (DIED_MESSAGE, now, r["id"], r["pid"]),
+                    (reasons[r["id"]], now, r["id"], r["pid"]),
                 )
                 if cur.rowcount:
                     reaped.append(r["id"])
+        for job_id in reaped:
+            # A process killed mid-write leaves atomic_write's temporary file in the job's own folders; it
+            # is dead, so nothing writes there now (and a live writer's file is never taken: see paths).
+            for folder in (self.log_dir / f"{job_id}-checkpoint", prediction_output(self, job_id).parent):
+                paths.remove_stale_temp_files(folder, min_age_s=0)
         return reaped
+
+    def requeue(self, job_id: int) -> bool:
+        """failed / cancelled -> queued, as a new start of the same job: progress, events, result, error and
+        cancel flags cleared; argv, name, log and folders kept. False if the job is not over, or its process
+        is still alive (a cancelled job still unwinding would otherwise record its end over the new start)."""
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            if row["state"] not in ("failed", "cancelled") or _pid_alive(row["pid"], row["pid_start"]):
+                return False
+            conn.execute("DELETE FROM events WHERE job_id=?", (job_id,))
+            conn.execute(
+                "UPDATE jobs SET state='queued', started=NULL, finished=NULL, step=0, total_steps=0, loss=NULL,"
+                " eta_s=NULL, pid=NULL, pid_start=NULL, error=NULL, result_json=NULL, cancel_requested=0,"
+                " cancel_requested_at=NULL WHERE id=?",
+                (job_id,),
+            )
+            return True
 
 
 # --------------------------------------------------------------------------
@@ -816,7 +911,8 @@ def launch(
     log_path = Path(job.log_path or store.log_dir / f"{job.id}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(log_path, "wb") as log:
+        # Appending: a relaunched job keeps the log of its earlier attempts (a new job has no log yet).
+        with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -834,9 +930,54 @@ def launch(
         raise
     store.set_pid(job.id, proc.pid)
     # Collect the exit status in the background so a finished child does not
-    # linger as a zombie of the (long-lived) Streamlit server.
-    threading.Thread(target=proc.wait, name=f"tagllm-job-{job.id}-waiter", daemon=True).start()
+    # linger as a zombie of the (long-lived) Streamlit server, and so a child
+    # that died without recording its end is reaped at once, with its status.
+    threading.Thread(target=_wait_and_reap, args=(store, job.id, proc), name=f"tagllm-job-{job.id}-waiter",
+                     daemon=True).start()
     return proc.pid
+
+
+def _wait_and_reap(store: JobStore, job_id: int, proc: subprocess.Popen) -> None:
+    code = proc.wait()
+    # A job that recorded its own end is left alone (reap only touches active jobs). The store may be gone
+    # by now (a test's temporary folder): nothing to record then.
+    with contextlib.suppress(sqlite3.Error, OSError):
+        store.reap(job_ids=[job_id], returncodes={job_id: code})
+
+
+def can_relaunch(job: Job) -> bool:
+    """Whether ``relaunch`` takes this job: an app job (it has a command line) that was cancelled, or whose
+    process died or was interrupted. A job that failed with its own error would only fail again."""
+    if not job.argv:
+        return False
+    died = job.state == "failed" and (job.error or "").startswith((DIED_MESSAGE, "interrupted"))
+    return died or job.state == "cancelled"
+
+
+def relaunch(store: JobStore, job_id: int, python: str = sys.executable, cwd: Path | str | None = None,
+             cmd: Optional[Sequence[str]] = None) -> Job:
+    """Start a cancelled or died job again: the same row, argv and command line (``job_command``; ``cmd`` as
+    in ``launch``), so a function-tag job resumes from its checkpoint folder and a predict job keeps the
+    rows it wrote; it waits for a slot like any job. Raises ``TagLLMError`` (a sentence for the user) when
+    it cannot."""
+    job = store.get(job_id)
+    if not can_relaunch(job):
+        raise TagLLMError(f"Job #{job_id} is {job.state}; only a cancelled job, or one whose process died, "
+                          f"can be relaunched.")
+    if _trains_a_tag(job.kind) and any(j.name == job.name and _trains_a_tag(j.kind)
+                                       for j in store.list(limit=10_000, states=ACTIVE_STATES)):
+        raise TagLLMError(f"Another job is training <{job.name}> right now; wait for it to end.")
+    if not store.requeue(job_id):
+        raise TagLLMError(f"Job #{job_id}'s process is still stopping; try again in a few seconds.")
+    job = store.get(job_id)
+    with contextlib.suppress(OSError):
+        with open(job.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n{_RELAUNCH_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+    try:
+        launch(store, job, python=python, cwd=cwd, cmd=cmd)
+    except OSError as err:  # launch has failed the job with the reason
+        raise TagLLMError(f"Could not start the job process: {err}") from err
+    return store.get(job_id)
 
 
 def cancel(store: JobStore, job_id: int) -> Job:

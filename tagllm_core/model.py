@@ -136,4 +136,6 @@ class TaggedModel(nn.Module):
     def forward(self, plans: list[RowPlan], extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, n_outputs) head outputs (standardised predictions or logits). ``extra``: (B, E)
         descriptors of the rows, for heads that read them."""
+        if self.head is None:
+            raise TypeError("This model has no head, so it has no outputs.")
         return self.head(self.features(plans), extra)

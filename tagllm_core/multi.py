@@ -8,8 +8,11 @@ an inorganic input) is reported once; what only one tag says is prefixed with th
 
 Columns: ``row``, any ``name``/``id`` the rows carry, then per tag its prediction under
 ``column_label(card)`` ("Solubility (log10 mol/L)"), its interval (`` lower``/`` upper``) and class
-probabilities (`` p(class)``), its applicability domain (`` similarity``, `` domain``: each tag has its
-own training inputs), then ``flags``, ``error``, the inputs, ``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty cells, not ``None``, in the CSV.
+probabilities (`` p(class)``), its percentiles (`` label_percentile``, `` reference_percentile``: among its
+training labels and against its reference set, blank where unknown), its applicability domain
+(`` similarity``, `` domain``: each tag has its own training inputs), then ``flags``, ``error``, the inputs,
+``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty cells, not ``None``,
+in the CSV.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Optional, Sequence, Union
 
 from .backbone import Backbone
 from .exceptions import InputError
-from .prediction import PredictionRow, Predictor, domain_columns
+from .prediction import PredictionRow, Predictor, domain_columns, percentile_columns
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagCard, TagLibrary
 
@@ -149,6 +152,7 @@ def _tag_columns(run: TagResults, r: PredictionRow) -> dict:
     if card.task == "classification":
         for c, p in zip(card.classes, r.outputs or [None] * len(card.classes)):
             rec[f"{label} p({c})"] = p
+    rec.update({f"{label} {key}": value for key, value in percentile_columns(r).items()})
     # applicability domain: each tag has its own training inputs, so its own similarity and domain
     for key, value in domain_columns(r, run.similarity_slots).items():
         if key.startswith("similarity("):  # one per input of a tag with several, in the first tag's names

@@ -8,7 +8,8 @@ shares one backbone between browser sessions), and returns one
 SMILES are standardised first (``standardize``: salts stripped, charges neutralised), and each row
 says what was changed and carries flags for inputs or predictions far from the tag's training data,
 among them its similarity to the training inputs and whether that is inside the tag's applicability
-domain (``applicability``).
+domain (``applicability``), and its percentile among the training labels and against the tag's reference
+set (``reference``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,12 +32,13 @@ from .model import TaggedModel
 from .prefix_cache import (SharedPrefix, common_prefix_length, features_with_prefix, grouped_batches, row_groups,
                            shared_prefix)
 from .progress import ProgressCallback, ProgressEvent
+from .reference import ReferenceDistribution, percentile, sorted_finite
 from .standardize import length_flag, prediction_range_flag, standardize_smiles
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
 
-__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "results_frame",
-           "predict_table"]
+__all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "percentile_columns",
+           "results_frame", "predict_table"]
 
 # Standardise a SMILES whole; the length limit applies to the standardised one (a salt may fit once stripped).
 _NO_CROP = 10 ** 9
@@ -75,6 +77,10 @@ class PredictionRow:
     lowers: Optional[list] = None
     uppers: Optional[list] = None
     interval_calibrated: Optional[bool] = None
+    # Percentile (0-100) of the prediction among the tag's training labels (regression) and against the tag's
+    # reference set (``reference``; classification: the predicted class's probability); None where unknown.
+    label_percentile: Optional[float] = None
+    reference_percentile: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -150,6 +156,9 @@ class Predictor:
         self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self._prefix: Optional[SharedPrefix] = None
         self._prefix_key = None
+        # ``sharding`` sets this under torchrun: it runs only this process's share of the batches and
+        # returns every batch's outputs, gathered from all processes (``_batch_outputs``).
+        self.batch_runner: Optional[Callable] = None
 
     def _domain_checks(self, card) -> None:
         """What the card offers to compare inputs and predictions with; older cards lack some."""
@@ -157,6 +166,9 @@ class Predictor:
         labels = [float(v) for v in card.label_sample or [] if v is not None and np.isfinite(v)]
         # the range's ends are all the flag needs: kept instead of up to 2,000 labels per row
         self.label_range = [min(labels), max(labels)] if card.task == "regression" and labels else []
+        self.label_sorted = sorted_finite(labels) if card.task == "regression" else None
+        # None for older tags and tags that cannot have one (a protein input): a blank percentile, not an error
+        self.reference = ReferenceDistribution.from_tag(self.tag)
         self.unknown_checks = [f"protein length range of '{s}' (the tag predates recording it)"
                                for s, k in self.slot_kinds.items() if k == "protein" and s not in self.input_lengths]
         if card.task == "regression" and not self.label_range:
@@ -237,10 +249,8 @@ class Predictor:
         extra = (torch.tensor(row_features(self.slot_kinds, cleaned_rows), dtype=torch.float32)
                  if self.descriptors else None)
         done, t0 = 0, time.perf_counter()
-        for idx, prefix in grouped_batches(self.model, plans, groups, batch_size, max_batch_tokens,
-                                           prefix_fn=self._shared_prefix):
-            ex = extra[idx] if extra is not None else None
-            for j, out in zip(idx, self._run([plans[j] for j in idx], prefix, ex)):
+        for idx, outs in self._batch_outputs(plans, groups, extra, batch_size, max_batch_tokens):
+            for j, out in zip(idx, outs):
                 self._fill(results[pending[j]], out)
             done += len(idx)
             if progress:
@@ -248,6 +258,21 @@ class Predictor:
                 progress(ProgressEvent("predict", done, len(pending), throughput=rate,
                                        eta_s=(len(pending) - done) / rate if rate else None))
         return results
+
+    def _batch_outputs(self, plans, groups, extra, batch_size: int,
+                       max_batch_tokens: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(indices into ``plans``, their (len(indices), K) head outputs) per batch, in batch order.
+        Every batch is a thunk until run, so ``batch_runner`` can run a share of them: a row's output
+        depends on its batch mates to float rounding, so processes split batches, not rows."""
+        def batches():
+            for idx, prefix in grouped_batches(self.model, plans, groups, batch_size, max_batch_tokens,
+                                               prefix_fn=self._shared_prefix):
+                ex = extra[idx] if extra is not None else None
+                yield idx, (lambda idx=idx, prefix=prefix, ex=ex: self._run([plans[j] for j in idx], prefix, ex))
+
+        if self.batch_runner is not None:
+            return self.batch_runner(batches())
+        return ((idx, run()) for idx, run in batches())
 
     def _applicability(self, results: list, cleaned_rows: list) -> None:
         """Each row's similarity to the training inputs, per slot, and its domain; a flag for each
@@ -290,6 +315,7 @@ class Predictor:
             classes = self.card.classes or list(range(len(probs)))
             res.outputs = [float(p) for p in probs]
             res.prediction = classes[int(np.argmax(probs))]
+            self._percentiles(res, int(np.argmax(probs)))
         else:
             values = self.scaler.inverse(out[None, :])[0] if self.scaler else out
             if not np.all(np.isfinite(values)):
@@ -310,7 +336,18 @@ class Predictor:
             flag = prediction_range_flag(res.prediction, self.label_range)
             if flag:
                 res.flags.append(flag)
+            self._percentiles(res, 0)
         res.zero_shot = self.zero_shot
+
+    def _percentiles(self, res: PredictionRow, output: int) -> None:
+        """``output``: the output compared with the reference set (regression: the first; classification: the
+        predicted class). A zero-shot swap makes another model than the one the reference was predicted with,
+        so its rows get no reference percentile."""
+        value = res.outputs[output]
+        if self.card.task == "regression":
+            res.label_percentile = percentile(value, self.label_sorted)
+        if self.reference is not None and not self.zero_shot and output < self.reference.predictions.shape[1]:
+            res.reference_percentile = percentile(value, self.reference.column(output))
 
 
 def predict(backbone: Backbone, tag: Tag, rows: Sequence[dict], library: Optional[TagLibrary] = None,
@@ -333,9 +370,19 @@ def domain_columns(r: PredictionRow, slots: Sequence[str]) -> dict:
     return out
 
 
+def percentile_columns(r: PredictionRow) -> dict:
+    """A row's percentile cells, NaN (a blank CSV cell) where unknown: ``label_percentile`` (among the training
+    labels) and ``reference_percentile`` (against the tag's reference set, ``reference``). Every row of every
+    tag has both, so chunks of one file share their columns."""
+    return {key: math.nan if value is None else value
+            for key, value in (("label_percentile", r.label_percentile),
+                               ("reference_percentile", r.reference_percentile))}
+
+
 def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
     """Results as a table: the inputs, ``prediction``, ``lower``/``upper`` (where the tag has intervals),
-    class probabilities (classification), ``similarity`` (``similarity(<slot>)`` for each input of a tag
+    class probabilities (classification), ``label_percentile`` and ``reference_percentile`` (blank where
+    unknown), ``similarity`` (``similarity(<slot>)`` for each input of a tag
     with several; blank where unknown) and ``domain`` (in/out/unknown), ``flags``, ``zero_shot``, ``error``,
     ``warnings``, ``standardised`` (the SMILES the model read; ``slot: SMILES`` pairs for several) and
     ``changes``."""
@@ -347,6 +394,7 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
         rec = {"row": r.row, **r.inputs, "prediction": r.prediction}
         if any(x.lower is not None for x in results):
             rec["lower"], rec["upper"] = r.lower, r.upper
+        rec.update(percentile_columns(r))
         rec.update(domain_columns(r, sim_slots))
         if classes:
             for c, p in zip(classes, r.outputs or [None] * len(classes)):
@@ -363,9 +411,10 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
     return _results_first(pd.DataFrame.from_records(records))
 
 
-# What a person reads first: the row, its name or id, the prediction, its interval and probabilities,
-# the applicability-domain and caution flags and the error; the inputs and the rest after them.
-_LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "similarity", "domain", "flags", "error")
+# What a person reads first: the row, its name or id, the prediction, its interval and probabilities, its
+# percentiles, the applicability-domain and caution flags and the error; the inputs and the rest after them.
+_LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "label_percentile", "reference_percentile",
+                 "similarity", "domain", "flags", "error")
 
 
 def _results_first(frame: "pd.DataFrame") -> "pd.DataFrame":

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
-from typing import Callable, Hashable, Iterator, Optional
+from typing import Callable, Hashable, Iterator, Optional, Protocol, cast
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from .model import TaggedModel, pool_features
-from .stack import run_stack
+from .stack import StackOutput, run_stack
 from .templates import RowPlan, Template
 
 __all__ = ["PrefixState", "PrefixCache", "compute_prefix_states", "suffix_features", "common_prefix_length",
@@ -48,8 +48,8 @@ class PrefixState:
     tokens, shared part included (``None`` for the ``last`` read-out).
     """
 
-    keys: list
-    values: list
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
     length: int
     input_mean: Optional[torch.Tensor]
     start: int = 0
@@ -61,6 +61,21 @@ class PrefixState:
         """Bytes this row holds on its own (a shared prefix is counted once, by the cache)."""
         n = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
         return n + (self.input_mean.numel() * 4 if self.input_mean is not None else 0)
+
+
+class _FilledLayer(Protocol):
+    """A cache layer after a pass wrote to it: keys/values (B, kv_heads, T, head_dim)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def _filled_layers(result: StackOutput, n: int) -> list[_FilledLayer]:
+    """The first ``n`` layers of the cache a ``use_cache=True`` pass filled."""
+    assert result.cache is not None, "run_stack(use_cache=True) returns its cache"
+    # transformers types a layer's states as unset (None) before its first update, and a layer as
+    # possibly linear-attention; the decoder blocks run here are attention layers the pass just filled.
+    return cast("list[_FilledLayer]", result.cache.layers[:n])
 
 
 def _prefix_plan(model: TaggedModel, plan: RowPlan) -> RowPlan:
@@ -89,7 +104,7 @@ def compute_prefix_states(model: TaggedModel, plans: list[RowPlan], batch_size: 
                 result, batch = _run_after(model, shared, chunk)
                 means = pool_features(result.hidden, batch.readout_index, batch.input_mask, "mean",
                                       shared.input_sum, shared.input_count)
-        cache_layers = result.cache.layers[: model.cache_layers]
+        cache_layers = _filled_layers(result, model.cache_layers)
         for b, plan in enumerate(chunk):
             end = len(plan)
             keys = [layer.keys[b, :, n:end].clone() for layer in cache_layers]
@@ -114,6 +129,7 @@ def suffix_features(model: TaggedModel, states: list[PrefixState]) -> torch.Tens
         vals = k0.new_zeros((B, k0.shape[0], P, states[0].values[layer].shape[2]))
         for b, s in enumerate(states):
             if s.start:
+                assert s.shared is not None, "a state with start > 0 comes with its shared prefix"
                 shared_k, shared_v = s.shared.layers[layer]
                 keys[b, :, : s.start] = shared_k[0]
                 vals[b, :, : s.start] = shared_v[0]
@@ -134,7 +150,8 @@ def suffix_features(model: TaggedModel, states: list[PrefixState]) -> torch.Tens
     last = result.hidden[:, -1].float()
     if model.readout == "last":
         return last
-    means = torch.stack([s.input_mean for s in states]).to(last.device)
+    # every state has its input mean when the read-out uses it (compute_prefix_states)
+    means = torch.stack([cast(torch.Tensor, s.input_mean) for s in states]).to(last.device)
     return means if model.readout == "mean" else torch.cat([last, means], dim=-1)
 
 
@@ -275,7 +292,7 @@ class SharedPrefix:
     the prefix, input_count how many (for ``mean`` read-outs).
     """
 
-    layers: list
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
     length: int
     input_sum: torch.Tensor
     input_count: int
@@ -293,7 +310,7 @@ def shared_prefix(model: TaggedModel, plan: RowPlan, n: int) -> SharedPrefix:
     result = run_stack(model.backbone, model.layers, batch.inputs_embeds, batch.attention_mask, use_cache=True)
     hidden = result.hidden[0].float()
     total = hidden[inside].sum(0) if inside else hidden.new_zeros(hidden.shape[-1])
-    layers = result.cache.layers[: model.cache_layers]
+    layers = _filled_layers(result, model.cache_layers)
     return SharedPrefix([(layer.keys, layer.values) for layer in layers], n, total, len(inside))
 
 

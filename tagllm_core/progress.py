@@ -24,7 +24,7 @@ class ProgressEvent:
     step: int
     total_steps: int
     loss: Optional[float] = None
-    metrics: dict = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
     epoch: Optional[float] = None
     throughput: Optional[float] = None  # examples (or tokens, see message) per second
     eta_s: Optional[float] = None
@@ -33,7 +33,7 @@ class ProgressEvent:
     @property
     def is_warning(self) -> bool:
         """A message the user must see (training prefixes them "warning:"), not a status line."""
-        return bool(self.message) and self.message.startswith("warning:")
+        return self.message is not None and self.message.startswith("warning:")
 
     @property
     def fraction(self) -> float:

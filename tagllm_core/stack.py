@@ -22,12 +22,16 @@ read-out of tags trained before read-out depth existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, overload
 
 import torch
 from torch import nn
 
 from .exceptions import BackboneError
+
+if TYPE_CHECKING:  # transformers is imported when a backbone loads, not on import
+    from transformers import PreTrainedModel
+    from transformers.cache_utils import Cache
 
 __all__ = ["StackOutput", "num_layers", "decoder_layers", "check_layers", "run_stack"]
 
@@ -43,10 +47,10 @@ class StackOutput:
     its first ``max(layers)`` layers hold states), or ``None`` without ``use_cache``."""
 
     hidden: torch.Tensor
-    cache: Optional[object]
+    cache: Optional[Cache]
 
 
-def num_layers(model: nn.Module) -> int:
+def num_layers(model: PreTrainedModel) -> int:
     config = model.config
     n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     if not n:
@@ -54,7 +58,7 @@ def num_layers(model: nn.Module) -> int:
     return int(n)
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     """The decoder blocks of a causal LM, in order."""
     n = num_layers(model)
     for module in model.base_model.modules():
@@ -63,7 +67,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise BackboneError(f"Could not find the {n} decoder blocks of {type(model).__name__}.")
 
 
-def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[tuple]:
+@overload
+def check_layers(layers: None, n_layers: int) -> None: ...
+@overload
+def check_layers(layers: Sequence[int], n_layers: int) -> tuple[int, ...]: ...
+@overload
+def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[tuple[int, ...]]: ...
+
+
+def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[tuple[int, ...]]:
     """Validate read-out layers (1-based, 1..n_layers); ``None`` stays ``None`` (the final state)."""
     if layers is None:
         return None

@@ -58,8 +58,8 @@ class Standardised:
     was done to the input ("salt stripped: Na+"); ``flags``: why the prediction deserves caution."""
 
     smiles: str
-    changes: list = field(default_factory=list)
-    flags: list = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -74,9 +74,9 @@ def standardize_smiles(smiles: str) -> Standardised:
     added or removed. Inputs without carbon, or with a metal that is not a salt counter-ion, are kept
     as entered: stripping cisplatin's ammines or NaCl's chloride would invent a molecule.
     """
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
 
-    RDLogger.DisableLog("rdApp.*")  # the standardiser logs every step to stderr
+    rdBase.DisableLog("rdApp.*")  # the standardiser logs every step to stderr
     try:
         mol = Chem.MolFromSmiles(str(smiles))
         if mol is None or mol.GetNumAtoms() == 0:
@@ -91,7 +91,7 @@ def standardize_smiles(smiles: str) -> Standardised:
     except Exception as err:  # RDKit raises several types; a row error, never a crashed batch
         raise InputError(f"could not standardise SMILES {str(smiles)[:60]!r}: {err}") from err
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        rdBase.EnableLog("rdApp.*")
 
 
 def _standardise_organic(mol, metals: set) -> Standardised:
@@ -137,7 +137,8 @@ def _fragment_changes(dropped: list, n_fragments: int) -> list[str]:
     """One sentence per kind of dropped fragment, counter-ions and water before mixture partners."""
     from rdkit import Chem
 
-    salts, water, others = Counter(), 0, []
+    salts: Counter[str] = Counter()
+    water, others = 0, []
     for frag in dropped:
         nums = {a.GetAtomicNum() for a in frag.GetAtoms()}
         plain = Chem.MolToSmiles(frag, isomericSmiles=False)
@@ -179,7 +180,7 @@ def length_ranges(values_by_slot: dict) -> dict:
 
     ranges = {}
     for slot, values in values_by_slot.items():
-        lengths = [c.length for c in (clean_protein(v) for v in _iter(values)) if c.ok]
+        lengths = [c.length for c in (clean_protein(v) for v in _iter(values)) if c.ok and c.length is not None]
         if lengths:
             ranges[slot] = {"min": int(min(lengths)), "max": int(max(lengths))}
     return ranges

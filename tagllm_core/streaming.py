@@ -458,10 +458,18 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
     finished in ``output_path`` and predict only the rest; without it the output is rewritten.
     ``max_chunks``: stop after that many chunks, as a kill would (tests; a later ``resume`` finishes).
     Raises ``InputError`` for an unusable file, mapping or output; never for a bad row.
+    Under ``torchrun`` the processes share the batches and process 0 alone writes and reports (``sharding``).
     """
+    from .sharding import current_shard, main_decides, shard_predictors
+
     t0 = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     predictor = _TablePredictor(backbone, tags, library, domain_overrides)
+    shard = current_shard()
+    if shard is not None:
+        shard_predictors([predictor.one] if predictor.one is not None else predictor.many.predictors, shard)
+    writes = shard is None or shard.is_main
+    progress = progress if writes else None
     fmt, out_fmt = input_format(input_path), output_format(output_path)
     slot_columns = _columns(predictor, fmt, columns)
     if fmt == "csv":  # a wrong column is refused before the output is touched
@@ -470,21 +478,26 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
         require_columns(next(iter_chunks(input_path, 1), Chunk(1, pd.DataFrame())).frame, list(slot_columns.values()))
     total = count_rows(input_path)
     result = StreamResult(output_path, total)
-    header: Optional[list] = None
-    if resume and output_path.exists():
-        result.skipped = completed_rows(output_path)
+
+    def start_output() -> tuple[int, Optional[list]]:
+        """(rows an earlier run finished, the CSV header to keep): the output read, cut or emptied."""
+        if not (resume and output_path.exists()):
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            output_path.write_bytes(b"")
+            return 0, None
+        skipped, header = completed_rows(output_path), None
         if out_fmt == "csv":
             _, header, _, last = _csv_state(output_path)
             header = header or None  # a header alone is kept; an empty file gets one
-            if last is not None and last[0] != str(result.skipped):  # the row number comes first
+            if last is not None and last[0] != str(skipped):  # the row number comes first
                 raise InputError(f"{output_path.name} was not written by predict in input order (its last row is "
-                                 f"numbered {last[0]}, not {result.skipped}); write a new output.")
-        if result.skipped > total:
-            raise InputError(f"{output_path.name} holds more rows ({result.skipped:,}) than {input_path.name} "
+                                 f"numbered {last[0]}, not {skipped}); write a new output.")
+        if skipped > total:
+            raise InputError(f"{output_path.name} holds more rows ({skipped:,}) than {input_path.name} "
                              f"({total:,}): it is the output of another input. Write a new output, or drop --resume.")
-    else:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_bytes(b"")
+        return skipped, header
+
+    result.skipped, header = main_decides(shard, start_output)
     done, chunks = result.skipped, 0
     if progress and total:
         progress(ProgressEvent("predict", done, total))
@@ -499,16 +512,16 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
                           chunk.mols[cut:] if chunk.mols is not None else None)
         table = predictor.table(chunk, slot_columns, batch_size,
                                 _chunk_progress(progress, done, len(chunk), total, t0, result.skipped))
-        if out_fmt == "sdf":
-            data = _sdf_bytes(table, chunk, slot_columns)
-        else:
+        if out_fmt == "csv":
             write_header = header is None
             if header is not None:
                 table = table.reindex(columns=header)
             else:
                 header = [str(c) for c in table.columns]
-            data = table.to_csv(index=False, header=write_header, lineterminator="\n").encode("utf-8")
-        _append(output_path, data)
+        if writes:
+            data = (_sdf_bytes(table, chunk, slot_columns) if out_fmt == "sdf" else
+                    table.to_csv(index=False, header=write_header, lineterminator="\n").encode("utf-8"))
+            _append(output_path, data)
         _count(result, table)
         done += len(chunk)
         chunks += 1

@@ -14,7 +14,8 @@ a card declares is later turned into memory: ``head.n_outputs`` x
 * every tensor is float32 with exactly the shape the card implies, read from
   the header before any tensor data is loaded; tensors nobody reads are refused
   (the one other dtype: ``applicability.<slot>``, packed fingerprint bits, uint8,
-  (n_reference, bytes) as the card's ``applicability`` declares);
+  (n_reference, bytes) as the card's ``applicability`` declares; ``reference.predictions`` is float32
+  (n, n_outputs) as the card's ``reference_set`` declares);
 * every value is finite (and standard deviations positive) once loaded.
 
 Fields that later versions added (``layers``, ``features``, ``n_extra``,
@@ -190,6 +191,8 @@ def check_card(data: dict, where: str) -> None:
     c.tree(c.mapping(data.get("training", {}), "training"), "training")
     _check_applicability(c, data)
     if data["kind"] == "domain":
+        if data.get("reference_set"):
+            c.fail("reference_set", "must be empty for a domain tag", data["reference_set"])
         # a domain tag has no task: nothing may later be built from these
         for key in FUNCTION_ONLY:
             if data.get(key) is not None:
@@ -302,6 +305,7 @@ def _check_function(c: _Checker, data: dict, hidden: int) -> None:
                 c.number(v, f"label_scaling.{key}[{i}]")
                 if key == "std" and v <= 0:
                     c.fail(f"label_scaling.std[{i}]", "must be positive", v)
+    _check_reference_set(c, data.get("reference_set"), n_out)
     interval = data.get("interval")
     if interval is not None:
         interval = c.mapping(interval, "interval")
@@ -350,6 +354,8 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
         expected["head.bias"] = (head["n_outputs"],)
         if head.get("standardize"):
             expected["head.x_mean"] = expected["head.x_std"] = (head["in_dim"],)
+        if card.reference_set:
+            expected[REFERENCE_TENSOR] = (card.reference_set["n"], card.reference_set["n_outputs"])
     _check_applicability_specs(card, specs, fail)
     for name in specs:
         if name in expected or name.startswith(APPLICABILITY_PREFIX):
@@ -363,6 +369,8 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
             if not ok:
                 fail(name, "does not name a domain tag")
             continue
+        if name == REFERENCE_TENSOR:
+            fail(name, "has no entry in the card's reference_set")
         fail(name, "is not part of a tag of this kind" + (
             " (the head does not standardise its input)" if name in ("head.x_mean", "head.x_std") else ""))
     for name, shape in expected.items():
@@ -455,3 +463,31 @@ def _check_applicability_specs(card, specs: dict, fail) -> None:
     for slot in domain:
         if APPLICABILITY_PREFIX + slot not in specs:
             fail(APPLICABILITY_PREFIX + slot, "is missing: the card has an applicability threshold for it")
+
+
+# --- reference-set percentiles (``reference``): the tag's predictions over a fixed set of molecules -------
+
+REFERENCE_TENSOR = "reference.predictions"
+MAX_REFERENCE_VERSION = 1_000_000
+
+
+def _check_reference_set(c: _Checker, entry, n_out: int) -> None:
+    """``reference_set``: {name, version, n, n_outputs, n_skipped, sha256, created}; absent or empty (older
+    tags, tags that cannot have one) is fine. ``n`` x ``n_outputs`` sizes the ``reference.predictions`` tensor."""
+    from .reference import MAX_REFERENCE_ROWS
+
+    entry = c.mapping(entry, "reference_set", optional=True)
+    if not entry:
+        return
+    c.tree(entry, "reference_set")
+    c.text(entry.get("name"), "reference_set.name", 200)
+    c.integer(entry.get("version"), "reference_set.version", 1, MAX_REFERENCE_VERSION)
+    c.integer(entry.get("n"), "reference_set.n", 1, MAX_REFERENCE_ROWS)
+    if c.integer(entry.get("n_outputs"), "reference_set.n_outputs", 1, MAX_OUTPUTS) != n_out:
+        c.fail("reference_set.n_outputs", f"must equal the head's {n_out} outputs", entry["n_outputs"])
+    c.integer(entry.get("n_skipped", 0), "reference_set.n_skipped", 0, MAX_REFERENCE_ROWS)
+    sha = entry.get("sha256", "")
+    if not isinstance(sha, str) or (sha and not _SHA_RE.match(sha)):
+        c.fail("reference_set.sha256", "must be a lower-case hex digest", sha)
+    if "created" in entry:
+        c.number(entry["created"], "reference_set.created")

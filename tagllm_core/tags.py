@@ -9,7 +9,8 @@ one exported file is self-contained).
 
 On disk a tag is one safetensors file: tensors ``vectors`` (p, d),
 ``head.*``, ``domain.<Name>`` (p_dom, d) and ``applicability.<slot>`` (the
-training inputs' packed fingerprints, uint8; see ``applicability``); its card
+training inputs' packed fingerprints, uint8; see ``applicability``) and optionally
+``reference.predictions`` (its predictions over a fixed reference set; see ``reference``); its card
 is JSON in the safetensors metadata. Nothing is ever pickled, and writes go to a temporary
 file that is renamed into place, so a crash leaves either the old tag or the
 new one, never half of one.
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 
 from .backbone import BackboneFingerprint
 from .exceptions import TagFormatError, TagLLMError, TagNameError, TagNotFoundError
-from .paths import ASSETS_DIR, atomic_write, user_tags_dir
+from .paths import BUNDLED_TAGS_DIR, atomic_write, remove_stale_temp_files, user_tags_dir
 from .tag_schema import MAX_CARD_CHARS, check_card, check_header_length, check_tensor_specs, check_tensor_values
 
 __all__ = [
@@ -115,6 +116,7 @@ class TagCard:
     label_sample: list = field(default_factory=list)  # training labels, for the UI's histogram
     training: dict = field(default_factory=dict)  # provenance: data, stage, hyperparameters, time
     applicability: dict = field(default_factory=dict)  # slot -> threshold + validation curve (applicability)
+    reference_set: dict = field(default_factory=dict)  # the set its predictions are stored over (reference)
 
     def __post_init__(self):
         self.slots = [s if isinstance(s, SlotSpec) else SlotSpec(**s) for s in self.slots]
@@ -175,6 +177,7 @@ class Tag:
     head_state: dict = field(default_factory=dict)  # "weight" (out, in), "bias" (out,)
     domain_vectors: dict = field(default_factory=dict)  # domain tag name -> (p_dom, d)
     reference_fingerprints: dict = field(default_factory=dict)  # slot -> (N, bytes) uint8, packed bits
+    reference_predictions: Optional[torch.Tensor] = None  # (n, n_outputs) over the reference set (reference)
 
     @property
     def name(self) -> str:
@@ -214,6 +217,8 @@ def save_tag_file(tag: Tag, path: Path, replace: bool = True) -> None:
         tensors[f"head.{k}"] = v.detach().float().cpu().contiguous()
     for k, v in tag.domain_vectors.items():
         tensors[f"domain.{k}"] = v.detach().float().cpu().contiguous()
+    if tag.reference_predictions is not None:
+        tensors["reference.predictions"] = tag.reference_predictions.detach().float().cpu().contiguous()
     # Loading refuses non-finite tensors, so writing one would leave a tag nobody can open.
     bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
@@ -293,7 +298,7 @@ def load_tag_file(path: Path) -> Tag:
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     domains = {k[7:]: v for k, v in tensors.items() if k.startswith("domain.")}
     references = {k[14:]: v for k, v in tensors.items() if k.startswith("applicability.")}
-    return Tag(card, tensors["vectors"], head, domains, references)
+    return Tag(card, tensors["vectors"], head, domains, references, tensors.get("reference.predictions"))
 
 
 @dataclass
@@ -311,7 +316,8 @@ class TagInfo:
 
 
 class TagLibrary:
-    """The bundled (read-only, ``assets/tags/<backbone-slug>/``) and user (writable) tags for one backbone.
+    """The bundled (read-only package data, ``tagllm_core/data/tags/<backbone-slug>/``) and user (writable)
+    tags for one backbone.
 
     Names are unique across both: a user tag may not shadow a bundled one.
     """
@@ -320,7 +326,10 @@ class TagLibrary:
                  bundled_root: Optional[Path] = None):
         self.fingerprint = fingerprint
         self.user_dir = Path(user_dir) if user_dir else user_tags_dir() / fingerprint.slug
-        self.bundled_dir = Path(bundled_root or ASSETS_DIR / "tags") / fingerprint.slug
+        self.bundled_dir = Path(bundled_root or BUNDLED_TAGS_DIR) / fingerprint.slug
+        # A save killed mid-write leaves a hidden temporary file (never listed: it lacks the suffix); clear
+        # out those whose writer is dead, never one a live writer holds.
+        remove_stale_temp_files(self.user_dir)
 
     def _path(self, folder: Path, name: str) -> Path:
         return folder / f"{normalize_tag_name(name)}{SUFFIX}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import torch
 
@@ -69,7 +69,7 @@ Piece = Union[TextPiece, SlotPiece, TagPiece]
 class Template:
     """A parsed task formulation. Use ``Template.parse(text)``."""
 
-    pieces: tuple
+    pieces: tuple[Piece, ...]
 
     @classmethod
     def parse(cls, text: str) -> "Template":
@@ -123,7 +123,7 @@ class Template:
 
     @property
     def function_tag(self) -> str:
-        return self.pieces[-1].name
+        return cast(TagPiece, self.pieces[-1]).name  # parse() puts the function tag last
 
     def with_domain_tags(self, mapping: dict) -> "Template":
         """A copy whose slots use other domain tags (``None`` removes one): the zero-shot swap."""
@@ -144,7 +144,8 @@ def default_template(slots: list[tuple[str, str, Optional[str]]], function_tag: 
     phrase = {"smiles": "The SMILES of the molecule is", "protein": "The protein sequence is", "text": "The input is"}
     parts = []
     for name, kind, dom in slots:
-        parts.append(f"{phrase.get(kind, 'The input is')} {{{name}" + (f":<{normalize_tag_name(dom)}>" if dom else "") + "}.")
+        tag = f":<{normalize_tag_name(dom)}>" if dom else ""
+        parts.append(f"{phrase.get(kind, 'The input is')} {{{name}{tag}}}.")
     return f"Input: {' '.join(parts)} Output: The {what} is <{normalize_tag_name(function_tag)}>"
 
 
@@ -157,9 +158,9 @@ class RowPlan:
     slots' content tokens (for read-outs that pool the input).
     """
 
-    ids: list
-    tags: list = field(default_factory=list)
-    input_positions: list = field(default_factory=list)
+    ids: list[int]
+    tags: list[tuple[str, int]] = field(default_factory=list)
+    input_positions: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -276,8 +277,7 @@ def collate(plans: list[RowPlan], embed, tag_vectors: dict, pad_id: int, dtype: 
         if not bi:  # a zero-length tag (the no-tag baseline) splices nothing
             continue
         vec = tag_vectors[name].to(device=device, dtype=dtype)
-        embeds = torch.index_put(
-            embeds, (torch.tensor(bi, device=device), torch.tensor(ti, device=device)), vec[torch.tensor(ki, device=device)]
-        )
+        at = (torch.tensor(bi, device=device), torch.tensor(ti, device=device))
+        embeds = torch.index_put(embeds, at, vec[torch.tensor(ki, device=device)])
     readout = torch.tensor([len(p) - 1 for p in plans], dtype=torch.long, device=device)
     return TaggedBatch(embeds, attn.to(device), readout, input_mask.to(device))

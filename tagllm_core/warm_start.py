@@ -14,7 +14,8 @@ rule; 0, the library default, keeps the best score). On a hundred validation
 rows neighbouring layers differ by noise, and the shallower layer costs fewer
 blocks per prediction; ``bench/layer_rule.py`` measures what the rule does on
 held-out rows (docs/BENCHMARKS.md: no worse for linear probes on ESOL, but
-0.09 RMSE worse for the bundled ``<Solubility>`` tag, hence not the default). The standard error is that of the score difference between the layer
+0.09 RMSE worse for the bundled ``<Solubility>`` tag, hence not the default). The standard
+error is that of the score difference between the layer
 and the best one, from a paired bootstrap over the validation rows, so it
 works for any metric (RMSE, AUROC).
 """
@@ -109,7 +110,8 @@ class LayerChoice:
 
 
 def choose_layer(head_factory: Callable[[], TaskHead], train_features: torch.Tensor, targets: torch.Tensor,
-                 valid_features: torch.Tensor, score: Callable[[np.ndarray], float], n_layers: int, readout: str,
+                 valid_features: torch.Tensor, score: Callable[[np.ndarray, np.ndarray], float], n_layers: int,
+                 readout: str,
                  train_extra: Optional[torch.Tensor] = None, valid_extra: Optional[torch.Tensor] = None,
                  candidates: Optional[list] = None, tolerance: float = 0.0, seed: int = 0) -> LayerChoice:
     """Fit a ridge head on each candidate layer's training features, score it on the validation

@@ -24,11 +24,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from conftest import make_tiny_backbone  # noqa: E402
-from tagllm_core import training  # noqa: E402
+from tagllm_core import train_fit as training  # noqa: E402  (the epoch loop's _evaluate)
 from tagllm_core.exceptions import JobCancelled  # noqa: E402
 from tagllm_core.tags import SlotSpec  # noqa: E402
 from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag  # noqa: E402
+
+from conftest import make_tiny_backbone  # noqa: E402
 
 SMILES = [("C" * n) + tail for n in range(1, 13) for tail in ("", "O", "N", "C(=O)O")]
 

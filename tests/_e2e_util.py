@@ -33,9 +33,10 @@ E2E_TAG = "E2ESolubility"
 
 def ensure_function_tag() -> str:
     """The name of a function tag (SMILES input, regression preferred) usable on the default backbone."""
-    from _tag_builders import synthetic_solubility_tag  # after __main__ has put the repository on sys.path
     from tagllm_core.backbone import get_backbone
     from tagllm_core.tags import TagLibrary
+
+    from _tag_builders import synthetic_solubility_tag  # after __main__ has put the repository on sys.path
 
     bb = get_backbone()
     lib = TagLibrary(bb.fingerprint)

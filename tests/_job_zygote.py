@@ -30,8 +30,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # no OpenMP pool in the parent: forking stays safe
 
-from tagllm_core import cli, training  # noqa: E402,F401
-from tagllm_core import baselines, data, descriptors  # noqa: E402,F401  (imported lazily by the job)
+# Imported for their import cost only: warm in the zygote, so a forked job finds them loaded
+# (baselines, data and descriptors are imported lazily by the job).
+from tagllm_core import baselines, cli, data, descriptors, training  # noqa: E402,F401
 from tagllm_core.backbone import get_backbone  # noqa: E402
 
 

@@ -12,10 +12,9 @@ and job database; the job processes inherit it through the environment.
 from __future__ import annotations
 
 import dataclasses
-
 import io
-import os
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,17 +23,18 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from _tag_builders import synthetic_solubility_tag
-from conftest import make_char_tokenizer, make_domain_tag, make_function_tag, make_tiny_model
 from tagllm_core.backbone import get_backbone
 from tagllm_core.jobs import JobStore, launch
 from tagllm_core.paths import jobs_db_path
 from tagllm_core.tags import TagLibrary, load_tag_file, save_tag_file
 from ui import training
 
+from _tag_builders import synthetic_solubility_tag
+from conftest import make_char_tokenizer, make_domain_tag, make_function_tag, make_tiny_model
+
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
-EXAMPLES = REPO / "assets" / "examples"
+EXAMPLES = REPO / "tagllm_core" / "data" / "examples"
 FAKE_JOB = Path(__file__).resolve().parent / "_fake_job.py"
 
 
@@ -130,7 +130,8 @@ def test_predict_pasted_input_with_a_bad_row(tiny_app):
     assert frame.loc[0, "error"] == "" and frame.loc[2, "error"] == ""
     assert isinstance(frame.loc[0, "prediction"], float) and isinstance(frame.loc[2, "prediction"], float)
     assert frame.loc[0, "lower"] == pytest.approx(frame.loc[0, "prediction"] - 0.5)
-    assert "percentile" in frame.columns and 0 <= frame.loc[0, "percentile"] <= 100
+    assert "label_percentile" in frame.columns and 0 <= frame.loc[0, "label_percentile"] <= 100
+    assert pd.isna(frame.loc[0, "reference_percentile"])  # a test tag stores no reference distribution
     # the error is spelled out on the page, not only in the table
     assert "1 row(s) could not be predicted" in texts(at.error)
     shown = at.dataframe[-3].value if len(at.dataframe) >= 3 else None
@@ -531,6 +532,25 @@ def test_jobs_panel_cancels_a_running_job(tiny_app):
     assert "cancelled" in texts(at.info)
 
 
+def test_jobs_panel_shows_why_a_job_died_and_relaunches_it(tiny_app, monkeypatch):
+    import sys
+
+    from tagllm_core import jobs
+
+    store = JobStore()
+    job = store.create("function-tag", "Died", ["train-function-tag", "--name=Died"])
+    launch(store, job, cmd=[sys.executable, "-c", "import nonexistent_module"])
+    assert wait_for_job(store, job.id, timeout=30).state == "failed"
+    at = new_app("pages/train.py")
+    assert "No module named 'nonexistent_module'" in texts(at.error)
+    # the relaunch runs the job's own command line; here the stand-in job script
+    monkeypatch.setattr(jobs, "job_command", lambda store, job, python=sys.executable: [
+        python, str(FAKE_JOB), str(store.db_path), str(job.id), "--steps", "3"])
+    at.button(key=f"relaunch-{job.id}").click().run()
+    assert not at.exception
+    assert wait_for_job(store, job.id, timeout=30).state == "finished"
+
+
 # --------------------------------------------------------------------------- library
 
 
@@ -749,8 +769,9 @@ def test_jobs_panel_reads_only_new_events(tiny_app, monkeypatch):
         store.record(job.id, ProgressEvent("train", step, 20, loss=1.0 / step))
     calls = []
     real = JobStore.history
-    monkeypatch.setattr(JobStore, "history",
-                        lambda self, job_id, after_event=0: calls.append(after_event) or real(self, job_id, after_event))
+    monkeypatch.setattr(
+        JobStore, "history",
+        lambda self, job_id, after_event=0: calls.append(after_event) or real(self, job_id, after_event))
     at = new_app("pages/train.py")
     assert calls and calls[-1] == 0
     last = store.history(job.id)[-1]["id"]

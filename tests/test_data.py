@@ -7,8 +7,16 @@ import gzip
 import numpy as np
 import pytest
 
-from tagllm_core.data import (read_corpus, read_fasta, read_smiles_file, read_table, random_split,
-                              require_columns, scaffold_split, stratified_split)
+from tagllm_core.data import (
+    random_split,
+    read_corpus,
+    read_fasta,
+    read_smiles_file,
+    read_table,
+    require_columns,
+    scaffold_split,
+    stratified_split,
+)
 from tagllm_core.exceptions import InputError
 
 

@@ -16,8 +16,8 @@ from tagllm_core.prediction import Predictor, predict_table, results_frame
 from tagllm_core.tags import load_tag_file, save_tag_file
 
 from conftest import make_function_tag  # noqa: E402
-from test_training import small_frame, smiles_cfg  # noqa: E402
 from test_cli import env, folder_backbone, library  # noqa: E402,F401 (fixtures; model_dir is in conftest)
+from test_training import small_frame, smiles_cfg  # noqa: E402
 
 AROMATICS = ["c1ccccc1O", "c1ccccc1N", "Cc1ccccc1", "c1ccc2ccccc2c1", "Oc1ccc(Cl)cc1", "c1ccncc1",
              "Nc1ccc(O)cc1", "COc1ccccc1", "c1ccc(-c2ccccc2)cc1", "O=C(O)c1ccccc1"]
@@ -254,7 +254,7 @@ def test_csv_has_similarity_and_domain_after_the_prediction_columns(llama, tmp_p
     out.to_csv(tmp_path / "o.csv", index=False)
     back = pd.read_csv(tmp_path / "o.csv", keep_default_na=False)
     cols = list(back.columns)
-    assert cols[cols.index("upper") + 1: cols.index("upper") + 3] == ["similarity", "domain"]
+    assert cols[cols.index("upper") + 3: cols.index("upper") + 5] == ["similarity", "domain"]  # after the percentiles
     assert back["domain"].tolist() == ["in", "out", ""]
     assert float(back["similarity"][0]) == pytest.approx(1.0) and back["similarity"][2] == ""
 
@@ -273,8 +273,8 @@ def test_domain_curve_figure_shows_the_curve_and_the_threshold():
 
 
 def test_card_text_says_unknown_for_an_old_tag_and_the_threshold_otherwise(llama):
-    from ui import cards
     from tagllm_core.tags import TagInfo
+    from ui import cards
 
     old = make_function_tag(llama)
     assert "unknown" in cards.domain_lines(old.card)[""]
@@ -288,9 +288,10 @@ def test_card_text_says_unknown_for_an_old_tag_and_the_threshold_otherwise(llama
 def test_library_page_shows_the_domain_curve(tagllm_home, monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import make_char_tokenizer, make_tiny_model
     from tagllm_core.backbone import get_backbone
     from tagllm_core.tags import TagLibrary
+
+    from conftest import make_char_tokenizer, make_tiny_model
 
     folder = tmp_path / "tiny-llama"
     make_tiny_model("llama", seed=0).save_pretrained(folder)
@@ -313,7 +314,7 @@ def test_library_page_shows_the_domain_curve(tagllm_home, monkeypatch, tmp_path)
     assert "predates storing its training fingerprints" in text
 
 
-def test_cli_predict_writes_similarity_and_domain_columns(env, capsys, tmp_path, library, folder_backbone):
+def test_cli_predict_writes_similarity_and_domain_columns(env, capsys, tmp_path, library, folder_backbone):  # noqa: F811 (pytest fixtures, injected by name)
     from test_cli import run_cli
 
     tag = _with_domain(make_function_tag(folder_backbone, name="Arom", slots=(("smiles", "smiles", None),),
@@ -327,7 +328,7 @@ def test_cli_predict_writes_similarity_and_domain_columns(env, capsys, tmp_path,
     assert "1 outside the tag's applicability domain" in stdout
     df = pd.read_csv(out, keep_default_na=False)
     cols = list(df.columns)
-    assert cols[cols.index("upper") + 1: cols.index("upper") + 3] == ["similarity", "domain"]
+    assert cols[cols.index("upper") + 3: cols.index("upper") + 5] == ["similarity", "domain"]  # after the percentiles
     assert df["domain"].tolist() == ["in", "out", ""]
     assert "outside the applicability domain" in df.loc[1, "flags"]
 

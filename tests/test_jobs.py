@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tagllm_core import jobs  # noqa: E402
-from tagllm_core.exceptions import JobCancelled  # noqa: E402
+from tagllm_core.exceptions import JobCancelled, TagLLMError  # noqa: E402
 from tagllm_core.jobs import (  # noqa: E402
     DIED_MESSAGE,
     JOB_STATES,
@@ -35,18 +35,10 @@ from tagllm_core.jobs import (  # noqa: E402
 )
 from tagllm_core.progress import ProgressEvent  # noqa: E402
 
+from _job_utils import wait_until  # noqa: E402
+
 FAKE = str(Path(__file__).resolve().parent / "_fake_job.py")
 TIMEOUT = 30.0
-
-
-def wait_until(pred, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -242,6 +234,133 @@ def test_reap_fails_queued_job_whose_process_died(store):
     job = store.create("k", "n", [])
     store.set_pid(job.id, proc.pid)
     assert [j.state for j in store.list()] == ["failed"]
+
+
+def test_a_job_that_dies_before_parsing_its_argv_is_reaped_with_its_error(store, spawn):
+    """An import error (or anything before the job records itself) used to end as a bare "died"."""
+    job = store.create("function-tag", "Early", ["train-function-tag", "--name=Early"])
+    pid = launch(store, job, cmd=[sys.executable, "-c", "import nonexistent_module"])
+    j = wait_until(lambda: done(store, job.id), what="the death to be recorded")
+    assert j.state == "failed" and j.error.startswith(DIED_MESSAGE), j.error
+    assert "ModuleNotFoundError: No module named 'nonexistent_module'" in j.error
+    wait_until(lambda: not jobs._pid_alive(pid), what="the process to be collected")
+    # launch's waiter records the exit status when it reaps first; the error is there either way
+    assert "exit status 1" in j.error or j.error.endswith("'nonexistent_module'")
+
+
+def test_died_reason_quotes_an_error_not_progress(tmp_path):
+    log = tmp_path / "job.log"
+    assert jobs.died_reason(None) == DIED_MESSAGE and jobs.died_reason(tmp_path / "none.log") == DIED_MESSAGE
+    log.write_text("job 3: running (pid 12)\n")
+    assert jobs.died_reason(log, -9) == DIED_MESSAGE + " (killed by SIGKILL)"
+    log.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    import torch\n"
+                   "OSError: libcuda.so: cannot open shared object file\n\n")
+    assert jobs.died_reason(log, 1) == (DIED_MESSAGE + " (exit status 1); its log ends with: "
+                                        "OSError: libcuda.so: cannot open shared object file")
+    log.write_text("/usr/bin/python3: can't open file '/gone/tagllm_core': [Errno 2] No such file or directory\n")
+    assert "can't open file" in jobs.died_reason(log)
+    # after a relaunch only the new attempt's lines count
+    with open(log, "a") as fh:
+        fh.write("\n--- relaunched 2026-01-01 00:00:00 ---\njob 3: running (pid 13)\n")
+    assert jobs.died_reason(log) == DIED_MESSAGE
+
+
+def test_reap_after_a_restart_reads_the_reason_from_the_log(store):
+    """No waiter after an app restart: the reaper alone finds the death, and the log still tells why."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job = store.create("k", "n", ["predict"])
+    Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(job.log_path).write_text("Traceback (most recent call last):\nImportError: cannot import name 'x'\n")
+    store.set_running(job.id, proc.pid)
+    assert store.get(job.id).error == f"{DIED_MESSAGE}; its log ends with: ImportError: cannot import name 'x'"
+
+
+def test_reaping_a_dead_job_removes_the_temp_files_it_left_in_its_folders(store):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job = store.create("function-tag", "T", ["train-function-tag"])
+    ckpt = store.log_dir / f"{job.id}-checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint.safetensors").write_bytes(b"whole")
+    (ckpt / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"half")
+    store.set_running(job.id, proc.pid)
+    assert store.reap() == [job.id]
+    assert [p.name for p in ckpt.iterdir()] == ["checkpoint.safetensors"]
+
+
+# -- relaunch -------------------------------------------------------------------
+
+
+def test_a_cancelled_job_relaunches_as_the_same_job(store, spawn):
+    job = store.create("function-tag", "Again", ["train-function-tag", "--name=Again"])
+    pid = spawn(job, "--steps", "100000", "--sleep", "0.01")
+    wait_until(lambda: store.get(job.id).step > 0, what="job to report progress")
+    assert not jobs.can_relaunch(store.get(job.id))  # running
+    kill(store, job.id)
+    wait_until(lambda: not jobs._pid_alive(pid), what="the process to die")
+    cancelled = store.get(job.id)
+    assert cancelled.state == "cancelled" and jobs.can_relaunch(cancelled) and store.history(job.id)
+    cmd = [sys.executable, FAKE, str(store.db_path), str(job.id), "--steps", "3"]
+    again = jobs.relaunch(store, job.id, cmd=cmd)
+    assert again.id == job.id and again.argv == job.argv and again.state in ("queued", "running")
+    assert not again.cancel_requested and again.error is None
+    j = wait_until(lambda: done(store, job.id), what="the relaunched job to finish")
+    assert j.state == "finished", j.error
+    steps = [h["step"] for h in store.history(job.id)]
+    assert steps[0] == 1 and steps[-1] == 3 and max(steps) == 3  # the first attempt's progress is gone
+    log = Path(j.log_path).read_text()
+    assert log.count("running (pid") == 2 and "--- relaunched" in log  # both attempts' logs are kept
+    # the job's command line is the same, checkpoint folder included: a function-tag job resumes there
+    assert f"--checkpoint-dir={store.log_dir / f'{job.id}-checkpoint'}" in jobs.job_command(store, j)
+
+
+def test_a_died_job_relaunches_and_jobs_that_cannot_are_refused(store, spawn):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    died = store.create("predict", "P", ["predict", "--tag=P"])
+    store.set_running(died.id, dead.pid)
+    assert store.get(died.id).state == "failed" and jobs.can_relaunch(store.get(died.id))
+    user_error = store.create("predict", "P", ["predict"])
+    store.fail(user_error.id, "The labels are all the same.")
+    finished = store.create("predict", "P", ["predict"])
+    store.set_running(finished.id, os.getpid())
+    store.finish(finished.id, {})
+    for job_id in (user_error.id, finished.id):
+        assert not jobs.can_relaunch(store.get(job_id))
+        with pytest.raises(TagLLMError, match="only a cancelled job"):
+            jobs.relaunch(store, job_id, cmd=[sys.executable, "-c", "pass"])
+    relaunched = jobs.relaunch(store, died.id, cmd=[sys.executable, FAKE, str(store.db_path), str(died.id)])
+    assert relaunched.state in ("queued", "running")
+    assert wait_until(lambda: done(store, died.id)).state == "finished"
+
+
+def test_relaunch_waits_for_a_cancelled_process_to_end_and_keeps_the_name_rule(store):
+    # cancelled, but its process (this one, for the test) is still alive: it could still record its end
+    stopping = store.create("function-tag", "Busy", ["train-function-tag"])
+    store.set_running(stopping.id, os.getpid())
+    store.mark_cancelled(stopping.id)
+    with pytest.raises(TagLLMError, match="still stopping"):
+        jobs.relaunch(store, stopping.id, cmd=[sys.executable, "-c", "pass"])
+    assert store.get(stopping.id).state == "cancelled"
+    # another job trains the name now: relaunching would only race it for the tag
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    old = store.create("function-tag", "Name", ["train-function-tag"])
+    store.set_running(old.id, gone.pid)
+    now = store.create("function-tag", "Name", ["train-function-tag"])
+    store.set_running(now.id, os.getpid())
+    assert store.get(old.id).state == "failed"
+    with pytest.raises(TagLLMError, match="training <Name> right now"):
+        jobs.relaunch(store, old.id, cmd=[sys.executable, "-c", "pass"])
+
+
+def test_app_training_jobs_are_held_to_the_name_rule(store):
+    """The app records training jobs as "function-tag" / "domain-tag"; the earlier job keeps the name."""
+    first = store.create("function-tag", "Dup", ["train-function-tag"])
+    second = store.create("domain-tag", "Dup", ["train-domain-tag"])
+    store.set_running(first.id, os.getpid())
+    assert store.name_taken_by(second.id) == first.id
 
 
 # -- concurrency --------------------------------------------------------------
@@ -520,7 +639,8 @@ def test_sigkill_while_jobs_write_events_leaves_a_sound_database(store, spawn):
         time.sleep(rng.uniform(0.0, 0.3))
         os.killpg(pid, signal.SIGKILL)
         j = wait_until(lambda: done(store, job.id), what="the death to be recorded")
-        assert j.state == "failed" and j.error == DIED_MESSAGE
+        assert j.state == "failed" and j.error.startswith(DIED_MESSAGE)
+        assert "its log ends with" not in j.error  # its last words are progress lines, not a reason
         steps = [h["step"] for h in store.history(job.id)]
         assert steps == sorted(steps) and (not steps or steps[-1] == j.step)
         conn = sqlite3.connect(str(store.db_path))

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_char_tokenizer, make_function_tag, make_tiny_model
 from tagllm_core import cli
 from tagllm_core.exceptions import InputError
 from tagllm_core.multi import column_label, predict_many, same_inputs_problem
 from tagllm_core.prediction import Predictor, results_frame
+
+from conftest import make_char_tokenizer, make_function_tag, make_tiny_model
 
 SOL_TEMPLATE = ("Input: The SMILES of the molecule is {smiles:<SMILES>}. "
                 "Output: The aqueous solubility (log mol/L) is <{name}>")
@@ -36,10 +37,13 @@ def test_two_tags_give_one_table_with_a_column_per_tag(llama, two_tags):
     frame = predict_many(llama, [sol, tox], ROWS)
     assert len(frame) == 3 and frame["row"].tolist() == [1, 2, 3]
     cols = list(frame.columns)
-    # each tag's applicability domain follows its prediction (its own training inputs)
-    assert cols.index("Toxicity domain") == cols.index("Toxicity similarity") + 1 == cols.index("Toxicity") + 2
+    # each tag's applicability domain follows its prediction and percentiles (its own training inputs)
+    assert cols.index("Toxicity domain") == cols.index("Toxicity similarity") + 1 == cols.index("Toxicity") + 4
     assert frame["Toxicity domain"].tolist() == ["unknown", "", "unknown"]  # a test tag stores no fingerprints
-    cols = [c for c in cols if not c.endswith((" similarity", " domain"))]
+    # and its percentiles sit between the two
+    assert cols.index("Toxicity reference_percentile") == cols.index("Toxicity label_percentile") + 1 == \
+        cols.index("Toxicity") + 2
+    cols = [c for c in cols if not c.endswith((" similarity", " domain", "_percentile"))]
     assert cols[:6] == ["row", "Solubility (log mol/L)", "Solubility (log mol/L) lower",
                         "Solubility (log mol/L) upper", "Toxicity", "flags"]
     assert cols.index("error") < cols.index("smiles")  # results first, then the inputs
@@ -111,7 +115,8 @@ def test_names_and_ids_in_the_rows_are_kept_in_their_own_column(llama, two_tags)
 def test_results_frame_puts_prediction_interval_flags_and_error_first(llama, two_tags):
     sol, _ = two_tags
     frame = results_frame(Predictor(llama, sol).predict(ROWS))
-    assert list(frame.columns[:8]) == ["row", "prediction", "lower", "upper", "similarity", "domain", "flags", "error"]
+    assert list(frame.columns[:10]) == ["row", "prediction", "lower", "upper", "label_percentile",
+                                        "reference_percentile", "similarity", "domain", "flags", "error"]
     assert list(frame.columns).index("smiles") > list(frame.columns).index("error")
 
 
@@ -129,8 +134,9 @@ def cli_env(tmp_path, tagllm_home, monkeypatch):
 
     bb = get_backbone(str(folder))
     lib = TagLibrary(bb.fingerprint)
-    lib.save(make_function_tag(bb, "Solubility", template=SOL_TEMPLATE.replace(":<SMILES>", ""), slots=(("smiles", "smiles", None),),
-                               interval={"level": 0.9, "halfwidth": [0.5]}, seed=1))
+    lib.save(make_function_tag(bb, "Solubility", template=SOL_TEMPLATE.replace(":<SMILES>", ""),
+                               slots=(("smiles", "smiles", None),), interval={"level": 0.9, "halfwidth": [0.5]},
+                               seed=1))
     lib.save(make_function_tag(bb, "Toxicity", slots=(("smiles", "smiles", None),), seed=2))
     lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", None),), seed=3))
     return bb, lib

@@ -367,7 +367,8 @@ def test_row_groups_follow_the_first_input_only_with_two_slots():
     from tagllm_core.prefix_cache import row_groups
     from tagllm_core.templates import Template
 
-    rows = [{"sequence": "MKV", "smiles": "CCO"}, {"sequence": "MKV", "smiles": "CCN"}, {"sequence": "AAA", "smiles": "C"}]
+    rows = [{"sequence": "MKV", "smiles": "CCO"}, {"sequence": "MKV", "smiles": "CCN"},
+            {"sequence": "AAA", "smiles": "C"}]
     two = Template.parse(TEMPLATES["two_slot"][0])
     one = Template.parse(TEMPLATES["plain"][0])
     assert row_groups(two, rows) == ["MKV", "MKV", "AAA"]

@@ -5,8 +5,8 @@ command is checked as far as is cheap: bash parses it; no unquoted ``<`` or
 ``>`` turns an argument such as ``<SMILES>`` into a redirection; a
 ``tagllm_core`` command is accepted by the real CLI parser (and its
 ``--input`` slot specs by the CLI's own spec parser); a ``make`` target
-exists in the Makefile; files it names under ``assets/`` exist, with the
-columns it maps.
+exists in the Makefile; files it names in the checkout (``assets/``, the package data under
+``tagllm_core/data/``) exist, with the columns it maps.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ DOCS = [REPO / "README.md", REPO / "docs" / "ARCHITECTURE.md"]
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.S | re.M)
 _SHELL = {"", "bash", "sh", "shell", "console"}
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_REPO_FILES = ("assets/", "tagllm_core/data/")  # arguments that name files in the checkout
 
 
 def shell_commands(text: str) -> list[str]:
@@ -101,10 +102,10 @@ def test_command_is_accepted_as_written(doc, command):
             for spec in args.input:
                 parse_input_spec(spec)
         for word in argv:
-            if word.startswith("assets/"):
+            if word.startswith(_REPO_FILES):
                 assert (REPO / word).exists(), f"{word} does not exist"
         columns = dict(c.split("=", 1) for c in getattr(args, "column", None) or [])
-        if columns and str(getattr(args, "input", "")).startswith("assets/"):
+        if columns and str(getattr(args, "input", "")).startswith(_REPO_FILES):
             header = set(pd.read_csv(REPO / args.input, nrows=0).columns)
             assert set(columns.values()) <= header, f"{args.input} lacks {set(columns.values()) - header}"
     start = next((i for i, w in enumerate(words) if not _ENV.match(w)), len(words))

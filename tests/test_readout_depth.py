@@ -29,13 +29,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import count_block_calls, make_function_tag  # noqa: E402
-from test_stack import make_deep_backbone  # noqa: E402
-from test_training import small_frame, smiles_cfg  # noqa: E402
-from tagllm_core import descriptors, prediction, training
+# train_warm_start as training: the phase that calls choose_layer (a test replaces it there)
+from tagllm_core import descriptors, prediction, train_warm_start as training
 from tagllm_core.data import random_split
-from tagllm_core.domains import clean
 from tagllm_core.descriptors import feature_names
+from tagllm_core.domains import clean
 from tagllm_core.exceptions import TemplateError, TrainingError
 from tagllm_core.heads import CLIP, HeadConfig, TaskHead, build_head
 from tagllm_core.model import readout_dim
@@ -43,6 +41,10 @@ from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SUFFIX
 from tagllm_core.training import parse_layers, train_function_tag
 from tagllm_core.warm_start import LayerChoice, bootstrap_scores, choose_layer, one_se_layer
+
+from conftest import count_block_calls, make_function_tag  # noqa: E402
+from test_stack import make_deep_backbone  # noqa: E402
+from test_training import small_frame, smiles_cfg  # noqa: E402
 
 VALID_FRACTION = 0.2
 

@@ -125,14 +125,14 @@ def test_huge_protein_row(real):
 
 
 def test_every_bundled_tag_loads_and_works_on_the_default_backbone(real):
-    """The tags shipped in assets/tags/<slug>/ match the default backbone; function tags predict
+    """The tags shipped in tagllm_core/data/tags/<slug>/ match the default backbone; function tags predict
     finite values for valid inputs of their slots, and domain tags carry the perplexity evidence
     of their training (the trained tag beats no tag and a random tag on held-out text)."""
-    from tagllm_core.paths import ASSETS_DIR
+    from tagllm_core.paths import BUNDLED_TAGS_DIR
     from tagllm_core.prediction import Predictor
     from tagllm_core.tags import TagLibrary
 
-    folder = ASSETS_DIR / "tags" / real.fingerprint.slug
+    folder = BUNDLED_TAGS_DIR / real.fingerprint.slug
     files = sorted(folder.glob("*.tag.safetensors"))
     assert files, f"no bundled tags in {folder}"
     lib = TagLibrary(real.fingerprint)

@@ -25,19 +25,26 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ARCHS, count_block_calls, make_char_tokenizer, make_tiny_model  # noqa: E402
-from test_prefix_cache import FN, TEMPLATES, _loss_and_grads, _pairs, _rel, _rows  # noqa: E402
 from tagllm_core import stack
 from tagllm_core.backbone import Backbone, wrap_model
 from tagllm_core.exceptions import BackboneError
 from tagllm_core.heads import HeadConfig, TaskHead
 from tagllm_core.model import READOUTS, TaggedModel, readout_dim, readout_hidden
-from tagllm_core.prefix_cache import (PrefixCache, common_prefix_length, compute_prefix_states,
-                                      features_after_shared_prefix, grouped_features, shared_prefix,
-                                      suffix_features)
+from tagllm_core.prefix_cache import (
+    PrefixCache,
+    common_prefix_length,
+    compute_prefix_states,
+    features_after_shared_prefix,
+    grouped_features,
+    shared_prefix,
+    suffix_features,
+)
 from tagllm_core.stack import check_layers, run_stack
 from tagllm_core.tags import init_tag_vectors
 from tagllm_core.templates import Template
+
+from conftest import ARCHS, count_block_calls, make_char_tokenizer, make_tiny_model  # noqa: E402
+from test_prefix_cache import FN, TEMPLATES, _loss_and_grads, _pairs, _rel, _rows  # noqa: E402
 
 DEEP_LAYERS = 3
 
@@ -143,15 +150,15 @@ def test_each_layer_equals_rms_of_hf_hidden_state(backbones, arch, depth):
     hs_raw, _ = hf_hidden_states(bb, embeds, mask, final_norm=False)
     n = bb.n_layers
     assert len(hs) == n + 1
-    for l in range(1, n + 1):
+    for layer in range(1, n + 1):
         with torch.no_grad():
-            out = run_stack(bb, (l,), embeds, mask)
+            out = run_stack(bb, (layer,), embeds, mask)
         assert out.cache is None
         assert out.hidden.shape == (*mask.shape, bb.hidden_size) and out.hidden.dtype == bb.dtype
-        if l < n:
+        if layer < n:
             # below the last block HF's entry is the block's output itself
-            torch.testing.assert_close(hs_raw[l], hs[l])
-            reference = rms(hs[l])
+            torch.testing.assert_close(hs_raw[layer], hs[layer])
+            reference = rms(hs[layer])
         else:
             # HF's last entry is after the final norm; layer n is the last block's own output
             reference = rms(hs_raw[n])
@@ -171,13 +178,13 @@ def test_several_layers_concatenate_in_the_order_given(backbones, arch, depth):
     real = mask.bool()
     d = bb.hidden_size
     with torch.no_grad():
-        single = {l: run_stack(bb, (l,), embeds, mask).hidden for l in range(1, bb.n_layers + 1)}
+        single = {layer: run_stack(bb, (layer,), embeds, mask).hidden for layer in range(1, bb.n_layers + 1)}
         orders = [(2, 1), (1, 2)] + ([(3, 1, 2), (1, 3)] if bb.n_layers >= 3 else [])
         for layers in orders:
             out = run_stack(bb, layers, embeds, mask).hidden
             assert out.shape == (*mask.shape, len(layers) * d)
-            for k, l in enumerate(layers):
-                torch.testing.assert_close(out[..., k * d:(k + 1) * d][real], single[l][real], rtol=1e-5, atol=1e-6)
+            for k, layer in enumerate(layers):
+                torch.testing.assert_close(out[..., k * d:(k + 1) * d][real], single[layer][real], rtol=1e-5, atol=1e-6)
     assert_no_hooks(bb)
 
 
@@ -207,7 +214,7 @@ def test_blocks_above_the_deepest_layer_never_run(backbones, arch, depth):
     bb = backbones(depth, arch)
     n = bb.n_layers
     embeds, mask = padded_batch(bb)
-    cases = [(l,) for l in range(1, n + 1)] + [(2, 1), (1, 2), None]
+    cases = [(layer,) for layer in range(1, n + 1)] + [(2, 1), (1, 2), None]
     if n >= 3:
         cases += [(3, 1), (1, 3, 2)]
     for layers in cases:

@@ -8,8 +8,7 @@ import pytest
 
 from tagllm_core.domains import clean_protein
 from tagllm_core.exceptions import InputError
-from tagllm_core.standardize import (Standardised, length_ranges, length_flag, prediction_range_flag,
-                                     standardize_smiles)
+from tagllm_core.standardize import Standardised, length_flag, length_ranges, prediction_range_flag, standardize_smiles
 
 ORGANIC_ONLY = "outside the organic chemistry the tag was trained on"
 

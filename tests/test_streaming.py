@@ -125,7 +125,8 @@ def test_resume_after_a_stop_gives_the_uninterrupted_file(llama, lib, tmp_path, 
         fh.write('11,m10,"CC')
     seen = []
     real = Predictor.predict
-    monkeypatch.setattr(Predictor, "predict", lambda self, rows, *a, **k: seen.extend(rows) or real(self, rows, *a, **k))
+    monkeypatch.setattr(Predictor, "predict",
+                        lambda self, rows, *a, **k: seen.extend(rows) or real(self, rows, *a, **k))
     second = run(llama, lib, src, cut, chunk_rows=5, resume=True)
     assert second.skipped == 10 and second.rows == 13 and len(seen) == 13  # finished rows are not redone
     assert cut.read_bytes() == whole.read_bytes()

@@ -25,7 +25,7 @@ from safetensors.torch import save_file as real_save_file
 
 from tagllm_core.exceptions import TagError
 from tagllm_core.heads import HeadConfig, LabelScaler, build_head
-from tagllm_core.paths import ASSETS_DIR
+from tagllm_core.paths import BUNDLED_TAGS_DIR
 from tagllm_core.tags import SUFFIX, Tag, TagLibrary, load_tag_file, read_card, save_tag_file
 
 from _tag_builders import synthetic_solubility_tag
@@ -446,7 +446,7 @@ def test_valid_tags_of_every_shape_load_and_build(valid, tmp_path):
             build_head(HeadConfig(**tag.card.head), tag.head_state)
 
 
-BUNDLED = sorted((ASSETS_DIR / "tags").glob(f"*/*{SUFFIX}"))
+BUNDLED = sorted(BUNDLED_TAGS_DIR.glob(f"*/*{SUFFIX}"))
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tagllm_core.exceptions import TagLLMError, TagNameError, TemplateError
-from tagllm_core.model import READOUTS, TaggedModel, readout_hidden, pool_features, readout_dim
+from tagllm_core.model import READOUTS, TaggedModel, pool_features, readout_dim, readout_hidden
 from tagllm_core.templates import (
     PromptEncoder,
     RowPlan,

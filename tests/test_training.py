@@ -541,7 +541,7 @@ def test_dropped_rows_keep_file_row_numbers_with_max_rows(llama):
 def test_interval_is_calibrated_on_held_out_validation_rows(llama):
     """With 40 or more validation rows, a seeded half of them sets the interval's half-width and
     nothing else: early stopping and the layer choice see only the other half."""
-    from tagllm_core.training import _calibration_split
+    from tagllm_core.train_prepare import calibration_split as _calibration_split
 
     df = small_frame(20)  # 100 rows, 40 for validation
     res = train_function_tag(llama, None, smiles_cfg(epochs=1, valid_fraction=0.4), df, save=False)
@@ -663,7 +663,8 @@ def _pairs_frame(n_proteins: int = 4, drugs: int = 8) -> pd.DataFrame:
 
 
 def _pairs_cfg(**kw) -> FunctionTagConfig:
-    base = dict(name="Pairs", labels=["y"], slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)],
+    base = dict(name="Pairs", labels=["y"],
+                slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)],
                 epochs=2, split="random", valid_fraction=0.25, n_tokens=3, readout="last+mean", patience=5,
                 head_lr=1e-2, tag_lr=1e-2)
     base.update(kw)
@@ -701,7 +702,7 @@ def test_smiles_augmentation_trains_on_other_spellings(llama, monkeypatch):
     assert res.tag.card.training["config"]["augment"] == 3
     assert math.isfinite(res.metrics["rmse"])
     # the spellings are the same molecules
-    from tagllm_core.training import _augmented_rows
+    from tagllm_core.train_prepare import augmented_rows as _augmented_rows
 
     cfg = smiles_cfg(augment=3)
     for row in _augmented_rows({"smiles": "CCCCc1ccccc1"}, cfg, 0):
@@ -758,7 +759,7 @@ def test_a_clean_run_has_an_empty_warnings_list(llama):
 
 
 def test_random_split_for_classification_is_stratified():
-    from tagllm_core.training import PreparedData, _split
+    from tagllm_core.train_prepare import PreparedData, split_validation as _split
 
     y = np.array([0] * 90 + [1] * 10)
     data = PreparedData([{"smiles": "C"}] * 100, y, list(range(1, 101)), [])
@@ -831,7 +832,7 @@ def test_non_finite_loss_stops_keeps_the_best_state_and_warns(llama, library_fac
 
 
 def test_nan_validation_predictions_are_a_bad_epoch_not_a_crash(llama, monkeypatch):
-    import tagllm_core.training as training
+    import tagllm_core.train_fit as training  # the epoch loop validates through its _predict_std
 
     real, calls = training._predict_std, []
 
@@ -850,7 +851,7 @@ def test_nan_validation_predictions_are_a_bad_epoch_not_a_crash(llama, monkeypat
 
 
 def test_stage1_non_finite_loss_stops_and_saves_a_finite_tag_with_a_warning(llama, library_factory, monkeypatch):
-    import tagllm_core.training as training
+    import tagllm_core.domain_training as training
 
     lib = library_factory(llama)
     real, calls = training._lm_loss, []
@@ -898,7 +899,7 @@ def test_over_long_smiles_is_a_dropped_row_not_a_cropped_molecule(llama):
 
 
 def test_stage1_drops_smiles_longer_than_max_tokens_instead_of_cropping(llama, monkeypatch):
-    import tagllm_core.training as training
+    import tagllm_core.domain_training as training
 
     corpus = family_smiles(8)  # 40 molecules of 1 to 15 characters (one token per character here)
     real, seen = training._lm_batch, []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -10,7 +11,9 @@ import streamlit as st
 
 from tagllm_core.applicability import NEAREST
 from tagllm_core.backbone import BackboneFingerprint
-from tagllm_core.tags import TagCard, TagInfo
+from tagllm_core.exceptions import TagLLMError
+from tagllm_core.reference import ReferenceDistribution, reference_problem
+from tagllm_core.tags import TagCard, TagInfo, load_tag_file
 
 from . import charts
 
@@ -192,6 +195,7 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
     rows.append(("training data", training_text(card).replace("`", "")))
     if card.kind == "function":
         rows.append(("applicability domain", "; ".join(domain_lines(card).values())))
+        rows.append(("reference set", reference_line(card)))
     for name, value in flat_metrics(card).items():
         rows.append((name, format_number(value)))
     for key, metrics in ((card.metrics or {}).get("baselines") or {}).items():
@@ -239,3 +243,43 @@ def render_domain(card: TagCard, key: str) -> None:
                                                    measure, info.get("error_metric", "error"),
                                                    info.get("overall_error"), ratio),
                         width="stretch", key=f"domain-curve::{key}::{slot}")
+
+
+def reference_line(card: TagCard) -> str:
+    """``MOSES test split, seeded sample (v1): 2,000 molecules predicted``, or why there is none."""
+    entry = card.reference_set or {}
+    if not entry:
+        return reference_problem(card) or "none (add one: python -m tagllm_core tags add-reference NAME)"
+    skipped = f", {entry['n_skipped']:,} could not be predicted" if entry.get("n_skipped") else ""
+    return f"{entry.get('name', '')} (v{entry.get('version', '?')}): {entry.get('n', 0):,} molecules predicted{skipped}"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _reference_values(path: str, mtime_ns: int):
+    """The stored reference predictions of the tag file at ``path`` ((n, n_outputs), or None); keyed by its
+    modification time, so a tag given a distribution later is read again."""
+    dist = ReferenceDistribution.from_tag(load_tag_file(Path(path)))
+    return None if dist is None else dist.predictions
+
+
+def render_reference(info: TagInfo, key: str) -> None:
+    """A function tag's predictions over its reference set, as a histogram (over the training labels for
+    regression), or a line saying why it has none."""
+    card = info.card
+    if not card.reference_set:
+        st.caption(f"Reference set: {reference_line(card)}. Predictions show a blank reference percentile.")
+        return
+    try:
+        values = _reference_values(str(info.path), info.path.stat().st_mtime_ns)
+    except (TagLLMError, OSError) as err:
+        st.caption(f"Reference set: unreadable ({err}).")
+        return
+    if values is None:
+        return
+    st.markdown(f"**Reference set** · {reference_line(card)}")
+    st.caption("Each prediction's reference percentile is its place in this distribution.")
+    classes = (list(card.classes) or list(range(values.shape[1]))) if card.task == "classification" else []
+    st.plotly_chart(charts.reference_histogram(values, (card.labels or ["prediction"])[0],
+                                               card.reference_set.get("name", ""), card.label_sample or [],
+                                               classes),
+                    width="stretch", key=f"reference-hist::{key}")

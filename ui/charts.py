@@ -17,18 +17,6 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go
     return fig
 
 
-def percentiles(values: Sequence[Optional[float]], sample: Sequence[float]) -> list[Optional[float]]:
-    """Percentile (0-100) of each value within ``sample`` (share of sample values <= it); None stays None."""
-    ref = np.sort(np.asarray([s for s in sample if s is not None and np.isfinite(s)], dtype=float))
-    out: list[Optional[float]] = []
-    for v in values:
-        if v is None or ref.size == 0 or not isinstance(v, (int, float)) or not np.isfinite(v):
-            out.append(None)
-        else:
-            out.append(round(100.0 * np.searchsorted(ref, float(v), side="right") / ref.size, 1))
-    return out
-
-
 def prediction_histogram(predictions: Sequence[float], label_sample: Sequence[float], label: str = "prediction",
                          zero_shot: bool = False) -> go.Figure:
     """Regression: predictions over the training-label distribution, on shared bins, each as a share of its rows."""
@@ -46,6 +34,33 @@ def prediction_histogram(predictions: Sequence[float], label_sample: Sequence[fl
                       histnorm="probability", xbins=bins, marker_color=_PRED_COLOUR, opacity=0.7)
     fig.update_layout(barmode="overlay")
     return _layout(fig, "Predictions against the training-label distribution", label, "share of rows")
+
+
+def reference_histogram(predictions: np.ndarray, label: str, set_name: str,
+                        label_sample: Sequence[float] = (), classes: Sequence = ()) -> go.Figure:
+    """A tag's predictions over its reference set (``tagllm_core.reference``), each as a share of its rows.
+    ``predictions``: (n, n_outputs). Regression: the first output, over the training labels when given;
+    classification (``classes``): each class's probability."""
+    values = np.asarray(predictions, dtype=float)
+    fig = go.Figure()
+    if classes:
+        for i, c in enumerate(classes[: values.shape[1]]):
+            fig.add_histogram(x=values[:, i], name=f"p({c})", histnorm="probability", opacity=0.6,
+                              xbins=dict(start=0.0, end=1.0, size=0.05))
+        fig.update_layout(barmode="overlay")
+        return _layout(fig, f"Predictions over the reference set: {set_name}", "probability", "share of molecules")
+    ref = values[:, 0]
+    sample = [float(v) for v in label_sample if v is not None and np.isfinite(v)]
+    lo, hi = float(min(ref.min(), *sample)), float(max(ref.max(), *sample))
+    size = (hi - lo) / 30 or 1.0
+    bins = dict(start=lo - size / 2, end=hi + size / 2, size=size)
+    if sample:
+        fig.add_histogram(x=sample, name="training labels", histnorm="probability", xbins=bins,
+                          marker_color=_TRAIN_COLOUR, opacity=0.6)
+    fig.add_histogram(x=ref, name="reference molecules (predicted)", histnorm="probability", xbins=bins,
+                      marker_color=_PRED_COLOUR, opacity=0.7)
+    fig.update_layout(barmode="overlay")
+    return _layout(fig, f"Predictions over the reference set: {set_name}", label, "share of rows")
 
 
 def class_bars(predicted: Sequence, label_sample: Sequence, classes: Sequence) -> go.Figure:

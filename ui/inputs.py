@@ -18,15 +18,14 @@ import pandas as pd
 import streamlit as st
 
 from tagllm_core import paths
-from tagllm_core.domains import guess_kind
 from tagllm_core.data import read_corpus, read_table, require_columns
-from tagllm_core.domains import clean, split_entries
+from tagllm_core.domains import clean, guess_kind, split_entries
 from tagllm_core.exceptions import InputError
 from tagllm_core.limits import limits
 
-__all__ = ["rows_from_paste", "paste_entries", "rows_from_table", "id_column", "guess_column", "guess_kind_of_column", "slot_name_for",
-           "named_bytes", "content_key", "read_uploaded_table", "read_uploaded_corpus", "predict_rows_problem",
-           "save_upload", "label_candidates", "guess_task"]
+__all__ = ["rows_from_paste", "paste_entries", "rows_from_table", "id_column", "guess_column", "guess_kind_of_column",
+           "slot_name_for", "named_bytes", "content_key", "read_uploaded_table", "read_uploaded_corpus",
+           "predict_rows_problem", "save_upload", "label_candidates", "guess_task"]
 
 
 def rows_from_paste(slots: Sequence[tuple[str, str]], texts: dict) -> list[dict]:

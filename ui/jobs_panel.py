@@ -17,7 +17,8 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
-from tagllm_core.jobs import Job, JobStore, cancel, kill, prediction_output
+from tagllm_core.exceptions import TagLLMError
+from tagllm_core.jobs import Job, JobStore, can_relaunch, cancel, kill, prediction_output, relaunch
 
 from . import charts, state
 from .cards import format_number
@@ -89,6 +90,8 @@ def render_job(store: JobStore, job: Job) -> None:
             st.error(f"The job failed: {job.error or 'no reason recorded'}. No tag was saved.")
         elif job.state == "cancelled":
             st.info("The job was cancelled; no tag was saved.")
+        if can_relaunch(job):
+            _relaunch(store, job)
         with st.expander("Log", expanded=job.state == "failed"):
             st.code(job.log_tail(12_000) or "(empty)", language=None)
             st.caption(f"Command: tagllm {shlex.join(job.argv)}")
@@ -96,6 +99,25 @@ def render_job(store: JobStore, job: Job) -> None:
             store.delete(job.id)
             st.session_state.get("_job_events", {}).pop(job.id, None)
             st.rerun()
+
+
+RELAUNCH_HELP = {
+    "function-tag": "Starts the job again with the same settings; it resumes from the last epoch it saved.",
+    "predict": "Starts the job again with the same settings; it keeps the rows already predicted.",
+}
+
+
+def _relaunch(store: JobStore, job: Job) -> None:
+    """A died or cancelled job (e.g. after the app or the machine restarted) started again as it was."""
+    help_text = RELAUNCH_HELP.get(job.kind, "Starts the job again with the same settings, from the beginning.")
+    if st.button("Relaunch", key=f"relaunch-{job.id}", help=help_text):
+        try:
+            relaunch(store, job.id)
+        except TagLLMError as err:
+            st.error(str(err))
+            return
+        st.session_state.get("_job_events", {}).pop(job.id, None)  # its old progress was cleared
+        st.rerun()
 
 
 def _events(store: JobStore, job_id: int) -> list[dict]:

@@ -10,9 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from tagllm_core.tags import TagInfo, TagLibrary, load_tag_file
-
 from tagllm_core import interpret
+from tagllm_core.tags import TagInfo, TagLibrary, load_tag_file
 
 from . import state
 from .inputs import _safe_filename

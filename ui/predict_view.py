@@ -6,11 +6,33 @@ from __future__ import annotations
 import streamlit as st
 
 from tagllm_core.multi import column_label
+from tagllm_core.reference import reference_problem
 from tagllm_core.tags import TagCard
 
 from . import charts, detail
 from .cards import format_number
 from .results import MultiRun, PredictionRun, download_frame, format_seconds, many_download_frame
+
+
+LABEL_PERCENTILE_HELP = "Share of the tag's training labels at or below the prediction (%); regression tags only."
+_MANY_HELP = {"label_percentile": LABEL_PERCENTILE_HELP,
+              "reference_percentile": "Percentile against the tag's fixed drug-like reference set (%); the detail "
+                                      "view of one tag names the set."}
+
+
+def reference_help(card: TagCard) -> str:
+    """What the reference percentile of ``card``'s predictions compares with, or why it is blank."""
+    entry = card.reference_set or {}
+    if entry:
+        what = ("the predicted class's probability against the reference molecules' probabilities of that class"
+                if card.task == "classification" else "the prediction against the reference molecules' predictions")
+        skipped = f"; {entry['n_skipped']:,} of the set could not be predicted" if entry.get("n_skipped") else ""
+        return (f"Percentile against a fixed drug-like reference set ({entry.get('name', 'unnamed')}, "
+                f"{entry.get('n', 0):,} molecules): the share of them at or below, comparing {what} (%). Blank "
+                f"for zero-shot swaps{skipped}.")
+    return "Blank: " + (reference_problem(card) or
+                        "this tag stores no reference distribution (an older tag); add one with "
+                        f"`python -m tagllm_core tags add-reference {card.name}`.")
 
 
 def _column_config(run: PredictionRun, card: TagCard) -> dict:
@@ -32,8 +54,10 @@ def _column_config(run: PredictionRun, card: TagCard) -> dict:
         "domain": st.column_config.TextColumn(
             "domain", width="small", help="Applicability domain. in: as similar to the training data as the "
                                           "threshold found on validation; out: less; unknown: an older tag."),
-        "percentile": st.column_config.NumberColumn(
-            "percentile", format="%.1f", help="Share of training labels at or below the prediction (%)."),
+        "label_percentile": st.column_config.NumberColumn("percentile (training labels)", format="%.1f",
+                                                          help=LABEL_PERCENTILE_HELP),
+        "reference_percentile": st.column_config.NumberColumn("percentile (reference set)", format="%.1f",
+                                                              help=reference_help(card)),
     }
     if run.task == "regression":
         for col in ("prediction", "lower", "upper"):
@@ -82,7 +106,7 @@ def render(run: PredictionRun, card: TagCard) -> None:
         st.plotly_chart(fig, width="stretch", key="predict_hist")
         if not card.label_sample:
             st.caption("This tag stores no training labels, so there is nothing to compare with.")
-    _row_detail(run)
+    _row_detail(run, card)
 
 
 def render_many(run: MultiRun) -> PredictionRun:
@@ -98,8 +122,9 @@ def render_many(run: MultiRun) -> PredictionRun:
     if len(errors):
         st.error(f"{len(errors):,} row(s) have an error for at least one tag; the reason is in the error column. "
                  f"All other rows were predicted by every tag.")
-    numbers = {c: st.column_config.NumberColumn(c, format="%.3f") for c in run.frame.columns
-               if c != "row" and run.frame[c].dtype.kind == "f"}
+    numbers = {c: st.column_config.NumberColumn(c, format="%.1f" if c.endswith("_percentile") else "%.3f",
+                                                help=_MANY_HELP.get(c.rsplit(" ", 1)[-1]))
+               for c in run.frame.columns if c != "row" and run.frame[c].dtype.kind == "f"}
     st.dataframe(run.frame, hide_index=True, width="stretch", height=min(400, 38 + 35 * run.n_rows),
                  column_config={**numbers, "row": st.column_config.NumberColumn("row", width="small"),
                                 "status": st.column_config.TextColumn("status", width="small"),
@@ -115,7 +140,11 @@ def render_many(run: MultiRun) -> PredictionRun:
     return run.details[chosen]
 
 
-def _row_detail(run: PredictionRun) -> None:
+def _known(value) -> bool:
+    return value is not None and value == value  # NaN: blank
+
+
+def _row_detail(run: PredictionRun, card: TagCard) -> None:
     st.subheader("Row details")
     n = run.n_rows
     if st.session_state.get("detail_row", 1) > n:
@@ -128,14 +157,17 @@ def _row_detail(run: PredictionRun) -> None:
     if rec["error"]:
         st.error(rec["error"])
     else:
-        cols = st.columns(3)
+        cols = st.columns(4)
         pred = rec["prediction"]
         cols[0].metric("Prediction" + (" (zero-shot)" if rec.get("zero_shot") else ""),
                        format_number(float(pred)) if run.task == "regression" else str(pred))
         if "lower" in rec and rec["lower"] == rec["lower"] and rec["lower"] is not None:
             cols[1].metric("Interval", f"{format_number(float(rec['lower']))} – {format_number(float(rec['upper']))}")
-        if "percentile" in rec and rec["percentile"] is not None and rec["percentile"] == rec["percentile"]:
-            cols[2].metric("Percentile in training labels", f"{rec['percentile']:.0f}")
+        if _known(rec.get("label_percentile")):
+            cols[2].metric("Percentile in training labels", f"{rec['label_percentile']:.0f}",
+                           help=LABEL_PERCENTILE_HELP)
+        ref = rec.get("reference_percentile")
+        cols[3].metric("Percentile in reference set", f"{ref:.0f}" if _known(ref) else "–", help=reference_help(card))
         for c in run.classes:
             st.caption(f"p({c}) = {format_number(rec[f'p({c})'])}")
     for flag in filter(None, str(rec.get("flags", "")).split("; ")):

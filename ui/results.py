@@ -15,8 +15,6 @@ from tagllm_core.prediction import Predictor, results_frame
 from tagllm_core.progress import ProgressEvent
 from tagllm_core.tags import Tag, TagLibrary
 
-from . import charts
-
 
 class _ResultTable:
     """What the page asks of any result table: its ``frame`` has one row per input row and an
@@ -38,8 +36,8 @@ class PredictionRun(_ResultTable):
     tag: str
     task: str
     slots: list  # [(slot, kind)]
-    frame: pd.DataFrame  # one row per input row: row, status, inputs, prediction, …, flags, error, warnings,
-    #                      standardised, changes, percentile
+    frame: pd.DataFrame  # one row per input row: row, status, inputs, prediction, …, label_percentile,
+    #                      reference_percentile, flags, error, warnings, standardised, changes
     zero_shot: bool
     overrides: dict = field(default_factory=dict)
     classes: list = field(default_factory=list)
@@ -65,17 +63,12 @@ def run_prediction(bb: Backbone, library: TagLibrary, tag_name: str, rows: list,
 
 def single_run(tag: Tag, results: list, zero_shot: bool = False, overrides: Optional[dict] = None,
                source: Optional[pd.DataFrame] = None, seconds: float = 0.0) -> PredictionRun:
-    """One tag's ``PredictionRow``s as the page shows them: a status column and, for regression tags
-    with training labels, the percentile of each prediction among them."""
+    """One tag's ``PredictionRow``s as the page shows them: ``results_frame`` (the CLI's columns, percentiles
+    among the training labels and against the reference set included) and a status column."""
     card = tag.card
     classes = list(card.classes) if card.task == "classification" else []
     frame = results_frame(results, classes or None)
     frame.insert(1, "status", [_status(e, f, w) for e, f, w in zip(frame["error"], frame["flags"], frame["warnings"])])
-    if card.task == "regression" and card.label_sample:
-        pos = list(frame.columns).index("prediction") + 1
-        if "upper" in frame.columns:
-            pos = list(frame.columns).index("upper") + 1
-        frame.insert(pos, "percentile", charts.percentiles(frame["prediction"].tolist(), card.label_sample))
     return PredictionRun(tag=tag.name, task=card.task or "regression", slots=[(s.name, s.kind) for s in card.slots],
                          frame=frame, zero_shot=zero_shot, overrides=dict(overrides or {}),
                          classes=classes, source=source, seconds=seconds)

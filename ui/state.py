@@ -22,7 +22,7 @@ from tagllm_core.exceptions import TagLLMError
 from tagllm_core.jobs import JobStore
 from tagllm_core.tags import TagLibrary
 
-EXAMPLES_DIR = paths.ASSETS_DIR / "examples"
+EXAMPLES_DIR = paths.EXAMPLES_DIR
 
 
 def backbone_spec() -> Optional[str]:
@@ -61,7 +61,7 @@ def job_store() -> JobStore:
 
 
 def examples(*suffixes: str) -> list[Path]:
-    """Example input files shipped in ``assets/examples`` with one of ``suffixes``."""
+    """Example input files shipped with the package (``tagllm_core/data/examples``) with one of ``suffixes``."""
     if not EXAMPLES_DIR.is_dir():
         return []
     return sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))

@@ -1,0 +1,310 @@
+"""Data for function-tag training: rows → cleaned inputs and labels, the validation split and its
+calibration half, standardised targets, and the model's inputs (row plans, augmented spellings,
+descriptors, and the prefix cache that shares what rows have in common)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .backbone import Backbone
+from .data import Split, random_split, require_columns, scaffold_split, stratified_split
+from .descriptors import row_features
+from .domains import clean, randomized_smiles
+from .exceptions import TrainingError
+from .heads import LabelScaler
+from .model import TaggedModel
+from .prefix_cache import PrefixCache, row_groups
+from .tags import SlotSpec, TagLibrary, init_tag_vectors
+from .templates import RowPlan, Template
+from .train_config import FunctionTagConfig
+
+__all__ = ["PreparedData", "prepare_supervised", "split_validation", "CALIBRATION_MIN_ROWS", "calibration_split",
+           "SplitRows", "prepare_rows", "Targets", "encode_targets", "domain_vectors", "augmented_rows",
+           "row_descriptors", "ModelInputs", "prepare_inputs", "share_prefixes"]
+
+
+@dataclass
+class PreparedData:
+    """Cleaned inputs and encoded labels. ``y``: (N, K) floats (regression) or (N,) ints."""
+
+    inputs: list[dict[str, str]]  # [{slot: cleaned value}]
+    y: np.ndarray
+    source_rows: list[int]  # 1-based rows of the original file
+    dropped: list[tuple[int, str]]  # [(row, reason)]
+
+
+def _file_row(df: pd.DataFrame, i: int) -> int:
+    """1-based data row in the user's file for position ``i`` (the index survives sub-sampling)."""
+    label = df.index[i]
+    return int(label) + 1 if isinstance(label, (int, np.integer)) else i + 1
+
+
+def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list]) -> tuple[np.ndarray, list]:
+    if cfg.task == "regression":
+        y = df[cfg.labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.where(~np.isfinite(y).all(axis=1))[0]
+        if len(bad):
+            rows = ", ".join(str(_file_row(df, i)) for i in bad[:10])
+            raise TrainingError(
+                f"{len(bad)} row(s) have a missing or non-numeric label in {cfg.labels} (rows {rows}"
+                f"{'…' if len(bad) > 10 else ''}). Remove or fill them."
+            )
+        return y, []
+    if len(cfg.labels) != 1:
+        raise TrainingError("Classification takes exactly one label column.")
+    col = df[cfg.labels[0]]
+    if col.isna().any():
+        rows = ", ".join(str(_file_row(df, i)) for i in np.where(col.isna())[0][:10])
+        raise TrainingError(f"Rows {rows} have no label.")
+    values = col.astype(str).str.strip()
+    classes = classes or sorted(values.unique().tolist())
+    unknown = set(values) - set(classes)
+    if unknown:
+        raise TrainingError(f"Validation labels {sorted(unknown)[:5]} never occur in training.")
+    return values.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64), classes
+
+
+def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list] = None,
+                       what: str = "training") -> tuple[PreparedData, list]:
+    """Validate columns, clean inputs row by row (bad rows are dropped and reported), encode labels."""
+    columns = {s.name: cfg.columns.get(s.name, s.name) for s in cfg.slots}
+    require_columns(df, list(columns.values()) + list(cfg.labels), what)
+    y_all, classes = _encode_labels(df, cfg, classes)
+    inputs, keep, dropped = [], [], []
+    for i in range(len(df)):
+        row: dict[str, Any] = {}
+        reason = None
+        for slot in cfg.slots:
+            c = clean(slot.kind, df[columns[slot.name]].iat[i], cfg.max_length.get(slot.kind))
+            if not c.ok:
+                reason = f"{slot.name}: {c.error}"
+                break
+            row[slot.name] = c.value
+        if reason:
+            dropped.append((_file_row(df, i), reason))
+        else:
+            inputs.append(row)
+            keep.append(i)
+    return PreparedData(inputs, y_all[keep], [_file_row(df, i) for i in keep], dropped), classes
+
+
+def split_validation(data: PreparedData, cfg: FunctionTagConfig) -> Split:
+    """The validation split; ``Split.warning`` says when a scaffold split fell back to a random one.
+    Random splits of classes are stratified, so validation holds every class (AUROC is defined)."""
+    n = len(data.inputs)
+    smiles_slot = next((s.name for s in cfg.slots if s.kind == "smiles"), None)
+    method = cfg.split if cfg.split != "auto" else ("scaffold" if smiles_slot and len(cfg.slots) == 1 else "random")
+    if method == "scaffold":
+        if not smiles_slot:
+            raise TrainingError("A scaffold split needs a SMILES input.")
+        return scaffold_split([r[smiles_slot] for r in data.inputs], cfg.valid_fraction, cfg.seed)
+    if cfg.task == "classification":
+        return Split(*stratified_split(data.y, cfg.valid_fraction, cfg.seed), "stratified")
+    return Split(*random_split(n, cfg.valid_fraction, cfg.seed), "random")
+
+
+def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
+    return PreparedData([data.inputs[i] for i in idx], data.y[idx], [data.source_rows[i] for i in idx], [])
+
+
+CALIBRATION_MIN_ROWS = 40  # validation rows from which half is held out for the interval
+
+
+def calibration_split(n: int, seed: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(selection, calibration) positions of ``n`` validation rows, sorted, a seeded half each; ``None``
+    below ``CALIBRATION_MIN_ROWS`` (halves too small to choose an epoch or to calibrate)."""
+    if n < CALIBRATION_MIN_ROWS:
+        return None
+    order = np.random.default_rng([seed, 11]).permutation(n)
+    return np.sort(order[n // 2:]), np.sort(order[: n // 2])
+
+
+@dataclass
+class SplitRows:
+    """The rows of one training run. ``valid``: the validation rows that choose the epoch and the
+    read-out layer; ``calib`` (with ``holdout``, the two halves' positions in ``full_valid``): the
+    seeded half that sets the interval alone, or ``None`` (too few rows, or classification)."""
+
+    frame: pd.DataFrame  # the training table as used (after ``max_rows``), for the input lengths
+    data: PreparedData  # every cleaned training-file row (its ``dropped`` are the file's)
+    train: PreparedData
+    valid: PreparedData
+    full_valid: PreparedData
+    calib: Optional[PreparedData]
+    holdout: Optional[tuple[np.ndarray, np.ndarray]]
+    split: Optional[Split]  # None: the caller gave the validation rows
+    classes: list[str]
+
+
+def prepare_rows(cfg: FunctionTagConfig, train_df: pd.DataFrame, valid_df: Optional[pd.DataFrame]) -> SplitRows:
+    """Clean the rows, split off validation (unless given) and, from validation, the calibration half."""
+    if cfg.max_rows and len(train_df) > cfg.max_rows:
+        # Keep the original index: row numbers in messages must be the user's file rows.
+        train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
+    data, classes = prepare_supervised(train_df, cfg)
+    split: Optional[Split] = None
+    if valid_df is not None:
+        valid, _ = prepare_supervised(valid_df, cfg, classes or None, "validation")
+        train = data
+    else:
+        if len(data.inputs) < cfg.min_rows:
+            raise TrainingError(f"Only {len(data.inputs)} usable rows; at least {cfg.min_rows} are needed.")
+        split = split_validation(data, cfg)
+        train, valid = _subset(data, split.train), _subset(data, split.valid)
+    if len(train.inputs) < cfg.min_rows:
+        raise TrainingError(f"Only {len(train.inputs)} usable training rows; at least {cfg.min_rows} are needed.")
+    if len(valid.inputs) < 2:
+        raise TrainingError("The validation set has fewer than 2 usable rows.")
+    # A seeded half of a large enough validation set sets the interval's half-width and nothing else
+    # (``calibrate``). Until the final evaluation, ``valid`` is the other half.
+    full_valid, calib = valid, None
+    holdout = calibration_split(len(valid.inputs), cfg.seed) if cfg.task == "regression" else None
+    if holdout is not None:
+        valid, calib = _subset(full_valid, holdout[0]), _subset(full_valid, holdout[1])
+    return SplitRows(train_df, data, train, valid, full_valid, calib, holdout, split, classes)
+
+
+@dataclass
+class Targets:
+    """Training targets. ``y``: (N, K) standardised floats (regression) or (N,) class indices;
+    ``ridge``: (N, K) float targets of the ridge warm start (classes as ±1 one-hot columns)."""
+
+    scaler: Optional[LabelScaler]  # None for classification
+    y: torch.Tensor
+    ridge: torch.Tensor
+    n_outputs: int
+
+
+def encode_targets(cfg: FunctionTagConfig, train: PreparedData, classes: list[str]) -> Targets:
+    scaler = None
+    if cfg.task == "regression":
+        scaler = LabelScaler.fit(train.y)
+        y = torch.tensor(scaler.transform(train.y), dtype=torch.float32)
+        return Targets(scaler, y, y, train.y.shape[1])
+    if len(np.unique(train.y)) < 2:
+        raise TrainingError("The training labels hold only one class.")
+    y = torch.tensor(train.y, dtype=torch.long)
+    n_out = len(classes)
+    return Targets(scaler, y, torch.nn.functional.one_hot(y, n_out).float() * 2 - 1, n_out)
+
+
+def domain_vectors(library: Optional[TagLibrary], slots: list[SlotSpec]) -> dict[str, torch.Tensor]:
+    """{name: (p, d) vectors} of the slots' domain tags, from ``library``."""
+    vectors = {}
+    for s in slots:
+        if s.domain_tag and s.domain_tag not in vectors:
+            if library is None:
+                raise TrainingError(f"Domain tag <{s.domain_tag}> needs a tag library.")
+            dom = library.get(s.domain_tag)
+            if dom.kind != "domain":
+                raise TrainingError(f"<{dom.name}> is a function tag; slots take domain tags.")
+            vectors[dom.name] = dom.vectors
+    return vectors
+
+
+def augmented_rows(row: dict[str, str], cfg: FunctionTagConfig, index: int) -> list[dict[str, str]]:
+    """Up to ``cfg.augment`` copies of ``row`` with every SMILES input spelled differently."""
+    if not cfg.augment:
+        return []
+    smiles_slots = [s.name for s in cfg.slots if s.kind == "smiles"]
+    variants = {s: randomized_smiles(row[s], cfg.augment, seed=cfg.seed * 1_000_003 + index) for s in smiles_slots}
+    rows = []
+    for j in range(cfg.augment):
+        new = {**row, **{s: v[j] for s, v in variants.items() if j < len(v)}}
+        if new != row:
+            rows.append(new)
+    return rows
+
+
+def row_descriptors(cfg: FunctionTagConfig, kinds: dict[str, str],
+                    rows: list[dict[str, str]]) -> Optional[torch.Tensor]:
+    """(N, E) float32 descriptors of ``rows`` (NaN where undefined), or ``None`` without them."""
+    if cfg.features != "descriptors":
+        return None
+    return torch.tensor(row_features(kinds, rows), dtype=torch.float32)
+
+
+Key = tuple[Any, ...]  # a row's key in the prefix cache: ("t", i) training, ("v", i) validation, ("a", i, j) augmented
+
+
+@dataclass
+class ModelInputs:
+    """The model and what it reads. ``spellings[i]``: (key, plan) of every SMILES spelling of training
+    row i, the canonical one first. ``extra_*``: (N, E) descriptors, ``None`` when the head reads none;
+    ``extra_valid`` covers the selection rows, ``extra_all_valid`` every validation row."""
+
+    model: TaggedModel
+    template: Template
+    kinds: dict[str, str]
+    domain_vectors: dict[str, torch.Tensor]
+    cache: PrefixCache
+    train_keys: list[Key]
+    train_plans: list[RowPlan]
+    valid_keys: list[Key]
+    valid_plans: list[RowPlan]
+    spellings: list[list[tuple[Key, RowPlan]]]
+    augmented: list[dict[str, str]]  # the augmented spellings' rows, in ``spellings`` order
+    extra_train: Optional[torch.Tensor]
+    extra_valid: Optional[torch.Tensor]
+    extra_all_valid: Optional[torch.Tensor]
+
+    @property
+    def n_extra(self) -> int:
+        return self.extra_train.shape[1] if self.extra_train is not None else 0
+
+
+def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: FunctionTagConfig,
+                   rows: SplitRows) -> ModelInputs:
+    """Build the model with the untrained tag and plan every row (and its augmented spellings)."""
+    template = Template.parse(cfg.template_text())
+    domain_vecs = domain_vectors(library, cfg.slots)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    init = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens, generator=gen)
+    vectors = {cfg.name: init, **domain_vecs}
+    kinds = {s.name: s.kind for s in cfg.slots}
+    # With layers="auto" the model first reads every layer: the warm-start pass through the prefix
+    # cache gives every layer's features at once, a ridge head per layer scored on validation picks
+    # the read-out depth, and the cache then keeps only the states of the layers up to it.
+    layers: Optional[tuple[int, ...]]
+    if cfg.layers == "auto":
+        layers = tuple(range(1, backbone.n_layers + 1))
+    else:
+        layers = None if isinstance(cfg.layers, str) else tuple(cfg.layers)  # a string here is "final"
+    model = TaggedModel(backbone, template, kinds, vectors, trainable=frozenset({cfg.name}),
+                        readout=cfg.readout, layers=layers)
+    train, valid = rows.train, rows.valid
+    train_plans = [model.plan(r) for r in train.inputs]
+    valid_plans = [model.plan(r) for r in valid.inputs]
+    extra_train = row_descriptors(cfg, kinds, train.inputs)
+    # every validation row's descriptors once; the selection half is a slice of them
+    extra_all_valid = row_descriptors(cfg, kinds, rows.full_valid.inputs)
+    extra_valid = extra_all_valid
+    if extra_all_valid is not None and rows.holdout is not None:
+        extra_valid = extra_all_valid[torch.from_numpy(rows.holdout[0])]
+
+    train_keys: list[Key] = [("t", i) for i in range(len(train_plans))]
+    valid_keys: list[Key] = [("v", i) for i in range(len(valid_plans))]
+    spellings: list[list[tuple[Key, RowPlan]]] = [[(k, p)] for k, p in zip(train_keys, train_plans)]
+    augmented = []
+    for i, row in enumerate(train.inputs):
+        for j, variant in enumerate(augmented_rows(row, cfg, i)):
+            spellings[i].append((("a", i, j), model.plan(variant)))
+            augmented.append(variant)
+    cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))  # empty until ``share_prefixes``
+    return ModelInputs(model, template, kinds, domain_vecs, cache, train_keys, train_plans, valid_keys, valid_plans,
+                       spellings, augmented, extra_train, extra_valid, extra_all_valid)
+
+
+def share_prefixes(inputs: ModelInputs, rows: SplitRows) -> None:
+    """Declare the prefixes that rows share, so the cache stores each once (their states are computed here)."""
+    extra = [kp for sp in inputs.spellings for kp in sp[1:]]
+    # Rows share their template opening; in stage 3, rows with the same first input (one protein,
+    # many drugs) share everything up to the second input: those states are stored once.
+    groups = row_groups(inputs.template, rows.train.inputs + rows.valid.inputs + inputs.augmented)
+    inputs.cache.share(inputs.train_keys + inputs.valid_keys + [k for k, _ in extra],
+                       inputs.train_plans + inputs.valid_plans + [p for _, p in extra], groups)

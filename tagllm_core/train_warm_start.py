@@ -1,0 +1,108 @@
+"""The warm-start phase of function-tag training: the untrained tag's read-out features of a sample
+of training rows, the read-out layer choice on validation (``layers="auto"``), and the head fitted
+by ridge on them (``warm_start``), so training starts at the linear probe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .heads import HeadConfig, TaskHead
+from .prefix_cache import suffix_features
+from .train_config import FunctionTagConfig
+from .train_eval import evaluate, stopping_metric
+from .train_prepare import ModelInputs, PreparedData, Targets
+from .train_progress import StageProgress
+from .warm_start import LayerChoice, choose_layer, fit_head, layer_slice
+
+__all__ = ["WARM_BATCH", "WarmStart", "warm_rows", "warm_start_steps", "warm_start"]
+
+WARM_BATCH = 16  # rows per batch of the feature pass
+
+
+def warm_rows(n: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``cap`` of ``n`` training rows, drawn at random: the rows of the layer
+    choice and the warm start."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, cap, replace=False))
+
+
+def warm_start_steps(cfg: FunctionTagConfig, n_rows: int, n_valid: int) -> int:
+    """Progress steps of the feature pass: ``n_rows`` training rows, and the validation rows to choose the layer."""
+    return math.ceil((n_rows + (n_valid if cfg.layers == "auto" else 0)) / WARM_BATCH)
+
+
+@dataclass
+class WarmStart:
+    """What the warm start settled: the head's shape, and the layer choice (``None`` unless
+    ``layers="auto"``) with the validation metric that scored it (``larger``: higher is better)."""
+
+    head_config: HeadConfig
+    rows: int  # training rows it read
+    layer_choice: Optional[LayerChoice] = None
+    metric: Optional[str] = None
+    larger: bool = False
+
+
+def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: PreparedData,
+               rows: np.ndarray, report: StageProgress) -> WarmStart:
+    """Read the untrained tag's features of training ``rows`` (and, to choose the layer, of the
+    validation rows), choose the read-out layer, narrow the model and its cache to it, and give the
+    model its head, fitted by ridge (or at zero without ``cfg.ridge_warm_start``)."""
+    model, cache, n_extra = inputs.model, inputs.cache, inputs.n_extra
+    backbone = model.backbone
+    auto = cfg.layers == "auto"
+
+    def head_config(feature_dim: int) -> HeadConfig:
+        return HeadConfig(cfg.task, targets.n_outputs, feature_dim + n_extra, n_extra, standardize=True)
+
+    scan_keys = [inputs.train_keys[i] for i in rows] + (inputs.valid_keys if auto else [])
+    scan_plans = [inputs.train_plans[i] for i in rows] + (inputs.valid_plans if auto else [])
+    batches = []
+    with torch.no_grad():
+        for k, s in enumerate(range(0, len(scan_keys), WARM_BATCH)):
+            states = cache.get(scan_keys[s:s + WARM_BATCH], scan_plans[s:s + WARM_BATCH])
+            batches.append(suffix_features(model, states).cpu())
+            report(k + 1, message="warm start: read-out features of the untrained tag",
+                   examples=s + len(states))
+    feats = torch.cat(batches)
+    del batches
+    extra_rows = inputs.extra_train[rows] if inputs.extra_train is not None and n_extra else None
+    choice: Optional[LayerChoice] = None
+    metric: Optional[str] = None
+    larger = False
+    if auto:
+        n_layers = backbone.n_layers
+        f_train, f_valid = feats[: len(rows)], feats[len(rows):]
+        # the early-stopping metric's fallback order: AUROC is undefined on a fold that lacks a class
+        defined = evaluate(cfg.task, np.zeros((len(valid.y), targets.n_outputs), np.float32), valid.y,
+                           targets.scaler)[0]
+        metric, larger = stopping_metric(cfg.task, {f"valid_{k}": v for k, v in defined.items()})
+
+        def loss(out: np.ndarray, idx: np.ndarray) -> float:
+            value = evaluate(cfg.task, out, valid.y[idx], targets.scaler)[0].get(metric)
+            return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
+
+        choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
+                              targets.ridge[rows], f_valid, loss, n_layers, cfg.readout, extra_rows,
+                              inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed)
+        feats = layer_slice(f_train, n_layers, choice.layer, cfg.readout)
+        cache.narrow(choice.layer - 1, choice.layer, backbone.hidden_size)
+        model.layers = (choice.layer,)
+        del f_train, f_valid  # every layer's features: free them before the ridge fit
+    result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger)
+    model.head = TaskHead(result.head_config)
+    if cfg.ridge_warm_start:
+        fit_head(model.head, feats, targets.ridge[rows], extra_rows)
+    else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
+        model.head.fit_scaling(feats if extra_rows is None else torch.cat([feats, extra_rows], 1))
+        with torch.no_grad():
+            model.head.linear.weight.zero_()
+            model.head.linear.bias.zero_()
+    model.head.to(backbone.device)
+    return result
