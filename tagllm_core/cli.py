@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -20,9 +21,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+# Only light modules here: the parser is built (``--help``, a mistyped option) without the training code
+# and torch, which each command imports when it runs.
 from . import _allocator
+from .descriptors import FEATURE_SETS
 from .domains import KINDS, guess_kind
 from .exceptions import InputError, TagLLMError
+from .progress import ProgressEvent
 
 __all__ = ["main", "build_parser", "parse_input_spec"]
 
@@ -83,14 +88,14 @@ def _library(bb):
 def _tqdm_progress(desc: str):
     from tqdm import tqdm
 
-    bar = {"bar": None}
+    b = None  # the bar, opened by the first event
 
-    def callback(ev):
+    def callback(ev: ProgressEvent) -> None:
+        nonlocal b
         if ev.is_warning:
             tqdm.write(ev.message, file=sys.stderr)  # printed above the bar, so it stays on screen
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=ev.total_steps, desc=desc, unit="step", file=sys.stderr)
-        b = bar["bar"]
+        if b is None:
+            b = tqdm(total=ev.total_steps, desc=desc, unit="step", file=sys.stderr)
         b.total = ev.total_steps
         b.n = ev.step
         post = {}
@@ -126,7 +131,8 @@ def cmd_tags(args) -> int:
                                "template": t.card.template} for t in rows], indent=2))
         else:
             for t in rows:
-                print(f"<{t.name}>\t{t.card.kind}\t{t.source}\t{t.size_bytes // 1024} KB\t{t.card.template or t.card.input_kind}")
+                print(f"<{t.name}>\t{t.card.kind}\t{t.source}\t{t.size_bytes // 1024} KB\t"
+                      f"{t.card.template or t.card.input_kind}")
         for p in lib.problems():
             print(f"warning: {p}", file=sys.stderr)
     elif args.tags_cmd == "show":
@@ -344,14 +350,37 @@ def cmd_train_domain_tag(args) -> int:
 
 # ---------------------------------------------------------------------------- parser
 
+# Options of train-function-tag whose defaults are FunctionTagConfig's (one source of defaults). The config
+# lives with the training code, which imports torch: ``_Parser`` reads the defaults only once such a command
+# line has parsed, so ``--help`` and a mistyped option are answered without loading it.
+_CONFIG_DEFAULTS = ("epochs", "batch_size", "n_tokens", "readout", "layers", "layer_tolerance", "features", "tag_lr",
+                    "head_lr", "anchor_decay", "augment", "split", "valid_fraction", "patience")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that gives the ``_CONFIG_DEFAULTS`` options a train-function-tag command line
+    left out their ``FunctionTagConfig`` defaults, after parsing."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if getattr(parsed, "command", None) == "train-function-tag":
+            missing = [name for name in _CONFIG_DEFAULTS if not hasattr(parsed, name)]
+            if missing:
+                from .training import FunctionTagConfig
+
+                defaults = {f.name: f.default for f in dataclasses.fields(FunctionTagConfig)}
+                for name in missing:
+                    setattr(parsed, name, defaults[name])
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tagllm", description="Tag-LLM Studio: a frozen LLM with learned input tags.")
+    p = _Parser(prog="tagllm", description="Tag-LLM Studio: a frozen LLM with learned input tags.")
     p.add_argument("--backbone", default=os.environ.get("TAGLLM_BACKBONE"),
                    help="model: 'default' (bundled SmolLM2-135M-Instruct), a local folder/.gguf, or a hub id")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
 
     b = sub.add_parser("backbone", help="backbone information")
     b.add_argument("backbone_cmd", choices=["info"])
@@ -420,37 +449,34 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--template")
     f.add_argument("--what", default="property", help="wording of the default template: 'The WHAT is <Tag>'")
     f.add_argument("--description")
-    from .descriptors import FEATURE_SETS
-    from .training import FunctionTagConfig
-
-    ft = {k: v.default for k, v in FunctionTagConfig.__dataclass_fields__.items()}  # one source of defaults
-    f.add_argument("--epochs", type=int, default=ft["epochs"])
-    f.add_argument("--batch-size", type=int, default=ft["batch_size"])
-    f.add_argument("--n-tokens", type=int, default=ft["n_tokens"])
-    f.add_argument("--readout", choices=["last", "last+mean", "mean"], default=ft["readout"])
-    f.add_argument("--layers", default=ft["layers"], metavar="auto|final|N[,M…]",
+    from_config = argparse.SUPPRESS  # left out: FunctionTagConfig's default, filled in by _Parser
+    f.add_argument("--epochs", type=int, default=from_config)
+    f.add_argument("--batch-size", type=int, default=from_config)
+    f.add_argument("--n-tokens", type=int, default=from_config)
+    f.add_argument("--readout", choices=["last", "last+mean", "mean"], default=from_config)
+    f.add_argument("--layers", default=from_config, metavar="auto|final|N[,M…]",
                    help="read-out depth: auto (chosen by ridge heads' validation scores, see --layer-tolerance; "
                         "the layers above never run), final (the last layer, as in the paper), or layer numbers "
                         "(12 or 7,15)")
-    f.add_argument("--layer-tolerance", type=float, default=ft["layer_tolerance"], metavar="SE",
+    f.add_argument("--layer-tolerance", type=float, default=from_config, metavar="SE",
                    help="with --layers auto: keep the shallowest layer within this many standard errors of the "
                         "best validation score (faster predictions, often less accurate); 0, the default, keeps "
                         "the best-scoring layer")
-    f.add_argument("--features", choices=list(FEATURE_SETS), default=ft["features"],
+    f.add_argument("--features", choices=list(FEATURE_SETS), default=from_config,
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
-    f.add_argument("--tag-lr", type=float, default=ft["tag_lr"])
-    f.add_argument("--head-lr", type=float, default=ft["head_lr"])
-    f.add_argument("--anchor-decay", type=float, default=ft["anchor_decay"])
-    f.add_argument("--augment", type=int, default=ft["augment"],
+    f.add_argument("--tag-lr", type=float, default=from_config)
+    f.add_argument("--head-lr", type=float, default=from_config)
+    f.add_argument("--anchor-decay", type=float, default=from_config)
+    f.add_argument("--augment", type=int, default=from_config,
                    help="randomised SMILES spellings per training molecule (SMILES inputs)")
     f.add_argument("--max-length", action="append", metavar="KIND=N",
                    help="longest input of a kind, e.g. protein=512: longer proteins and text are cropped (predictions "
                         "with the tag crop alike); a longer SMILES is refused for its row, never cut mid-string")
     f.add_argument("--no-warm-start", action="store_true")
-    f.add_argument("--split", choices=["auto", "random", "scaffold"], default=ft["split"])
-    f.add_argument("--valid-fraction", type=float, default=ft["valid_fraction"])
-    f.add_argument("--patience", type=int, default=ft["patience"])
+    f.add_argument("--split", choices=["auto", "random", "scaffold"], default=from_config)
+    f.add_argument("--valid-fraction", type=float, default=from_config)
+    f.add_argument("--patience", type=int, default=from_config)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--max-rows", type=int)
     f.add_argument("--checkpoint-dir")

@@ -34,6 +34,7 @@ folder, queued again.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -48,7 +49,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from . import paths
 from .exceptions import JobCancelled, TagLLMError, TagNameError
@@ -160,7 +161,7 @@ class Job:
     eta_s: Optional[float] = None
     pid: Optional[int] = None
     error: Optional[str] = None
-    result: Optional[dict] = None
+    result: Optional[dict[str, Any]] = None  # what the job's work returned (JSON)
     cancel_requested: bool = False
     log_path: str = ""
     cancel_requested_at: Optional[float] = None
@@ -466,6 +467,7 @@ class JobStore:
                 (kind, name, json.dumps(argv), "queued", time.time()),
             )
             job_id = cur.lastrowid
+            assert job_id is not None  # set by every INSERT
             log_path = str(self.log_dir / f"{job_id}.log")
             conn.execute("UPDATE jobs SET log_path=? WHERE id=?", (log_path, job_id))
             return Job._from_row(self._row(conn, job_id))
@@ -479,7 +481,8 @@ class JobStore:
     def list(self, limit: int = 50, states: Optional[Iterable[str]] = None) -> list[Job]:
         """Newest first, optionally only jobs in ``states``."""
         self.reap()
-        sql, args = "SELECT * FROM jobs", []
+        sql = "SELECT * FROM jobs"
+        args: list[Union[str, int]] = []
         if states is not None:
             states = tuple(states)
             sql += f" WHERE state IN ({','.join('?' * len(states))})"
@@ -563,7 +566,8 @@ class JobStore:
             )
             return bool(row["cancel_requested"])
 
-    def history(self, job_id: int, after_event: int = 0) -> list[dict]:
+    # ``builtins.list``: in the class body from here on, ``list`` names the method above
+    def history(self, job_id: int, after_event: int = 0) -> builtins.list[dict]:
         """The job's events in order; ``after_event`` (an event ``id``) lets a
         poller fetch only what is new."""
         with self._read() as conn:
@@ -681,7 +685,7 @@ class JobStore:
     # -- crash detection -----------------------------------------------------
 
     def reap(self, job_ids: Optional[Iterable[int]] = None,
-             returncodes: Optional[dict[int, int]] = None) -> list[int]:
+             returncodes: Optional[dict[int, int]] = None) -> builtins.list[int]:
         """Fail active jobs whose process is gone (killed, OOM, crashed before
         it could report). Returns the ids it failed.
 

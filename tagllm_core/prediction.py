@@ -315,7 +315,7 @@ class Predictor:
             classes = self.card.classes or list(range(len(probs)))
             res.outputs = [float(p) for p in probs]
             res.prediction = classes[int(np.argmax(probs))]
-            self._percentiles(res, int(np.argmax(probs)))
+            self._percentiles(res, res.outputs, int(np.argmax(probs)))
         else:
             values = self.scaler.inverse(out[None, :])[0] if self.scaler else out
             if not np.all(np.isfinite(values)):
@@ -336,14 +336,14 @@ class Predictor:
             flag = prediction_range_flag(res.prediction, self.label_range)
             if flag:
                 res.flags.append(flag)
-            self._percentiles(res, 0)
+            self._percentiles(res, res.outputs, 0)
         res.zero_shot = self.zero_shot
 
-    def _percentiles(self, res: PredictionRow, output: int) -> None:
-        """``output``: the output compared with the reference set (regression: the first; classification: the
-        predicted class). A zero-shot swap makes another model than the one the reference was predicted with,
-        so its rows get no reference percentile."""
-        value = res.outputs[output]
+    def _percentiles(self, res: PredictionRow, outputs: list, output: int) -> None:
+        """``outputs[output]`` is compared with the reference set (regression: the first output; classification:
+        the predicted class's probability). A zero-shot swap makes another model than the one the reference was
+        predicted with, so its rows get no reference percentile."""
+        value = outputs[output]
         if self.card.task == "regression":
             res.label_percentile = percentile(value, self.label_sorted)
         if self.reference is not None and not self.zero_shot and output < self.reference.predictions.shape[1]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .exceptions import InputError, TagFormatError
+from .exceptions import InputError
 from .paths import PACKAGE_DATA_DIR
 from .progress import ProgressCallback, ProgressEvent
 from .tag_schema import REFERENCE_TENSOR
@@ -53,7 +53,7 @@ def sorted_finite(values: Sequence) -> np.ndarray:
     return np.sort(arr[np.isfinite(arr)])
 
 
-def percentile(value, distribution: np.ndarray) -> Optional[float]:
+def percentile(value, distribution: Optional[np.ndarray]) -> Optional[float]:
     """Percentile (0-100, one decimal) of ``value`` in ``distribution`` (sorted, finite): the share of
     its values at or below ``value``. ``None`` when either is missing or ``value`` is not a finite number."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
@@ -179,9 +179,6 @@ def attach_reference(tag: Tag, backbone: Backbone, rows: Optional[int] = None, b
     the same object, changed in place, for chaining. Check ``reference_problem(tag.card)`` first to skip tags
     that cannot have one (this raises ``InputError`` for them)."""
     dist = reference_predictions(backbone, tag, rows=rows, batch_size=batch_size, progress=progress, path=path)
-    if dist.predictions.shape[1] != tag.card.head["n_outputs"]:  # pragma: no cover - the head sets both
-        raise TagFormatError(f"<{tag.name}>: {dist.predictions.shape[1]} reference outputs for a head of "
-                             f"{tag.card.head['n_outputs']}.")
     tag.card.reference_set = dist.card_entry()
     tag.reference_predictions = torch.from_numpy(np.ascontiguousarray(dist.predictions))
     return tag

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar
 
 from .exceptions import InputError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it, not with the module
+    from torch.distributed import ProcessGroup
 
 __all__ = ["Shard", "current_shard", "batch_runner", "shard_predictors", "main_decides"]
 
@@ -35,7 +38,7 @@ class Shard:
 
     rank: int
     world: int
-    group: object
+    group: Optional[ProcessGroup]  # Optional as torch types dist.group.WORLD; set once the group exists
 
     @property
     def is_main(self) -> bool:

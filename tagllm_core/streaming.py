@@ -41,7 +41,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -49,6 +49,12 @@ from .backbone import Backbone
 from .exceptions import InputError
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagLibrary
+
+if TYPE_CHECKING:  # for annotations only: the code imports these where it uses them
+    from rdkit import Chem
+
+    from .multi import ManyPredictor
+    from .prediction import Predictor
 
 __all__ = ["InputError", "input_format", "output_format", "Chunk", "iter_chunks", "count_rows", "completed_rows",
            "StreamResult", "predict_file"]
@@ -105,8 +111,8 @@ class Chunk:
 
     first_row: int
     frame: pd.DataFrame
-    errors: dict = field(default_factory=dict)
-    mols: Optional[list] = None
+    errors: dict[int, str] = field(default_factory=dict)
+    mols: Optional[list[Optional[Chem.Mol]]] = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -161,7 +167,7 @@ def _smi_entries(path: PathLike) -> Iterator[tuple[str, str]]:
 def _sdf_records(path: PathLike) -> Iterator[bytes]:
     """The raw text of each SDF record (up to and including its ``$$$$`` line); a last record without
     one counts when it holds anything."""
-    record: list = []
+    record: list[bytes] = []
     with _open_binary(path) as fh:
         for line in fh:
             record.append(line)
@@ -175,15 +181,15 @@ def _sdf_records(path: PathLike) -> Iterator[bytes]:
 def _read_sdf_record(raw: bytes):
     """(molecule or None, name, SMILES) of one record, parsed by RDKit alone (one bad record cannot
     derail the next)."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
 
-    RDLogger.DisableLog("rdApp.*")  # a bad record is reported in its row, not as a log line per record
+    rdBase.DisableLog("rdApp.*")  # a bad record is reported in its row, not as a log line per record
     try:
         mol = next(iter(Chem.ForwardSDMolSupplier(io.BytesIO(raw))), None)
     except Exception:  # RDKit raises a variety of its own errors on garbage; all mean "unreadable"
         mol = None
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        rdBase.EnableLog("rdApp.*")
     title = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
     if mol is None:
         return None, title, ""
@@ -192,7 +198,10 @@ def _read_sdf_record(raw: bytes):
 
 
 def _entry_chunks(entries: Iterator, chunk_rows: int, sdf: bool) -> Iterator[Chunk]:
-    first, rows, errors, mols = 1, [], {}, []
+    first = 1
+    rows: list[tuple[str, str]] = []
+    errors: dict[int, str] = {}
+    mols: list[Optional[Chem.Mol]] = []
 
     def flush() -> Chunk:
         return Chunk(first, pd.DataFrame(rows, columns=["smiles", "name"]), dict(errors), list(mols) if sdf else None)
@@ -246,29 +255,32 @@ def count_rows(path: PathLike) -> int:
 # ------------------------------------------------------------------------------------------- the output
 
 
-def _csv_state(path: Path) -> tuple[int, list, int, Optional[list]]:
+def _csv_state(path: Path) -> tuple[int, list[str], int, Optional[list[str]]]:
     """(complete data rows, header, bytes up to the end of the last complete row, that row) of a CSV
     output. A record counts once its closing newline is written; a quoted field still open at the end
     of the file (a write cut short) stops the count."""
-    good, rows, header, last = 0, 0, [], None
-    consumed = [0, b""]
+    good, rows = 0, 0
+    header: list[str] = []
+    last: Optional[list[str]] = None
+    consumed, last_line = 0, b""  # bytes read so far, and the last line read
 
-    def lines():
+    def lines() -> Iterator[str]:
+        nonlocal consumed, last_line
         with open(path, "rb") as fh:
             for line in fh:
-                consumed[0] += len(line)
-                consumed[1] = line
+                consumed += len(line)
+                last_line = line
                 yield line.decode("utf-8", errors="replace")
 
     try:
         for record in csv.reader(lines(), strict=True):
-            if not consumed[1].endswith(b"\n"):
+            if not last_line.endswith(b"\n"):
                 break  # the last line was cut before its newline
             if header:
                 rows, last = rows + 1, record
             else:
                 header = record
-            good = consumed[0]
+            good = consumed
     except csv.Error:
         pass  # a record cut inside a quoted field
     return rows, header, good, last
@@ -318,7 +330,7 @@ def _blank(value) -> str:
 
 def _sdf_bytes(frame: pd.DataFrame, chunk: Chunk, columns: dict) -> bytes:
     """The chunk's rows as SDF records (see the module docstring)."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem import rdDepictor
 
     smiles_col = next(iter(columns.values()))
@@ -328,9 +340,9 @@ def _sdf_bytes(frame: pd.DataFrame, chunk: Chunk, columns: dict) -> bytes:
         mol = chunk.mols[i] if chunk.mols is not None else None
         if mol is None and chunk.mols is None:
             raw = _blank(rec.get(smiles_col))
-            RDLogger.DisableLog("rdApp.*")  # an invalid SMILES is already the row's error
+            rdBase.DisableLog("rdApp.*")  # an invalid SMILES is already the row's error
             mol = Chem.MolFromSmiles(raw) if raw else None
-            RDLogger.EnableLog("rdApp.*")
+            rdBase.EnableLog("rdApp.*")
             if mol is not None:
                 rdDepictor.Compute2DCoords(mol)
         mol = Chem.Mol(mol) if mol is not None else Chem.Mol()
@@ -358,16 +370,25 @@ class _TablePredictor:
         if not tags:
             raise InputError("predict needs a function tag.")
         unique = list({t.name: t for t in tags}.values())
+        self.one: Optional[Predictor] = None
+        self.many: Optional[ManyPredictor] = None
         if len(unique) > 1:
             if domain_overrides:
                 raise InputError("--domain swaps a domain tag of one function tag; predict several tags without it.")
-            self.many, self.one = ManyPredictor(backbone, unique, library), None
+            self.many = ManyPredictor(backbone, unique, library)
             card = self.many.tags[0].card
         else:
             self.one = Predictor(backbone, unique[0], library, domain_overrides=domain_overrides or None)
-            self.many, card = None, unique[0].card
+            card = unique[0].card
         self.card = card
         self.slot_kinds = {s.name: s.kind for s in card.slots}
+
+    def predictors(self) -> list[Predictor]:
+        """Every ``Predictor`` at work: the one tag's, or each of the several tags'."""
+        if self.one is not None:
+            return [self.one]
+        assert self.many is not None  # built whenever self.one is not
+        return list(self.many.predictors)
 
     def table(self, chunk: Chunk, columns: dict, batch_size: int,
               progress: Optional[ProgressCallback]) -> pd.DataFrame:
@@ -386,6 +407,7 @@ class _TablePredictor:
                 out.insert(at, "lower", None)
                 out.insert(at + 1, "upper", None)
         else:
+            assert self.many is not None  # built whenever self.one is not
             out = combined_frame(rows, self.many.predict(rows, batch_size=batch_size, progress=progress,
                                                          first_row=chunk.first_row))
         table = _side_by_side(df.reset_index(drop=True), out.drop(columns=list(self.slot_kinds)))
@@ -410,7 +432,7 @@ class StreamResult:
     outside: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    error_examples: list = field(default_factory=list)
+    error_examples: list[str] = field(default_factory=list)
 
     @property
     def rows_per_s(self) -> float:
@@ -467,7 +489,7 @@ def predict_file(backbone: Backbone, tags: Sequence[Tag], library: Optional[TagL
     predictor = _TablePredictor(backbone, tags, library, domain_overrides)
     shard = current_shard()
     if shard is not None:
-        shard_predictors([predictor.one] if predictor.one is not None else predictor.many.predictors, shard)
+        shard_predictors(predictor.predictors(), shard)
     writes = shard is None or shard.is_main
     progress = progress if writes else None
     fmt, out_fmt = input_format(input_path), output_format(output_path)

@@ -18,6 +18,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import re
@@ -25,7 +26,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import safe_open
@@ -94,29 +95,29 @@ class TagCard:
 
     name: str
     kind: str  # "domain" | "function"
-    backbone: dict  # BackboneFingerprint.to_dict()
+    backbone: dict[str, Any]  # BackboneFingerprint.to_dict()
     n_tokens: int
     created: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
     description: str = ""
     input_kind: Optional[str] = None  # domain tags: "smiles" | "protein" | "text"
     template: Optional[str] = None  # function tags
-    slots: list = field(default_factory=list)  # list[SlotSpec] (dicts once serialised)
+    slots: list[SlotSpec] = field(default_factory=list)  # dicts once serialised (__post_init__ turns them back)
     task: Optional[str] = None  # "regression" | "classification"
-    labels: list = field(default_factory=list)
-    classes: list = field(default_factory=list)
-    label_scaling: Optional[dict] = None  # {"mean": [...], "std": [...]}
+    labels: list[str] = field(default_factory=list)
+    classes: list[Any] = field(default_factory=list)  # text from training; the schema admits numbers too
+    label_scaling: Optional[dict[str, list[float]]] = None  # {"mean": [...], "std": [...]}
     readout: Optional[str] = None  # "last" | "last+mean"
-    layers: Optional[list] = None  # 1-based read-out layers; None: the final hidden state
+    layers: Optional[list[int]] = None  # 1-based read-out layers; None: the final hidden state
     features: str = "none"  # "descriptors": the head also reads descriptors of the inputs
-    descriptor_names: list = field(default_factory=list)  # their columns, to check at prediction time
-    head: Optional[dict] = None  # HeadConfig as dict
-    metrics: dict = field(default_factory=dict)
-    interval: Optional[dict] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}
-    label_sample: list = field(default_factory=list)  # training labels, for the UI's histogram
-    training: dict = field(default_factory=dict)  # provenance: data, stage, hyperparameters, time
-    applicability: dict = field(default_factory=dict)  # slot -> threshold + validation curve (applicability)
-    reference_set: dict = field(default_factory=dict)  # the set its predictions are stored over (reference)
+    descriptor_names: list[str] = field(default_factory=list)  # their columns, to check at prediction time
+    head: Optional[dict[str, Any]] = None  # HeadConfig as dict
+    metrics: dict[str, Any] = field(default_factory=dict)
+    interval: Optional[dict[str, Any]] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}
+    label_sample: list[Optional[float]] = field(default_factory=list)  # training labels (NaN: None), for histograms
+    training: dict[str, Any] = field(default_factory=dict)  # provenance: data, stage, hyperparameters, time
+    applicability: dict[str, Any] = field(default_factory=dict)  # slot -> threshold + validation curve (applicability)
+    reference_set: dict[str, Any] = field(default_factory=dict)  # the set its predictions are stored over (reference)
 
     def __post_init__(self):
         self.slots = [s if isinstance(s, SlotSpec) else SlotSpec(**s) for s in self.slots]
@@ -174,9 +175,10 @@ class Tag:
 
     card: TagCard
     vectors: torch.Tensor
-    head_state: dict = field(default_factory=dict)  # "weight" (out, in), "bias" (out,)
-    domain_vectors: dict = field(default_factory=dict)  # domain tag name -> (p_dom, d)
-    reference_fingerprints: dict = field(default_factory=dict)  # slot -> (N, bytes) uint8, packed bits
+    head_state: dict[str, torch.Tensor] = field(default_factory=dict)  # "weight" (out, in), "bias" (out,)
+    domain_vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # domain tag name -> (p_dom, d)
+    # slot -> (N, bytes) uint8, packed bits
+    reference_fingerprints: dict[str, torch.Tensor] = field(default_factory=dict)
     reference_predictions: Optional[torch.Tensor] = None  # (n, n_outputs) over the reference set (reference)
 
     @property
@@ -347,7 +349,8 @@ class TagLibrary:
                     out.append(TagInfo(card, source, path, path.stat().st_size))
         return out
 
-    def problems(self) -> list[str]:
+    # ``builtins.list``: in the class body from here on, ``list`` names the method above
+    def problems(self) -> builtins.list[str]:
         msgs = []
         for folder in (self.bundled_dir, self.user_dir):
             for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:

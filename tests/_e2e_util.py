@@ -7,7 +7,8 @@
   library. It runs as its own process so that the test process never holds a
   third copy of the 135M backbone (the server and the training job hold theirs).
 * ``StreamlitServer``: ``streamlit run app.py`` on a free local port, in its own
-  process group, stopped (with every training job it launched) by ``stop()``.
+  process group, stopped (with every training job it launched) by ``stop()``;
+  ``restart()`` starts a fresh server process on the same ``TAGLLM_HOME``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class StreamlitServer:
 
     def start(self) -> "StreamlitServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")  # appending: a restarted server keeps the first one's log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
@@ -92,6 +93,16 @@ class StreamlitServer:
             cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def restart(self, timeout: float = 180) -> "StreamlitServer":
+        """Stop this server (and its jobs, as ``stop``) and start a new process on the same home and
+        environment, on a new free port (``url`` changes); nothing of the old process's memory survives."""
+        self.stop()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+        self.wait_healthy(timeout=timeout)
         return self
 
     def log_tail(self, n: int = 4000) -> str:

@@ -8,6 +8,8 @@ a training job run as real subprocesses, with exit codes checked.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import os
@@ -118,6 +120,53 @@ def test_pairs():
     assert cli._pairs(["smiles=mol", "seq = none", "a="], "--column") == {"smiles": "mol", "seq": None, "a": None}
     with pytest.raises(InputError, match="KEY=VALUE"):
         cli._pairs(["smiles"], "--column")
+
+
+def test_train_function_tag_options_left_out_take_the_configs_defaults():
+    from tagllm_core.training import FunctionTagConfig
+
+    base = ["train-function-tag", "--name", "A", "--train", "t.csv", "--input", "smiles", "--label", "y"]
+    args = build_parser().parse_args(base)
+    defaults = {f.name: f.default for f in dataclasses.fields(FunctionTagConfig)}
+    assert {name: getattr(args, name) for name in cli._CONFIG_DEFAULTS} == {
+        name: defaults[name] for name in cli._CONFIG_DEFAULTS}
+    given = build_parser().parse_args(base + ["--epochs", "3", "--layers", "final", "--features", "none"])
+    assert (given.epochs, given.layers, given.features, given.patience) == (3, "final", "none", defaults["patience"])
+    # every option whose default is left to the config is one that _Parser fills in
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    deferred = {a.dest for a in sub.choices["train-function-tag"]._actions
+                if a.default is argparse.SUPPRESS and a.dest != "help"}
+    assert deferred == set(cli._CONFIG_DEFAULTS)
+
+
+# `python -m tagllm_core ARGS` in a fresh interpreter; its last line: the exit code and whether torch was imported
+_RUN_CLI = """
+import runpy, sys
+sys.argv = ["tagllm", *sys.argv[1:]]
+code = None
+try:
+    runpy.run_module("tagllm_core", run_name="__main__")
+except SystemExit as exit_:
+    code = exit_.code
+print("\\n", code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv, exit_code", [
+    (["--help"], 0),
+    (["train-function-tag", "--help"], 0),
+    (["train-function-tag", "--name", "X", "--train", "t.csv", "--input", "smiles", "--label", "y",
+      "--readout", "first"], 2),
+    (["predict", "--tag", "T"], 2),
+])
+def test_help_and_argument_errors_do_not_import_torch(argv, exit_code):
+    """Building the parser loads no training code: ``tagllm --help`` answers at once, not after torch."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *argv], cwd=str(REPO), env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == [str(exit_code), "False"], proc.stdout[-500:] + proc.stderr[-500:]
+    assert "usage: tagllm" in proc.stdout + proc.stderr
 
 
 # --- end to end on a tiny model folder ----------------------------------------------------------------

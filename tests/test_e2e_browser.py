@@ -12,6 +12,12 @@ cache), and Playwright drives Debian's ``/usr/bin/chromium`` through it:
   (1 epoch, 30 rows), Start; the job goes queued -> running -> "Step n of N"
   and its progress bar moves; if it finishes within a few minutes, the
   finished view is checked too.
+* **Predict as a background job** (issue 10): upload a CSV above the job
+  threshold (a few invalid SMILES among valid ones); it starts as a job with
+  progress in the jobs panel, which is found again after visiting the Tag
+  library; once finished its table is downloaded (one row per input, in input
+  order, errors naming the invalid rows, finite predictions elsewhere), and
+  again after the app is restarted on the same ``TAGLLM_HOME``.
 
 Screenshots of every step go to ``test-artifacts/e2e/`` (with the server log).
 Nothing asserts on timings: the waits are generous because CI machines are
@@ -40,6 +46,14 @@ APP_READY_S = 240        # first page: the server loads the backbone (cold cache
 PREDICT_S = 180          # two rows on the real backbone
 PROGRESS_MOVES_S = 300   # job start -> first optimiser step (model load in the job process included)
 FINISH_S = 360           # job start -> finished (optional: only checked if it gets there)
+PREDICT_JOB_S = 600      # predict job start -> finished (its own process loads the backbone first)
+
+# The Predict page runs more than TAGLLM_PREDICT_JOB_ROWS rows as a background job (500 by default). The
+# server here gets a lower threshold so that a file of JOB_FILE_ROWS rows takes that same job path (upload
+# saved, `predict` job, jobs panel, table in the job's folder) at a cost a busy 2-core CPU can afford;
+# the other tests predict two rows, far below it.
+PREDICT_JOB_ROWS = 100
+JOB_FILE_ROWS = 120
 
 AWAIT_DEFAULT_MS = 60_000
 GOOD_SMILES = "CC(=O)Oc1ccccc1C(=O)O"  # aspirin
@@ -71,7 +85,8 @@ def app_server(tmp_path_factory, artifacts):
     env = dict(os.environ)
     env.pop("TAGLLM_BACKBONE", None)  # the real bundled default; TAGLLM_CACHE stays as the user set it
     env.update(TAGLLM_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               TAGLLM_PREDICT_JOB_ROWS=str(PREDICT_JOB_ROWS))
     tag_name = ensure_function_tag_in_subprocess(env)
     server = StreamlitServer(env, artifacts / "streamlit.log")
     try:
@@ -342,3 +357,133 @@ def test_train_new_function_tag_in_the_browser(page, app_server):
     else:
         print(f"(the job had not finished after {FINISH_S} s; progress movement was checked: {trail[-1]})")
         shot(page, "10-job-still-running", heading.first)
+
+
+# --------------------------------------------------------------------------- Predict as a background job
+
+
+JOB_BAD_ROWS = {3: "not_a_smiles", 57: "C1CC(", 118: "Xq9"}  # 1-based input row -> an unparsable SMILES
+
+
+def _job_input_csv(path: Path) -> list[tuple[str, str]]:
+    """A JOB_FILE_ROWS-row CSV (id, smiles): reference-set molecules with JOB_BAD_ROWS in their places."""
+    reference = (REPO / "tagllm_core" / "data" / "reference" / "moses_reference.smi").read_text().split()
+    good = iter(reference[1:])  # the first line is the header
+    rows = [(f"m{i:03d}", JOB_BAD_ROWS.get(i) or next(good)) for i in range(1, JOB_FILE_ROWS + 1)]
+    path.write_text("id,smiles\n" + "".join(f"{i},{s}\n" for i, s in rows))
+    return rows
+
+
+def _predict_job_heading(page):
+    return page.get_by_role("heading", name=re.compile(r"Job #\d+: <.+> \(prediction\)"))
+
+
+def _download_job_table(page, job_id: str, to: Path) -> bytes:
+    button = page.get_by_role("button", name=f"Download job #{job_id}'s predictions (CSV)")
+    button.wait_for()
+    with page.expect_download(timeout=120_000) as download:
+        button.click()
+    download.value.save_as(str(to))
+    return to.read_bytes()
+
+
+def _check_job_table(path: Path, expected: list[tuple[str, str]]) -> None:
+    """One row per input, in input order; an error naming each invalid SMILES; a finite number elsewhere."""
+    import pandas as pd
+
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    assert len(table) == len(expected), (len(table), list(table.columns))
+    assert {"id", "smiles", "row", "prediction", "error"} <= set(table.columns), list(table.columns)
+    assert table["id"].tolist() == [i for i, _ in expected]
+    assert table["smiles"].tolist() == [s for _, s in expected]
+    assert table["row"].astype(int).tolist() == list(range(1, len(expected) + 1))
+    for n, rec in enumerate(table.to_dict("records"), start=1):
+        if n in JOB_BAD_ROWS:
+            assert "invalid SMILES" in rec["error"] and JOB_BAD_ROWS[n] in rec["error"], rec
+            assert rec["prediction"] == "", rec
+        else:
+            assert rec["error"] == "", rec
+            assert math.isfinite(float(rec["prediction"])), rec
+
+
+def test_predict_large_upload_runs_as_a_background_job(page, app_server, tmp_path):
+    server, tag_name = app_server
+    expected = _job_input_csv(tmp_path / "predict_job_input.csv")
+    shutil.copy(tmp_path / "predict_job_input.csv", ARTIFACTS / "predict_job_input.csv")
+    open_app(page, server)
+    tag_box = page.get_by_role("combobox", name="Function tag", exact=True)
+    choose_option(page, tag_box, re.compile(rf"^<{re.escape(tag_name)}> ·"))
+
+    # upload the file: more rows than the job threshold
+    page.get_by_text("Upload a CSV", exact=True).click()
+    settle(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        str(tmp_path / "predict_job_input.csv"))
+    page.get_by_text(re.compile(rf"predict_job_input\.csv: {JOB_FILE_ROWS} rows; columns id, smiles")).wait_for()
+    settle(page)
+    column = page.get_by_role("combobox", name=re.compile(r"^Column for 'smiles'"))
+    choose_option(page, column, re.compile(r"^smiles$"))
+    assert column.input_value() == "smiles"
+    shot(page, "11-predict-job-upload", column)
+
+    page.get_by_role("button", name="Predict", exact=True).click()
+    started = page.locator('[data-testid="stAlert"]',
+                           has_text=re.compile(rf"{JOB_FILE_ROWS} rows run as background job #\d+"))
+    started.wait_for()
+    job_id = re.search(r"background job #(\d+)", started.inner_text()).group(1)
+    page.get_by_role("heading", name="Background predictions").wait_for()
+    heading = _predict_job_heading(page)
+    heading.first.wait_for()
+    # the job's bar is drawn just after its heading (or not at all, once the job is done)
+    bar = page.locator('[data-testid="stProgress"]')
+    bar.or_(heading.filter(has_text=re.compile(r"finished$"))).first.wait_for()
+    first = _job_snapshot(page, heading)
+    assert f"Job #{job_id}:" in heading.first.inner_text()
+    # progress shown: a bar with queued / starting / "Row n of N" (or, on a fast machine, already done)
+    assert first["state"] == "finished" or (first["state"] in ("queued", "running") and first["label"]), first
+    shot(page, "12-predict-job-started", heading.first)
+
+    # leave the page and come back: the job is found again in the panel (it runs in its own process)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Tag library").click()
+    page.get_by_role("heading", name="Tag library", exact=True).wait_for()
+    settle(page)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Predict").click()
+    page.get_by_role("heading", name="Background predictions").wait_for()
+    heading = _predict_job_heading(page)
+    heading.first.wait_for()
+    assert f"Job #{job_id}:" in heading.first.inner_text()
+
+    # follow it to the end
+    t_start, seen = time.monotonic(), [first]
+    while time.monotonic() - t_start < PREDICT_JOB_S:
+        snap = _job_snapshot(page, heading)
+        seen.append(snap)
+        assert snap["state"] not in ("failed", "cancelled"), (
+            f"the predict job {snap['state']}:\n"
+            + "\n".join(page.locator('[data-testid="stAlert"]').all_inner_texts()))
+        if snap["state"] == "finished":
+            break
+        page.wait_for_timeout(1500)
+    trail = [(round(s["t"] - t_start), s["state"], s["value"], s["label"]) for s in seen]
+    print(f"predict job trail: {trail}")
+    assert seen[-1]["state"] == "finished", f"the predict job did not finish in {PREDICT_JOB_S} s: {trail}"
+    errors = len(JOB_BAD_ROWS)
+    page.locator('[data-testid="stAlert"]', has_text=(
+        f"Predicted {JOB_FILE_ROWS} rows with <{tag_name}>: {JOB_FILE_ROWS - errors} predicted, {errors} with errors"
+    )).wait_for()
+    settle(page)
+    shot(page, "13-predict-job-finished", heading.first)
+
+    table = _download_job_table(page, job_id, ARTIFACTS / "predict_job_output.csv")
+    _check_job_table(ARTIFACTS / "predict_job_output.csv", expected)
+
+    # a new server process on the same TAGLLM_HOME still lists the job and serves the same table
+    server.restart(timeout=180)
+    open_app(page, server)
+    page.get_by_role("heading", name="Background predictions").wait_for()
+    heading = _predict_job_heading(page)
+    heading.first.wait_for()
+    assert f"Job #{job_id}:" in heading.first.inner_text() and heading.first.inner_text().endswith("finished")
+    shot(page, "14-predict-job-after-restart", heading.first)
+    again = _download_job_table(page, job_id, ARTIFACTS / "predict_job_output_after_restart.csv")
+    assert again == table

@@ -1,4 +1,5 @@
-"""Every shell command in README.md (and the docs' command blocks) works when pasted into bash.
+"""Every shell command in README.md (and the command blocks of ARCHITECTURE.md and CONTRIBUTING.md) works when
+pasted into bash.
 
 Running them for real would need the real backbone (minutes), so each
 command is checked as far as is cheap: bash parses it; no unquoted ``<`` or
@@ -22,7 +23,7 @@ import pytest
 from tagllm_core.cli import build_parser, parse_input_spec
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = [REPO / "README.md", REPO / "docs" / "ARCHITECTURE.md"]
+DOCS = [REPO / "README.md", REPO / "docs" / "ARCHITECTURE.md", REPO / "CONTRIBUTING.md"]
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.S | re.M)
 _SHELL = {"", "bash", "sh", "shell", "console"}
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

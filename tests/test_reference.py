@@ -17,8 +17,16 @@ from safetensors.torch import save_file
 
 from tagllm_core.exceptions import InputError, TagFormatError, TagLLMError
 from tagllm_core.prediction import Predictor, results_frame
-from tagllm_core.reference import (REFERENCE_FILE, REFERENCE_VERSION, ReferenceDistribution, attach_reference,
-                                   load_reference_smiles, percentile, percentiles, reference_problem)
+from tagllm_core.reference import (
+    REFERENCE_FILE,
+    REFERENCE_VERSION,
+    ReferenceDistribution,
+    attach_reference,
+    load_reference_smiles,
+    percentile,
+    percentiles,
+    reference_problem,
+)
 from tagllm_core.tags import load_tag_file, save_tag_file
 
 from conftest import make_function_tag

@@ -13,7 +13,6 @@ from . import charts, detail
 from .cards import format_number
 from .results import MultiRun, PredictionRun, download_frame, format_seconds, many_download_frame
 
-
 LABEL_PERCENTILE_HELP = "Share of the tag's training labels at or below the prediction (%); regression tags only."
 _MANY_HELP = {"label_percentile": LABEL_PERCENTILE_HELP,
               "reference_percentile": "Percentile against the tag's fixed drug-like reference set (%); the detail "

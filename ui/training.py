@@ -44,8 +44,8 @@ class SlotChoice:
 class FunctionJobSpec:
     name: str
     train_file: Path
-    slots: list  # [SlotChoice]
-    labels: list
+    slots: list[SlotChoice]
+    labels: list[str]
     task: str = "regression"
     template: Optional[str] = None
     what: str = "property"
@@ -58,10 +58,10 @@ class FunctionJobSpec:
     max_rows: Optional[int] = None
     valid_file: Optional[Path] = None
     augment: int = DEFAULT_AUGMENT  # randomised SMILES spellings per molecule
-    max_length: dict = field(default_factory=dict)  # kind -> crop length
+    max_length: dict[str, int] = field(default_factory=dict)  # kind -> crop length
     layers: str = DEFAULT_LAYERS  # read-out depth: auto | final | layer numbers ("12", "7,15")
     features: str = DEFAULT_FEATURES  # none | descriptors
-    extra: list = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # more CLI arguments, appended as given
 
 
 @dataclass
