@@ -6,8 +6,11 @@ a scientist can see at a glance whether the tag earns its keep:
 
 * ``mean``: predict the training mean (regression) or the commonest class;
 * ``warm_start``: the tag's own ridge head before any tag training (epoch 0);
-* ``rf_descriptors``: a random forest on the inputs' descriptors
-  (``descriptors``: RDKit 2D for SMILES, composition/ProtParam for proteins).
+* ``probe``: the linear probe on the same backbone, ridge on the mean-pooled
+  input states of the layer that scores best on validation (``mean_pooled``);
+* ``rf_descriptors`` / ``ridge_descriptors``: a random forest and ridge on the
+  inputs' descriptors (``descriptors``: RDKit 2D for SMILES,
+  composition/ProtParam for proteins).
 
 Random forests use scikit-learn with fixed seeds; missing descriptors are
 filled with the training median.
@@ -18,10 +21,11 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch
 
 from .metrics import classification_metrics, regression_metrics
 
-__all__ = ["rf_descriptors", "mean_baseline"]
+__all__ = ["rf_descriptors", "mean_baseline", "ridge_outputs", "mean_pooled"]
 
 
 def _impute(train: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +58,25 @@ def rf_descriptors(task: str, x_train: np.ndarray, y_train: np.ndarray, x_valid:
     probs = np.zeros((len(xv), n_classes))
     probs[:, model.classes_] = model.predict_proba(xv)
     return classification_metrics(y_valid, probs)
+
+
+def ridge_outputs(task: str, n_outputs: int, x_train, targets: torch.Tensor, x_eval) -> np.ndarray:
+    """(M, K) outputs of a ridge head fitted like the warm start (standardised inputs, penalty by
+    leave-one-out) on (N, F) ``x_train`` for (N, K) ``targets``, evaluated on (M, F) ``x_eval``; missing
+    values are filled with the training median. Outputs are in the head's space (standardised
+    labels, or class scores)."""
+    from .heads import HeadConfig, TaskHead
+    from .warm_start import fit_head
+
+    xt, xe = _impute(np.asarray(x_train, dtype=np.float64), np.asarray(x_eval, dtype=np.float64))
+    head = TaskHead(HeadConfig(task, n_outputs, xt.shape[1], 0, standardize=True))
+    fit_head(head, torch.tensor(xt, dtype=torch.float32), targets)
+    with torch.no_grad():
+        return head(torch.tensor(xe, dtype=torch.float32)).numpy()
+
+
+def mean_pooled(features: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """(N, L * W) mean-pooled input states of every layer out of (N, 2 * L * W) ``last+mean``
+    read-out features ``[last_1 .. last_L ; mean_1 .. mean_L]``. The inputs precede the tag, so under
+    causal attention their states are exactly those of the prompt without it: the probe's features."""
+    return features.reshape(features.shape[0], 2, -1)[:, 1]

@@ -84,8 +84,7 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
     residuals, or from all validation rows (then marked optimistic) without one."""
     model, cache, calib, holdout = inputs.model, inputs.cache, rows.calib, rows.holdout
     tag_param = model.tag(cfg.name)
-    calib_keys = [("c", i) for i in range(len(calib.inputs))] if calib is not None else []
-    calib_plans = [model.plan(r) for r in calib.inputs] if calib is not None else []
+    calib_keys, calib_plans = inputs.calib_keys, inputs.calib_plans
     extra_calib = None
     if calib is not None and holdout is not None and inputs.extra_all_valid is not None:
         extra_calib = inputs.extra_all_valid[torch.from_numpy(holdout[1])]

@@ -12,12 +12,13 @@ import torch
 
 from .applicability import build_applicability, validation_errors
 from .backbone import Backbone
-from .baselines import mean_baseline, rf_descriptors
-from .calibrate import FinalEvaluation
+from .baselines import mean_baseline, rf_descriptors, ridge_outputs
+from .calibrate import FinalEvaluation, in_split_order
 from .descriptors import row_feature_names, row_features
 from .standardize import length_ranges
 from .tags import TagCard
 from .train_config import FunctionTagConfig
+from .train_eval import evaluate
 from .train_fit import FitResult, TrainingRun
 from .train_prepare import ModelInputs, SplitRows, Targets
 from .train_warm_start import WarmStart
@@ -30,17 +31,18 @@ def _layer_metrics(scores: dict[int, float], larger: bool) -> dict[int, Optional
     return {int(k): (-v if larger else v) if np.isfinite(v) else None for k, v in scores.items()}
 
 
-def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, fitted: FitResult,
-              final: FinalEvaluation) -> dict[str, Any]:
+def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, targets: Targets, warm: WarmStart,
+              fitted: FitResult, final: FinalEvaluation) -> dict[str, Any]:
     """The models the tag is compared with on every validation row (``baselines``): the training
-    mean, the tag's own warm start, and a random forest on descriptors (when they can be computed)."""
+    mean, the tag's own warm start, the linear probe on the same backbone (``layers="auto"``), and
+    ridge and a random forest on descriptors (when they can be computed)."""
     train, valid = rows.train, rows.full_valid
     n_classes = len(rows.classes or [])
     out = {"mean": mean_baseline(cfg.task, train.y, valid.y, n_classes)}
-    warm = final.warm_metrics
+    warm_metrics = final.warm_metrics
     if rows.calib is not None and fitted.best_epoch == 0:
-        warm = final.metrics  # the warm start is the kept state
-    out["warm_start"] = warm if warm is not None else {
+        warm_metrics = final.metrics  # the warm start is the kept state
+    out["warm_start"] = warm_metrics if warm_metrics is not None else {
         k[6:]: v for k, v in fitted.history[0].items() if k.startswith("valid_")}
     if inputs.n_extra and inputs.extra_train is not None and inputs.extra_all_valid is not None:
         x_tr, x_va = inputs.extra_train.numpy(), inputs.extra_all_valid.numpy()
@@ -49,6 +51,13 @@ def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, fitt
     rf = rf_descriptors(cfg.task, x_tr, train.y, x_va, valid.y, n_classes, cfg.seed)
     if rf is not None:
         out["rf_descriptors"] = rf
+        out["ridge_descriptors"] = evaluate(cfg.task, ridge_outputs(cfg.task, targets.n_outputs, x_tr, targets.ridge,
+                                                                    x_va), valid.y, targets.scaler)[0]
+    if warm.probe is not None:
+        n_sel = len(rows.valid.inputs)
+        sel, cal = warm.probe.outputs[:n_sel], warm.probe.outputs[n_sel:]
+        both = in_split_order(sel, cal, rows.holdout) if rows.holdout is not None else sel
+        out["probe"] = {**evaluate(cfg.task, both, valid.y, targets.scaler)[0], "layer": warm.probe.layer}
     return out
 
 
@@ -67,7 +76,7 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
     compared = {}
     if cfg.baselines and run.main:
         run.report(run.report.total, message="classic baselines on the same rows")
-        compared = baselines(cfg, rows, inputs, fitted, final)
+        compared = baselines(cfg, rows, inputs, targets, warm, fitted, final)
     choice = warm.layer_choice
     card = TagCard(
         name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,

@@ -58,8 +58,9 @@ class Schedule:
         return self.before_epochs + self.per_epoch * self.epochs
 
 
-def schedule(cfg: FunctionTagConfig, n_train: int, n_valid: int, n_warm_rows: int) -> Schedule:
-    return Schedule(warm_start_steps(cfg, n_warm_rows, n_valid), math.ceil((n_train + n_valid) / PREFIX_BATCH),
+def schedule(cfg: FunctionTagConfig, n_train: int, n_valid: int, n_warm_rows: int, n_calib: int = 0) -> Schedule:
+    return Schedule(warm_start_steps(cfg, n_warm_rows, n_valid + n_calib),
+                    math.ceil((n_train + n_valid) / PREFIX_BATCH),
                     math.ceil(n_train / cfg.batch_size), cfg.epochs)
 
 

@@ -236,7 +236,8 @@ Key = tuple[Any, ...]  # a row's key in the prefix cache: ("t", i) training, ("v
 class ModelInputs:
     """The model and what it reads. ``spellings[i]``: (key, plan) of every SMILES spelling of training
     row i, the canonical one first. ``extra_*``: (N, E) descriptors, ``None`` when the head reads none;
-    ``extra_valid`` covers the selection rows, ``extra_all_valid`` every validation row."""
+    ``extra_valid`` covers the selection rows, ``extra_all_valid`` every validation row; ``calib_*``:
+    the calibration half's rows (empty without one)."""
 
     model: TaggedModel
     template: Template
@@ -252,6 +253,8 @@ class ModelInputs:
     extra_train: Optional[torch.Tensor]
     extra_valid: Optional[torch.Tensor]
     extra_all_valid: Optional[torch.Tensor]
+    calib_keys: list[Key]
+    calib_plans: list[RowPlan]
 
     @property
     def n_extra(self) -> int:
@@ -289,6 +292,8 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
 
     train_keys: list[Key] = [("t", i) for i in range(len(train_plans))]
     valid_keys: list[Key] = [("v", i) for i in range(len(valid_plans))]
+    calib_plans = [model.plan(r) for r in rows.calib.inputs] if rows.calib is not None else []
+    calib_keys: list[Key] = [("c", i) for i in range(len(calib_plans))]
     spellings: list[list[tuple[Key, RowPlan]]] = [[(k, p)] for k, p in zip(train_keys, train_plans)]
     augmented = []
     for i, row in enumerate(train.inputs):
@@ -297,7 +302,7 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
             augmented.append(variant)
     cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))  # empty until ``share_prefixes``
     return ModelInputs(model, template, kinds, domain_vecs, cache, train_keys, train_plans, valid_keys, valid_plans,
-                       spellings, augmented, extra_train, extra_valid, extra_all_valid)
+                       spellings, augmented, extra_train, extra_valid, extra_all_valid, calib_keys, calib_plans)
 
 
 def share_prefixes(inputs: ModelInputs, rows: SplitRows) -> None:

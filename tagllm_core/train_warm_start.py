@@ -1,6 +1,7 @@
 """The warm-start phase of function-tag training: the untrained tag's read-out features of a sample
 of training rows, the read-out layer choice on validation (``layers="auto"``), and the head fitted
-by ridge on them (``warm_start``), so training starts at the linear probe."""
+by ridge on them (``warm_start``), so training starts at the linear probe. The same pass gives the
+linear-probe baseline of the card: ridge on the mean-pooled input states of the best layer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .baselines import mean_pooled, ridge_outputs
 from .heads import HeadConfig, TaskHead
 from .prefix_cache import suffix_features
 from .train_config import FunctionTagConfig
@@ -33,7 +35,8 @@ def warm_rows(n: int, cap: int, seed: int) -> np.ndarray:
 
 
 def warm_start_steps(cfg: FunctionTagConfig, n_rows: int, n_valid: int) -> int:
-    """Progress steps of the feature pass: ``n_rows`` training rows, and the validation rows to choose the layer."""
+    """Progress steps of the feature pass: ``n_rows`` training rows, and the ``n_valid`` validation rows
+    (both halves) to choose the layer and score the probe."""
     return math.ceil((n_rows + (n_valid if cfg.layers == "auto" else 0)) / WARM_BATCH)
 
 
@@ -47,6 +50,17 @@ class WarmStart:
     layer_choice: Optional[LayerChoice] = None
     metric: Optional[str] = None
     larger: bool = False
+    probe: Optional[ProbeBaseline] = None
+
+
+@dataclass
+class ProbeBaseline:
+    """The linear probe on the same backbone: ridge on the mean-pooled input states of ``layer`` (the
+    best on the selection rows), and its (N_sel + N_calib, K) outputs on the selection rows then the
+    calibration rows, in the head's (standardised) space."""
+
+    layer: int
+    outputs: np.ndarray
 
 
 def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: PreparedData,
@@ -61,8 +75,10 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     def head_config(feature_dim: int) -> HeadConfig:
         return HeadConfig(cfg.task, targets.n_outputs, feature_dim + n_extra, n_extra, standardize=True)
 
-    scan_keys = [inputs.train_keys[i] for i in rows] + (inputs.valid_keys if auto else [])
-    scan_plans = [inputs.train_plans[i] for i in rows] + (inputs.valid_plans if auto else [])
+    # The calibration rows are read too (only for the probe baseline, scored on every validation row like
+    # the other baselines); their states stay cached for the final evaluation.
+    scan_keys = [inputs.train_keys[i] for i in rows] + (inputs.valid_keys + inputs.calib_keys if auto else [])
+    scan_plans = [inputs.train_plans[i] for i in rows] + (inputs.valid_plans + inputs.calib_plans if auto else [])
     batches = []
     with torch.no_grad():
         for k, s in enumerate(range(0, len(scan_keys), WARM_BATCH)):
@@ -76,9 +92,11 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     choice: Optional[LayerChoice] = None
     metric: Optional[str] = None
     larger = False
+    probe: Optional[ProbeBaseline] = None
     if auto:
         n_layers = backbone.n_layers
-        f_train, f_valid = feats[: len(rows)], feats[len(rows):]
+        n_sel = len(inputs.valid_plans)
+        f_train, f_valid, f_calib = feats[: len(rows)], feats[len(rows):len(rows) + n_sel], feats[len(rows) + n_sel:]
         # the early-stopping metric's fallback order: AUROC is undefined on a fold that lacks a class
         defined = evaluate(cfg.task, np.zeros((len(valid.y), targets.n_outputs), np.float32), valid.y,
                            targets.scaler)[0]
@@ -91,11 +109,13 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
                               targets.ridge[rows], f_valid, loss, n_layers, cfg.readout, extra_rows,
                               inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed)
+        if cfg.baselines and cfg.readout == "last+mean":
+            probe = _probe(cfg, targets, rows, f_train, torch.cat([f_valid, f_calib]), n_sel, n_layers, loss)
         feats = layer_slice(f_train, n_layers, choice.layer, cfg.readout)
         cache.narrow(choice.layer - 1, choice.layer, backbone.hidden_size)
         model.layers = (choice.layer,)
-        del f_train, f_valid  # every layer's features: free them before the ridge fit
-    result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger)
+        del f_train, f_valid, f_calib  # every layer's features: free them before the ridge fit
+    result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe)
     model.head = TaskHead(result.head_config)
     if cfg.ridge_warm_start:
         fit_head(model.head, feats, targets.ridge[rows], extra_rows)
@@ -106,3 +126,16 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
             model.head.linear.bias.zero_()
     model.head.to(backbone.device)
     return result
+
+
+def _probe(cfg: FunctionTagConfig, targets: Targets, rows: np.ndarray, f_train: torch.Tensor, f_valid: torch.Tensor,
+           n_sel: int, n_layers: int, loss) -> ProbeBaseline:
+    """The probe's layer, chosen on the first ``n_sel`` of the (N, 2 * L * W) validation features as
+    the tag's own layer is (same rows, same loss), and its outputs on all of them."""
+    m_train, m_valid = mean_pooled(f_train, n_layers), mean_pooled(f_valid, n_layers)
+    width = m_train.shape[1] // n_layers
+    choice = choose_layer(lambda: TaskHead(HeadConfig(cfg.task, targets.n_outputs, width, 0, standardize=True)),
+                          m_train, targets.ridge[rows], m_valid[:n_sel], loss, n_layers, "last")
+    at = lambda x: layer_slice(x, n_layers, choice.layer, "last").numpy()  # noqa: E731
+    return ProbeBaseline(choice.layer, ridge_outputs(cfg.task, targets.n_outputs, at(m_train), targets.ridge[rows],
+                                                     at(m_valid)))

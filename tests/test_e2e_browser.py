@@ -465,8 +465,11 @@ def test_predict_large_upload_runs_as_a_background_job(page, app_server, tmp_pat
             break
         page.wait_for_timeout(1500)
     trail = [(round(s["t"] - t_start), s["state"], s["value"], s["label"]) for s in seen]
+    trail = [t for n, t in enumerate(trail) if n == 0 or t[1:] != trail[n - 1][1:]]  # each change once
     print(f"predict job trail: {trail}")
     assert seen[-1]["state"] == "finished", f"the predict job did not finish in {PREDICT_JOB_S} s: {trail}"
+    rows_done = [s["label"] for s in seen if re.match(r"Row [1-9][\d,]* of ", s["label"] or "")]
+    assert all(" left" in label for label in rows_done), rows_done  # the ETA, once rows are done
     errors = len(JOB_BAD_ROWS)
     page.locator('[data-testid="stAlert"]', has_text=(
         f"Predicted {JOB_FILE_ROWS} rows with <{tag_name}>: {JOB_FILE_ROWS - errors} predicted, {errors} with errors"
