@@ -41,9 +41,12 @@ def main():
                     help="<BindingAffinity>: DAVIS targets kept (with all their drugs); CPU time bounds it")
     ap.add_argument("--qed-rows", type=int, default=4000, help="<QED>: MOSES training molecules (valid: 10%%)")
     ap.add_argument("--features", help="none | descriptors (default: the library default)")
+    ap.add_argument("--reference-rows", type=int, default=2000,
+                    help="MOSES reference molecules each single-molecule function tag predicts for its percentiles")
     ap.add_argument("--out-dir", help="write here instead of the bundled folder (for trial builds)")
     args = ap.parse_args()
     overrides = {"features": args.features} if args.features else {}
+    overrides["reference_rows"] = args.reference_rows
 
     from tagllm_core.backbone import load_backbone
     from tagllm_core.data import moses_smiles_path, read_corpus

@@ -740,12 +740,14 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
     card = TagCard(name="Sol", kind="function", backbone={}, n_tokens=10, task="regression", labels=["y"],
                    slots=[SlotSpec("smiles", "smiles", None)], layers=[12], features="descriptors",
                    metrics={"valid": {"rmse": 0.8, "spearman": 0.9},
-                            "baselines": {"mean": {"rmse": 2.2}, "rf_descriptors": {"rmse": 0.88, "spearman": 0.9}}},
+                            "baselines": {"mean": {"rmse": 2.2}, "rf_descriptors": {"rmse": 0.88, "spearman": 0.9},
+                                          "probe": {"rmse": 1.1, "layer": 11}}},
                    training={"layer_choice": {"chosen": 12}})
     assert cards.readout_text(card) == "layer 12 (chosen on validation) + classic descriptors of the inputs"
     frame = cards.comparison_frame(card)
-    assert frame["model"].tolist() == ["<Sol>", "predict the training mean", "random forest on descriptors"]
-    assert frame["rmse"].tolist() == [0.8, 2.2, 0.88]
+    assert frame["model"].tolist() == ["<Sol>", "predict the training mean", "random forest on descriptors",
+                                       "linear probe: ridge on the backbone's mean-pooled states (layer 11)"]
+    assert frame["rmse"].tolist() == [0.8, 2.2, 0.88, 1.1]
     assert "r2" not in frame.columns  # nobody has it: no empty column
     assert not any(k.startswith("baselines") for k in cards.flat_metrics(card))  # shown apart, not as metrics
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",

@@ -81,3 +81,23 @@ def test_no_probe_without_the_layer_choice():
                             layers="final")
     res = train_function_tag(make_tiny_backbone("llama"), None, cfg, train, valid, save=False)
     assert "probe" not in res.tag.card.metrics["baselines"]
+
+
+def test_training_attaches_the_reference_distribution_when_asked():
+    train, valid = _frame(48, 0), _frame(20, 1)
+    slots = [SlotSpec("smiles", "smiles", None)]
+    cfg = FunctionTagConfig(name="T", slots=slots, labels=["y"], epochs=1, reference_rows=12)
+    res = train_function_tag(make_tiny_backbone("llama"), None, cfg, train, valid, save=False)
+    assert tuple(res.tag.reference_predictions.shape) == (12, 1)
+    assert torch.isfinite(res.tag.reference_predictions).all()
+    assert res.tag.card.reference_set["n"] == 12
+    assert res.tag.card.training["phase_seconds"]["reference"] >= 0
+    none = train_function_tag(make_tiny_backbone("llama"), None, FunctionTagConfig(
+        name="T", slots=slots, labels=["y"], epochs=1), train, valid, save=False)
+    assert none.tag.reference_predictions is None and "reference" not in none.tag.card.training["phase_seconds"]
+
+
+@pytest.mark.parametrize("rows", [-1, 1.5, "500"])
+def test_reference_rows_must_be_a_whole_number(rows):
+    with pytest.raises(Exception, match="Reference rows"):
+        FunctionTagConfig(name="T", slots=[SlotSpec("smiles", "smiles", None)], labels=["y"], reference_rows=rows)

@@ -31,7 +31,14 @@ def slot_summary(card: TagCard) -> str:
 
 
 BASELINE_LABEL = {"mean": "predict the training mean", "warm_start": "the tag's ridge head before training",
-                  "rf_descriptors": "random forest on descriptors"}
+                  "probe": "linear probe: ridge on the backbone's mean-pooled states",
+                  "rf_descriptors": "random forest on descriptors", "ridge_descriptors": "ridge on descriptors"}
+
+
+def baseline_label(key: str, metrics: dict) -> str:
+    """How a card baseline is named on screen; the probe names the layer it read."""
+    label = BASELINE_LABEL.get(key, key.replace("_", " "))
+    return f"{label} (layer {metrics['layer']})" if key == "probe" and metrics.get("layer") else label
 
 
 def flat_metrics(card: TagCard) -> dict:
@@ -58,7 +65,7 @@ def comparison_frame(card: TagCard) -> Optional[pd.DataFrame]:
     names = ["rmse", "spearman", "r2", "ci"] if card.task == "regression" else ["auroc", "auprc", "accuracy"]
     rows = [{"model": f"<{card.name}>", **{n: (card.metrics.get("valid") or {}).get(n) for n in names}}]
     for key, metrics in baselines.items():
-        rows.append({"model": BASELINE_LABEL.get(key, key.replace("_", " ")), **{n: metrics.get(n) for n in names}})
+        rows.append({"model": baseline_label(key, metrics), **{n: metrics.get(n) for n in names}})
     frame = pd.DataFrame(rows)
     return frame.dropna(axis=1, how="all")
 
@@ -201,7 +208,7 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
     for key, metrics in ((card.metrics or {}).get("baselines") or {}).items():
         main = "rmse" if "rmse" in metrics else "auroc"
         if metrics.get(main) is not None:
-            rows.append((f"baseline: {BASELINE_LABEL.get(key, key)} ({main})", format_number(metrics[main])))
+            rows.append((f"baseline: {baseline_label(key, metrics)} ({main})", format_number(metrics[main])))
     rows.append(("created", created_text(card)))
     rows.append(("size", size_text(info.size_bytes)))
     if card.description:
