@@ -143,6 +143,12 @@ with tab_fn:
                 help="Beside the tag, the head reads RDKit 2D descriptors of each SMILES and composition/"
                      "ProtParam features of each protein. Often more accurate with little data; off is the "
                      "paper's pure-tag method.")
+            reference = a2.checkbox(
+                f"Reference percentiles ({train_form.REFERENCE_ROWS} drug-like molecules)", value=True,
+                key="tf_reference", disabled=kinds != {"smiles"},
+                help="After training, the tag predicts a fixed sample of MOSES molecules, so each later "
+                     "prediction shows its percentile among drug-like molecules. Single-molecule tags only; "
+                     "adds a minute or two.")
             valid_up = st.file_uploader("Separate validation CSV (optional)", type=["csv", "tsv", "txt", "gz"],
                                         key="tf_valid")
         n_train, n_steps = train_form.estimate_steps(n_rows, valid_fraction, batch_size, epochs)
@@ -153,7 +159,8 @@ with tab_fn:
             file_name=fname, columns=columns, slots=slots, labels=labels, task=task, name=name,
             name_problem=name_problem, what=what, template=template, epochs=epochs, batch_size=batch_size,
             tag_lr=tag_lr, n_tokens=n_tokens, split=split, valid_fraction=valid_fraction, max_rows=max_rows,
-            augment=augment, crop=crop, layers=layers, descriptors=descriptors, train_file=example_path)
+            augment=augment, crop=crop, layers=layers, descriptors=descriptors, train_file=example_path,
+            reference=reference)
         problems = train_form.function_form_problems(form)
         for p in problems:
             if p != name_problem:

@@ -293,7 +293,7 @@ def cmd_train_function_tag(args) -> int:
             ridge_warm_start=not args.no_warm_start, split=args.split, valid_fraction=args.valid_fraction,
             patience=args.patience, seed=args.seed, max_rows=args.max_rows, augment=args.augment,
             max_length=_lengths(args.max_length), layers=args.layers, layer_tolerance=args.layer_tolerance,
-            features=args.features,
+            features=args.features, reference_rows=args.reference_rows,
             description=args.description or "",
         )
         if args.split_column:
@@ -354,7 +354,7 @@ def cmd_train_domain_tag(args) -> int:
 # lives with the training code, which imports torch: ``_Parser`` reads the defaults only once such a command
 # line has parsed, so ``--help`` and a mistyped option are answered without loading it.
 _CONFIG_DEFAULTS = ("epochs", "batch_size", "n_tokens", "readout", "layers", "layer_tolerance", "features", "tag_lr",
-                    "head_lr", "anchor_decay", "augment", "split", "valid_fraction", "patience")
+                    "head_lr", "anchor_decay", "augment", "split", "valid_fraction", "patience", "reference_rows")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -465,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--features", choices=list(FEATURE_SETS), default=from_config,
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
+    f.add_argument("--reference-rows", type=int, default=from_config, metavar="N",
+                   help="predict N molecules of the shipped MOSES reference sample (up to 2,000) with the finished "
+                        "tag, so every later prediction shows its percentile among drug-like molecules; costs N "
+                        "predictions; 0, the default, skips it (`tags add-reference` can add it later)")
     f.add_argument("--tag-lr", type=float, default=from_config)
     f.add_argument("--head-lr", type=float, default=from_config)
     f.add_argument("--anchor-decay", type=float, default=from_config)

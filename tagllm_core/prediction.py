@@ -26,22 +26,19 @@ from .applicability import ReferenceSet, fingerprints, outside_message
 from .backbone import Backbone
 from .descriptors import row_feature_names, row_features
 from .domains import CleanInput, clean
-from .exceptions import InputError, TagLLMError, TemplateError
+from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
 from .prefix_cache import (SharedPrefix, common_prefix_length, features_with_prefix, grouped_batches, row_groups,
                            shared_prefix)
 from .progress import ProgressCallback, ProgressEvent
 from .reference import ReferenceDistribution, percentile, sorted_finite
-from .standardize import length_flag, prediction_range_flag, standardize_smiles
+from .standardize import clean_standardised_smiles, length_flag, prediction_range_flag
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "percentile_columns",
            "results_frame", "predict_table"]
-
-# Standardise a SMILES whole; the length limit applies to the standardised one (a salt may fit once stripped).
-_NO_CROP = 10 ** 9
 
 
 @dataclass
@@ -192,13 +189,8 @@ class Predictor:
         prefix = f"{slot}: " if len(self.slot_kinds) > 1 else ""
         limit = self.max_length.get(kind)
         if kind == "smiles" and self.standardize:
-            c = clean(kind, raw, _NO_CROP)  # the length limit is checked after standardisation
-            if c.ok:
-                try:
-                    std = standardize_smiles(c.value)
-                except InputError as err:
-                    return CleanInput(None, error=str(err))
-                c = clean(kind, std.smiles, limit)
+            c, std = clean_standardised_smiles(raw, limit)  # as training cleans it
+            if std is not None:
                 res.changes.extend(prefix + m for m in std.changes)
                 res.flags.extend(prefix + m for m in std.flags)
         else:

@@ -4,6 +4,9 @@ from what a tag was trained on.
 * ``standardize_smiles``: keep the largest organic fragment (salts, hydrates and mixtures), neutralise
   what can be neutralised, and flag inorganics and metals (RDKit ``rdMolStandardize``). Every change
   and every flag is a sentence for the results table.
+* ``clean_standardised_smiles``: the one path from a raw SMILES to what the model reads, shared by
+  prediction and training, so a salt in the training data is the parent molecule there too;
+  ``training_summary`` says in a sentence or two what it did to a training file.
 * ``length_ranges`` / ``length_flag``: protein lengths recorded at training time, and a flag for a
   sequence far outside them.
 * ``prediction_range_flag``: a regression prediction outside the training labels' range.
@@ -18,10 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
+from .domains import CleanInput, clean_smiles
 from .exceptions import InputError
 
-__all__ = ["Standardised", "standardize_smiles", "length_ranges", "length_flag", "prediction_range_flag",
-           "LENGTH_MARGIN", "LABEL_MARGIN"]
+__all__ = ["Standardised", "standardize_smiles", "clean_standardised_smiles", "training_summary", "length_ranges",
+           "length_flag", "prediction_range_flag", "LENGTH_MARGIN", "LABEL_MARGIN"]
 
 # A sequence is "far outside" when it is longer than 1.25 x the longest training sequence or shorter
 # than the shortest / 1.25: near the edges the model has seen similar lengths.
@@ -85,6 +89,9 @@ def standardize_smiles(smiles: str) -> Standardised:
         metals = {n for n in nums if n not in _NON_METALS}
         if 6 not in nums or metals - _SALT_METALS:
             return Standardised(Chem.MolToSmiles(mol), [], _flags(mol))
+        if not metals and len(Chem.GetMolFrags(mol)) == 1 and not any(a.GetFormalCharge() for a in mol.GetAtoms()):
+            # nothing to strip or neutralise: the common case, without the standardiser's cost
+            return Standardised(Chem.MolToSmiles(mol))
         return _standardise_organic(mol, metals)
     except InputError:
         raise
@@ -167,6 +174,64 @@ def _ion_name(frag, plain: str) -> str:
     from rdkit import Chem
 
     return Chem.MolToSmiles(frag)
+
+
+def clean_standardised_smiles(raw, max_length: Optional[int] = None) -> tuple[CleanInput, Optional[Standardised]]:
+    """Parse, standardise, then check the length of one raw SMILES: what prediction and training both
+    feed the model. Returns the cleaned input (its ``value`` the canonical standardised SMILES, or its
+    ``error``) and the ``Standardised`` record (``None`` when the SMILES did not parse). The length limit
+    applies to the standardised SMILES: a salt may fit once stripped."""
+    c = clean_smiles(raw, _NO_LIMIT)
+    if not c.ok:
+        return c, None
+    try:
+        std = standardize_smiles(c.value)
+    except InputError as err:
+        return CleanInput(None, error=str(err)), None
+    return clean_smiles(std.smiles, max_length), std
+
+
+_NO_LIMIT = 10 ** 9
+_LISTED_ROWS = 10
+
+
+def training_summary(changed: Sequence[tuple[int, list[str]]], flagged: Sequence[tuple[int, list[str]]],
+                     what: str = "training") -> list[str]:
+    """Sentences for the training warnings: how many of ``what``'s SMILES standardisation changed, by
+    kind of change, and how many are inorganic or hold a metal (kept and trained on as entered, as
+    prediction keeps and flags them). ``changed``/``flagged``: (1-based file row, sentences) per SMILES."""
+    out = []
+    # a permanent charge left alone is said per row at prediction, but the SMILES did not change
+    real = [(row, [_change_kind(m) for m in sentences]) for row, sentences in changed]
+    real = [(row, ks) for row, ks in real if any(ks)]
+    if real:
+        kinds: Counter[str] = Counter(k for _, ks in real for k in set(ks) if k)  # SMILES per kind
+        said = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in kinds.most_common())
+        out.append(f"{len(real):,} {what} SMILES {'was' if len(real) == 1 else 'were'} standardised "
+                   f"({said}; {_rows(real)}): the model learns the parent molecule, as prediction reads it.")
+    if flagged:
+        out.append(f"{len(flagged):,} {what} SMILES {'is' if len(flagged) == 1 else 'are'} inorganic or "
+                   f"contain{'s' if len(flagged) == 1 else ''} a metal ({_rows(flagged)}): kept as entered "
+                   f"and trained on; predictions for such inputs are flagged.")
+    return out
+
+
+def _change_kind(sentence: str) -> str:
+    """"salt stripped: Na+" -> "salt stripped"; "neutralised (net charge +1 → 0)" -> "neutralised".
+    A permanent charge that remains is not a change."""
+    if "remains" in sentence:
+        return ""
+    if sentence.startswith("kept the largest fragment"):
+        return "mixture: largest fragment kept"
+    for stop in (":", " ("):
+        sentence = sentence.split(stop, 1)[0]
+    return sentence.strip()
+
+
+def _rows(items: Sequence[tuple[int, list[str]]]) -> str:
+    rows = sorted({r for r, _ in items})
+    listed = ", ".join(str(r) for r in rows[:_LISTED_ROWS])
+    return f"row{'s' if len(rows) > 1 else ''} {listed}{'…' if len(rows) > _LISTED_ROWS else ''}"
 
 
 # --- proteins: lengths ----------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """Data for function-tag training: rows → cleaned inputs and labels, the validation split and its
 calibration half, standardised targets, and the model's inputs (row plans, augmented spellings,
-descriptors, and the prefix cache that shares what rows have in common)."""
+descriptors, and the prefix cache that shares what rows have in common).
+
+SMILES are cleaned exactly as prediction cleans them (``standardize.clean_standardised_smiles``: the
+largest organic fragment, neutralised), so a hydrochloride in the training file is learnt as the
+parent amine that prediction will read; inorganic and metal-containing inputs are kept as entered, as
+prediction keeps (and flags) them. What standardisation did is counted in the training warnings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -14,11 +19,12 @@ import torch
 from .backbone import Backbone
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
 from .descriptors import row_features
-from .domains import clean, randomized_smiles
+from .domains import CleanInput, clean, randomized_smiles
 from .exceptions import TrainingError
 from .heads import LabelScaler
 from .model import TaggedModel
 from .prefix_cache import PrefixCache, row_groups
+from .standardize import clean_standardised_smiles, training_summary
 from .tags import SlotSpec, TagLibrary, init_tag_vectors
 from .templates import RowPlan, Template
 from .train_config import FunctionTagConfig
@@ -36,6 +42,12 @@ class PreparedData:
     y: np.ndarray
     source_rows: list[int]  # 1-based rows of the original file
     dropped: list[tuple[int, str]]  # [(row, reason)]
+    # [(row, sentences)] of the SMILES standardisation changed, and of those it flagged (inorganic, metal)
+    standardised: list[tuple[int, list[str]]] = field(default_factory=list)
+    flagged: list[tuple[int, list[str]]] = field(default_factory=list)
+
+    def standardisation_warnings(self, what: str = "training") -> list[str]:
+        return training_summary(self.standardised, self.flagged, what)
 
 
 def _file_row(df: pd.DataFrame, i: int) -> int:
@@ -69,28 +81,46 @@ def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[l
     return values.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64), classes
 
 
+def _clean_input(kind: str, raw, max_length: Optional[int]) -> tuple[CleanInput, list[str], list[str]]:
+    """One input as the model will read it, with what standardisation said it changed and flagged."""
+    if kind != "smiles":
+        return clean(kind, raw, max_length), [], []
+    c, std = clean_standardised_smiles(raw, max_length)
+    return (c, std.changes, std.flags) if std is not None and c.ok else (c, [], [])
+
+
 def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list] = None,
                        what: str = "training") -> tuple[PreparedData, list]:
-    """Validate columns, clean inputs row by row (bad rows are dropped and reported), encode labels."""
+    """Validate columns, clean inputs row by row (bad rows are dropped and reported; SMILES standardised
+    as prediction standardises them), encode labels."""
     columns = {s.name: cfg.columns.get(s.name, s.name) for s in cfg.slots}
     require_columns(df, list(columns.values()) + list(cfg.labels), what)
     y_all, classes = _encode_labels(df, cfg, classes)
     inputs, keep, dropped = [], [], []
+    standardised: list[tuple[int, list[str]]] = []
+    flagged: list[tuple[int, list[str]]] = []
     for i in range(len(df)):
         row: dict[str, Any] = {}
         reason = None
+        changes, flags = [], []  # one entry per SMILES of the row that standardisation changed / flagged
         for slot in cfg.slots:
-            c = clean(slot.kind, df[columns[slot.name]].iat[i], cfg.max_length.get(slot.kind))
+            c, slot_changes, slot_flags = _clean_input(slot.kind, df[columns[slot.name]].iat[i],
+                                                       cfg.max_length.get(slot.kind))
             if not c.ok:
                 reason = f"{slot.name}: {c.error}"
                 break
             row[slot.name] = c.value
+            changes += [(_file_row(df, i), slot_changes)] if slot_changes else []
+            flags += [(_file_row(df, i), slot_flags)] if slot_flags else []
         if reason:
             dropped.append((_file_row(df, i), reason))
-        else:
-            inputs.append(row)
-            keep.append(i)
-    return PreparedData(inputs, y_all[keep], [_file_row(df, i) for i in keep], dropped), classes
+            continue
+        inputs.append(row)
+        keep.append(i)
+        standardised += changes
+        flagged += flags
+    return PreparedData(inputs, y_all[keep], [_file_row(df, i) for i in keep], dropped, standardised,
+                        flagged), classes
 
 
 def split_validation(data: PreparedData, cfg: FunctionTagConfig) -> Split:
@@ -139,6 +169,7 @@ class SplitRows:
     holdout: Optional[tuple[np.ndarray, np.ndarray]]
     split: Optional[Split]  # None: the caller gave the validation rows
     classes: list[str]
+    warnings: list[str] = field(default_factory=list)  # what standardisation did to the SMILES, for the card
 
 
 def prepare_rows(cfg: FunctionTagConfig, train_df: pd.DataFrame, valid_df: Optional[pd.DataFrame]) -> SplitRows:
@@ -147,9 +178,11 @@ def prepare_rows(cfg: FunctionTagConfig, train_df: pd.DataFrame, valid_df: Optio
         # Keep the original index: row numbers in messages must be the user's file rows.
         train_df = train_df.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
     data, classes = prepare_supervised(train_df, cfg)
+    warnings = data.standardisation_warnings("training")
     split: Optional[Split] = None
     if valid_df is not None:
         valid, _ = prepare_supervised(valid_df, cfg, classes or None, "validation")
+        warnings += valid.standardisation_warnings("validation")
         train = data
     else:
         if len(data.inputs) < cfg.min_rows:
@@ -166,7 +199,7 @@ def prepare_rows(cfg: FunctionTagConfig, train_df: pd.DataFrame, valid_df: Optio
     holdout = calibration_split(len(valid.inputs), cfg.seed) if cfg.task == "regression" else None
     if holdout is not None:
         valid, calib = _subset(full_valid, holdout[0]), _subset(full_valid, holdout[1])
-    return SplitRows(train_df, data, train, valid, full_valid, calib, holdout, split, classes)
+    return SplitRows(train_df, data, train, valid, full_valid, calib, holdout, split, classes, warnings)
 
 
 @dataclass

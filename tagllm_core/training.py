@@ -107,6 +107,8 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     run = TrainingRun(accelerator, report, steps, ckpt)
     if rows.split and rows.split.warning:
         report.warn(rows.split.warning)
+    for warning in rows.warnings:  # what standardisation did to the training SMILES
+        report.warn(warning)
 
     t_phase = time.perf_counter()
     share_prefixes(inputs, rows)

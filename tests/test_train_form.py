@@ -51,6 +51,14 @@ def test_form_values_are_translated_as_the_widgets_mean_them():
     assert train_form.function_spec(form(slots=[PROTEIN], crop=0)).max_length == {}
 
 
+def test_reference_percentiles_are_asked_for_single_molecule_tags_only():
+    argv = training.function_tag_argv(train_form.function_spec(form(reference=True)))
+    assert training.argv_value(argv, "--reference-rows") == str(train_form.REFERENCE_ROWS)
+    assert training.argv_value(training.function_tag_argv(train_form.function_spec(form())), "--reference-rows") is None
+    both = train_form.function_spec(form(slots=[PROTEIN, SMILES], reference=True))
+    assert both.reference_rows == 0 and training.argv_value(training.function_tag_argv(both), "--reference-rows") is None
+
+
 def test_each_form_problem_is_one_sentence_in_the_forms_order():
     bad_template = train_form.preview_template("The molecule {mol} has <X>", [SMILES], "Sol", "solubility")
     f = form(columns=["mol"], slots=[], labels=["a", "b"], task="classification", name=None, layers="nope",

@@ -61,6 +61,7 @@ class FunctionJobSpec:
     max_length: dict[str, int] = field(default_factory=dict)  # kind -> crop length
     layers: str = DEFAULT_LAYERS  # read-out depth: auto | final | layer numbers ("12", "7,15")
     features: str = DEFAULT_FEATURES  # none | descriptors
+    reference_rows: int = 0  # MOSES reference molecules predicted for percentiles (0: none)
     extra: list[str] = field(default_factory=list)  # more CLI arguments, appended as given
 
 
@@ -171,6 +172,8 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     for kind, n in spec.max_length.items():
         argv.append(_opt("--max-length", f"{kind}={int(n)}"))
     argv += [_opt("--layers", spec.layers), _opt("--features", spec.features)]
+    if spec.reference_rows:
+        argv.append(_opt("--reference-rows", int(spec.reference_rows)))
     return argv + list(spec.extra)
 
 
