@@ -10,6 +10,10 @@ TYPE_CHECKING:``. The rules:
 * No import cycle among ``tagllm_core`` modules through eager imports. Lazy imports may point back up
   (``tag_schema`` checks a card with ``tags`` and ``model``; ``reference`` predicts through
   ``prediction``); imports for types only never run.
+* No import cycle among ``ui`` modules through eager imports either.
+* The picture under ``## Layers`` in docs/ARCHITECTURE.md: every engine module sits in exactly one band,
+  eager imports never go to a band above, every arrow is a real import of its kind (``─►`` eager,
+  ``┄►`` lazy only), and every ``ui`` module appears above the engine's box.
 * Every module of ``tagllm_core`` and ``ui`` has its paragraph in docs/ARCHITECTURE.md, and imports no
   project module that the paragraph does not list: eager imports under *May import:*, lazy ones under
   *May import:* or *Lazily:*. So a new module or a new dependency fails here until the document says it.
@@ -69,7 +73,7 @@ def _resolve(source: str, node: ast.ImportFrom | ast.Import) -> list[str]:
         sub = f"{module}.{alias.name}"
         is_file = (REPO / Path(*sub.split("."))).with_suffix(".py").is_file()
         out.append(sub if is_file else module)
-    return out
+    return list(dict.fromkeys(out))  # `from .x import a, b` is one import of x
 
 
 def imports_of(path: Path) -> list[Import]:
@@ -162,7 +166,7 @@ def doc_paragraphs(text: str) -> dict[str, Paragraph]:
     """The module paragraphs of ``text``: ``**`name`** … *May import:* `a`, `b`. *Lazily:* `c`.``"""
     out = {}
     for name, body in _PARAGRAPH.findall(text):
-        _, _, allowed = body.partition("*May import:*")
+        _, _, allowed = " ".join(body.split()).partition("*May import:*")  # a line may break anywhere
         eager_text, _, lazy_text = allowed.partition("*Lazily:*")
         module = _doc_name(name)
         out[module] = Paragraph(
@@ -320,7 +324,7 @@ def test_the_paragraphs_name_only_real_modules():
 
 
 def test_the_paragraph_parser_reads_both_lists():
-    text = "**`model`** owns it. *May import:* `stack`, `ui.x`. *Lazily:* `tags`.\n\nnext\n"
+    text = "**`model`** owns it. *May\nimport:* `stack`, `ui.x`. *Lazily:* `tags`.\n\nnext `heads`\n"
     assert doc_paragraphs(text) == {
         "tagllm_core.model": Paragraph(
             "tagllm_core.model", frozenset({"tagllm_core.stack", "ui.x"}), frozenset({"tagllm_core.tags"})

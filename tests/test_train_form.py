@@ -56,7 +56,8 @@ def test_reference_percentiles_are_asked_for_single_molecule_tags_only():
     assert training.argv_value(argv, "--reference-rows") == str(train_form.REFERENCE_ROWS)
     assert training.argv_value(training.function_tag_argv(train_form.function_spec(form())), "--reference-rows") is None
     both = train_form.function_spec(form(slots=[PROTEIN, SMILES], reference=True))
-    assert both.reference_rows == 0 and training.argv_value(training.function_tag_argv(both), "--reference-rows") is None
+    assert both.reference_rows == 0
+    assert training.argv_value(training.function_tag_argv(both), "--reference-rows") is None
 
 
 def test_each_form_problem_is_one_sentence_in_the_forms_order():
