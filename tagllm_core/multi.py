@@ -20,13 +20,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .backbone import Backbone
 from .exceptions import InputError
 from .prediction import PredictionRow, Predictor, domain_columns, percentile_columns
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagCard, TagLibrary
+
+if TYPE_CHECKING:  # pandas loads lazily, where a table is built
+    import pandas as pd
 
 __all__ = ["ID_COLUMNS", "TagResults", "ManyPredictor", "column_label", "input_kinds", "same_inputs_problem",
            "predict_each",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +29,22 @@ from .domains import CleanInput, clean
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
-from .prefix_cache import (SharedPrefix, common_prefix_length, features_with_prefix, grouped_batches, row_groups,
-                           shared_prefix)
+from .prefix_cache import (
+    SharedPrefix,
+    common_prefix_length,
+    features_with_prefix,
+    grouped_batches,
+    row_groups,
+    shared_prefix,
+)
 from .progress import ProgressCallback, ProgressEvent
 from .reference import ReferenceDistribution, percentile, sorted_finite
 from .standardize import clean_standardised_smiles, length_flag, prediction_range_flag
 from .tags import Tag, TagLibrary, normalize_tag_name
 from .templates import Template
+
+if TYPE_CHECKING:  # pandas loads lazily, where a table is built
+    import pandas as pd
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "percentile_columns",
            "results_frame", "predict_table"]
