@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .backbone import Backbone
 from .exceptions import InputError
@@ -95,11 +95,11 @@ class TagResults:
 
     tag: Tag
     label: str
-    results: list  # [PredictionRow], in row order
-    renames: dict  # this tag's slot -> the first tag's slot
+    results: list[PredictionRow]  # in row order
+    renames: dict[str, str]  # this tag's slot -> the first tag's slot
 
     @cached_property
-    def similarity_slots(self) -> list:
+    def similarity_slots(self) -> list[str]:
         """The inputs compared with the training data, the same for every row (once, not per row)."""
         return list(dict.fromkeys(s for r in self.results for s in r.similarity))
 
@@ -125,9 +125,9 @@ def _tag_progress(progress: Optional[ProgressCallback], i: int, n: int, name: st
     return forward
 
 
-def _merged(texts_per_tag: list, runs: list) -> str:
+def _merged(texts_per_tag: Sequence[Sequence[str]], runs: Sequence[TagResults]) -> str:
     """Messages said by every tag appear once; the others are prefixed with the tag that said them."""
-    out: list = []
+    out: list[str] = []
     for run, texts in zip(runs, texts_per_tag):
         for t in texts:
             common = all(t in other for other in texts_per_tag)
@@ -137,8 +137,8 @@ def _merged(texts_per_tag: list, runs: list) -> str:
     return "; ".join(out)
 
 
-def _error(runs: list, i: int) -> str:
-    errors = [run.said(run.results[i].error) if run.results[i].error else None for run in runs]
+def _error(runs: Sequence[TagResults], i: int) -> str:
+    errors = [run.said(e) if (e := run.results[i].error) else None for run in runs]
     said = [e for e in errors if e]
     if not said:
         return ""
@@ -172,7 +172,8 @@ def combined_frame(rows: Sequence[dict], runs: Sequence[TagResults]) -> "pd.Data
     slots = [s.name for s in runs[0].tag.card.slots]
     records = []
     for i, row in enumerate(rows):
-        rec = {"row": runs[0].results[i].row}  # the row's number in its file (a chunk's rows do not start at 1)
+        # the row's number in its file (a chunk's rows do not start at 1)
+        rec: dict[str, Any] = {"row": runs[0].results[i].row}
         rec.update({k: row[k] for k in ID_COLUMNS if k in row and k not in slots})
         for run in runs:
             rec.update(_tag_columns(run, run.results[i]))
@@ -188,9 +189,9 @@ def combined_frame(rows: Sequence[dict], runs: Sequence[TagResults]) -> "pd.Data
     return pd.DataFrame.from_records(records)
 
 
-def _resolve(tags: Sequence[Union[Tag, str]], library: Optional[TagLibrary]) -> list:
+def _resolve(tags: Sequence[Union[Tag, str]], library: Optional[TagLibrary]) -> list[Tag]:
     """Tags, or names looked up in ``library``; a tag named twice once; refused unless the inputs match."""
-    chosen: list = []
+    chosen: list[Tag] = []
     for t in tags:
         if isinstance(t, str):
             if library is None:
@@ -214,7 +215,7 @@ class ManyPredictor:
         self.predictors = [Predictor(backbone, tag, library) for tag in self.tags]  # all checked before the long part
 
     @property
-    def slots(self) -> list:
+    def slots(self) -> list[str]:
         """The first tag's slots: the keys of the rows."""
         return [s.name for s in self.tags[0].card.slots]
 
@@ -222,7 +223,7 @@ class ManyPredictor:
                 first_row: int = 1) -> list[TagResults]:
         """Every tag's results over ``rows``; ``first_row`` as in ``Predictor.predict``. Never raises for a bad row."""
         first = self.tags[0].card
-        runs = []
+        runs: list[TagResults] = []
         for i, (tag, predictor) in enumerate(zip(self.tags, self.predictors)):
             mapping = _slot_mapping(first, tag.card)
             ids = [k for k in ID_COLUMNS if k not in mapping and k not in mapping.values()]

@@ -71,11 +71,11 @@ class PredictionRow:
     lower: Optional[float] = None
     upper: Optional[float] = None
     error: Optional[str] = None
-    warnings: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     zero_shot: bool = False
     standardised: dict = field(default_factory=dict)
-    changes: list = field(default_factory=list)
-    flags: list = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
     similarity: dict = field(default_factory=dict)
     domain: str = ""
     # Per-output bounds (``lower``/``upper`` are the first output's); ``interval_calibrated``: False for a
@@ -119,6 +119,8 @@ class Predictor:
         if card.kind != "function":
             raise TemplateError(f"<{tag.name}> is a domain tag; predictions need a function tag.")
         card.fingerprint.require_match(backbone.fingerprint, f"Tag <{tag.name}>")
+        # check_card requires these of every function tag, and training always writes them
+        assert card.template is not None and card.head is not None and card.readout is not None
         self.backbone, self.tag, self.card = backbone, tag, card
         # Crop inputs as the tag's training data was cropped, unless told otherwise.
         trained_crop = (card.training or {}).get("config", {}).get("max_length") or {}
@@ -146,7 +148,8 @@ class Predictor:
             raise TemplateError(f"Tag <{tag.name}> lacks vectors for {sorted(missing)}.")
         head = build_head(HeadConfig(**card.head), tag.head_state)
         self.model = TaggedModel(backbone, template, self.slot_kinds, {n: vectors[n] for n in used},
-                                 head=head, readout=card.readout, layers=card.layers)
+                                 head=head, readout=card.readout,
+                                 layers=tuple(card.layers) if card.layers is not None else None)
         self.descriptors = card.features == "descriptors"
         if self.descriptors:
             names = row_feature_names(self.slot_kinds)
@@ -161,7 +164,7 @@ class Predictor:
         config = backbone.model.config
         self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self._prefix: Optional[SharedPrefix] = None
-        self._prefix_key = None
+        self._prefix_key: Optional[tuple] = None
         # ``sharding`` sets this under torchrun: it runs only this process's share of the batches and
         # returns every batch's outputs, gathered from all processes (``_batch_outputs``).
         self.batch_runner: Optional[Callable] = None
@@ -207,6 +210,7 @@ class Predictor:
         if c.ok and kind == "smiles":
             res.standardised[slot] = c.value
         if c.ok and kind == "protein":
+            assert c.length is not None  # clean_protein always records the length
             flag = length_flag(c.length, self.input_lengths.get(slot))
             if flag:
                 res.flags.append(prefix + flag)
@@ -305,8 +309,10 @@ class Predictor:
             return self._prefix
 
     def _run(self, plans, prefix: Optional[SharedPrefix] = None, extra: Optional[torch.Tensor] = None) -> np.ndarray:
+        head = self.model.head
+        assert head is not None  # __init__ always builds one
         with self.backbone.lock, torch.inference_mode():
-            out = self.model.head(features_with_prefix(self.model, plans, prefix), extra)
+            out = head(features_with_prefix(self.model, plans, prefix), extra)
         return out.float().cpu().numpy()
 
     def _fill(self, res: PredictionRow, out: np.ndarray) -> None:
@@ -326,7 +332,7 @@ class Predictor:
             res.prediction = float(values[0])
             if self.card.interval:
                 # an older multi-output card holds the first output's half-width alone: no bounds for the rest
-                halves = [float(h) for h in self.card.interval["halfwidth"]]
+                halves: list[Optional[float]] = [float(h) for h in self.card.interval["halfwidth"]]
                 halves += [None] * (len(values) - len(halves))
                 res.lowers = [None if h is None else v - h for v, h in zip(res.outputs, halves)]
                 res.uppers = [None if h is None else v + h for v, h in zip(res.outputs, halves)]

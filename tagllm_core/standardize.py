@@ -182,7 +182,7 @@ def clean_standardised_smiles(raw, max_length: Optional[int] = None) -> tuple[Cl
     ``error``) and the ``Standardised`` record (``None`` when the SMILES did not parse). The length limit
     applies to the standardised SMILES: a salt may fit once stripped."""
     c = clean_smiles(raw, _NO_LIMIT)
-    if not c.ok:
+    if c.value is None:  # not c.ok
         return c, None
     try:
         std = standardize_smiles(c.value)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Callable, NoReturn, TypeGuard
 
 import torch
 
@@ -63,6 +63,11 @@ _SHA_RE = re.compile(r"^[0-9a-f]{1,128}$")
 _MISSING = object()
 
 
+def _is_real(value: object) -> TypeGuard[int | float]:
+    """An int or float, but not a bool (an int subclass, never a quantity here)."""
+    return type(value) in (int, float)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
@@ -74,7 +79,7 @@ class _Checker:
     def __init__(self, where: str):
         self.where = where
 
-    def fail(self, field: str, problem: str, value: Any = _MISSING) -> None:
+    def fail(self, field: str, problem: str, value: Any = _MISSING) -> NoReturn:
         got = "" if value is _MISSING else f" (got {_show(value)})"
         raise TagFormatError(f"{self.where}: card field '{field}' {problem}{got}.")
 
@@ -87,7 +92,7 @@ class _Checker:
     def number(self, value, field: str, allow_none: bool = False) -> None:
         if value is None and allow_none:
             return
-        if type(value) not in (int, float) or not math.isfinite(value):
+        if not _is_real(value) or not math.isfinite(value):
             self.fail(field, "must be a finite number", value)
 
     def text(self, value, field: str, max_len: int = MAX_TEXT, optional: bool = False) -> None:
@@ -311,7 +316,7 @@ def _check_function(c: _Checker, data: dict, hidden: int) -> None:
         interval = c.mapping(interval, "interval")
         c.tree(interval, "interval")
         level = interval.get("level")
-        if type(level) not in (int, float) or not 0 < level < 1:
+        if not _is_real(level) or not 0 < level < 1:
             c.fail("interval.level", "must be a number between 0 and 1", level)
         half = interval.get("halfwidth")
         if not isinstance(half, list) or len(half) not in {1, n_out}:
@@ -344,10 +349,10 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
     """
     hidden = card.fingerprint.hidden_size
 
-    def fail(name: str, problem: str) -> None:
+    def fail(name: str, problem: str) -> NoReturn:
         raise TagFormatError(f"{where}: tensor '{name}' {problem}.")
 
-    expected = {"vectors": (card.n_tokens, hidden)}
+    expected: dict[str, tuple[int, ...]] = {"vectors": (card.n_tokens, hidden)}
     if card.kind == "function":
         head = card.head
         expected["head.weight"] = (head["n_outputs"], head["in_dim"])
@@ -434,6 +439,7 @@ def _check_applicability(c: _Checker, data: dict) -> None:
             c.text(info.get(key), f"{f}.{key}", 200, optional=True)
         threshold = info.get("threshold")
         c.number(threshold, f"{f}.threshold")
+        assert threshold is not None  # c.number refused None
         if not 0 <= threshold <= 1:
             c.fail(f"{f}.threshold", "must be a similarity from 0 to 1", threshold)
         curve = c.mapping(info.get("curve"), f"{f}.curve")
@@ -446,7 +452,7 @@ def _check_applicability(c: _Checker, data: dict) -> None:
                 c.number(v, f"{f}.curve.{key}[{i}]", allow_none=key == "error")
 
 
-def _check_applicability_specs(card, specs: dict, fail) -> None:
+def _check_applicability_specs(card, specs: dict, fail: Callable[[str, str], NoReturn]) -> None:
     """One ``applicability.<slot>`` tensor per card entry: uint8, (n_reference, bytes of the kind)."""
     from .applicability import PACKED_WIDTH
 

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import warm_start as warm_start_lib
 from .baselines import mean_pooled, ridge_outputs
 from .heads import HeadConfig, TaskHead
 from .prefix_cache import suffix_features
@@ -134,8 +135,10 @@ def _probe(cfg: FunctionTagConfig, targets: Targets, rows: np.ndarray, f_train: 
     the tag's own layer is (same rows, same loss), and its outputs on all of them."""
     m_train, m_valid = mean_pooled(f_train, n_layers), mean_pooled(f_valid, n_layers)
     width = m_train.shape[1] // n_layers
-    choice = choose_layer(lambda: TaskHead(HeadConfig(cfg.task, targets.n_outputs, width, 0, standardize=True)),
-                          m_train, targets.ridge[rows], m_valid[:n_sel], loss, n_layers, "last")
+    # warm_start.choose_layer by its module: the tag's own choice (``choose_layer`` here) stays one call
+    choice = warm_start_lib.choose_layer(
+        lambda: TaskHead(HeadConfig(cfg.task, targets.n_outputs, width, 0, standardize=True)),
+        m_train, targets.ridge[rows], m_valid[:n_sel], loss, n_layers, "last")
     at = lambda x: layer_slice(x, n_layers, choice.layer, "last").numpy()  # noqa: E731
     return ProbeBaseline(choice.layer, ridge_outputs(cfg.task, targets.n_outputs, at(m_train), targets.ridge[rows],
                                                      at(m_valid)))

@@ -8,7 +8,15 @@ import pytest
 
 from tagllm_core.domains import clean_protein
 from tagllm_core.exceptions import InputError
-from tagllm_core.standardize import Standardised, length_flag, length_ranges, prediction_range_flag, standardize_smiles
+from tagllm_core.standardize import (
+    Standardised,
+    clean_standardised_smiles,
+    length_flag,
+    length_ranges,
+    prediction_range_flag,
+    standardize_smiles,
+    training_summary,
+)
 
 ORGANIC_ONLY = "outside the organic chemistry the tag was trained on"
 
@@ -125,6 +133,46 @@ def test_largest_organic_fragment_wins_over_a_bigger_inorganic_one():
 def test_unparsable_smiles_is_an_input_error():
     with pytest.raises(InputError, match="C1CC"):
         standardize_smiles("C1CC")
+
+
+@pytest.mark.parametrize("smiles", ["CCO", "c1ccc2[nH]ccc2c1", "CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O",
+                                    "OB(O)c1ccccc1", "C[Si](C)(C)C", "FC(F)(F)c1ccc(Cl)cc1"])
+def test_the_shortcut_for_neutral_single_molecules_matches_the_full_standardiser(smiles):
+    from rdkit import Chem
+
+    from tagllm_core.standardize import _standardise_organic
+
+    full = _standardise_organic(Chem.MolFromSmiles(smiles), set())
+    fast = standardize_smiles(smiles)
+    assert (fast.smiles, fast.changes, fast.flags) == (full.smiles, full.changes, full.flags)
+
+
+def test_clean_standardised_smiles_is_what_prediction_and_training_read():
+    c, std = clean_standardised_smiles("  CCN.Cl  ")
+    assert c.ok and c.value == "CCN" and std.changes == ["salt stripped: HCl"]
+    # the length limit applies after standardisation: a salt that fits once stripped is kept
+    c, _ = clean_standardised_smiles("CCCCCCCCCCO.[Na+].[Cl-]", max_length=12)
+    assert c.ok and c.value == "CCCCCCCCCCO"
+    c, std = clean_standardised_smiles("CCCCCCCCCCCCO", max_length=12)
+    assert not c.ok and "longer than the limit of 12" in c.error and std is not None
+    c, std = clean_standardised_smiles("C1CC")
+    assert not c.ok and "C1CC" in c.error and std is None
+    c, std = clean_standardised_smiles("O")  # inorganic: kept as entered, flagged
+    assert c.value == "O" and std.flags and not std.changes
+
+
+def test_training_summary_counts_standardised_and_flagged_smiles_by_kind():
+    changed = [(3, ["salt stripped: HCl"]), (7, ["salt stripped: Na+", "neutralised (net charge -1 → 0)"]),
+               (9, ["net charge +1 remains (permanent charge)"]),  # the SMILES itself did not change
+               (12, ["water stripped (hydrate)"])]
+    flagged = [(5, ["inorganic: no carbon atom, " + ORGANIC_ONLY])]
+    std, inorganic = training_summary(changed, flagged)
+    assert std.startswith("3 training SMILES were standardised (salt stripped ×2, ")
+    assert "neutralised" in std and "water stripped" in std and "rows 3, 7, 12" in std and "9" not in std
+    assert inorganic.startswith("1 training SMILES is inorganic or contains a metal (row 5)")
+    assert training_summary([], []) == [] and training_summary([(9, ["net charge +1 remains"])], []) == []
+    many = training_summary([(r, ["salt stripped: HCl"]) for r in range(1, 30)], [], "validation")[0]
+    assert many.startswith("29 validation SMILES") and "rows 1, 2, 3, 4, 5, 6, 7, 8, 9, 10…" in many
 
 
 # --- proteins ----------------------------------------------------------------------------------

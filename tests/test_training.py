@@ -758,6 +758,53 @@ def test_a_clean_run_has_an_empty_warnings_list(llama):
     assert res.warnings == [] and res.tag.card.training["warnings"] == []
 
 
+def _salted(df: pd.DataFrame) -> pd.DataFrame:
+    """The same molecules as a vendor would list them: amines as hydrochlorides, acids as sodium salts."""
+    out = df.copy()
+    out["smiles"] = [s + ".Cl" if s.endswith("N") else s[:-1] + "[O-].[Na+]" if s.endswith("C(=O)O") else s
+                     for s in df["smiles"]]
+    return out
+
+
+def test_salts_in_training_data_are_learnt_as_the_parent_molecule(llama, library_factory):
+    """Training standardises SMILES as prediction does, so a salted file trains the very tag its parent
+    molecules train, and the warnings count what was stripped."""
+    clean_df = small_frame(8)
+    salted = _salted(clean_df)
+    assert (salted["smiles"] != clean_df["smiles"]).sum() == 16  # 8 amines, 8 acids
+    lib = library_factory(llama)
+    events = []
+    res_salt = train_function_tag(llama, lib, smiles_cfg("Salted"), salted, progress=events.append)
+    res_clean = train_function_tag(llama, None, smiles_cfg("Salted"), clean_df, save=False)
+    assert res_clean.warnings == []
+    assert torch.equal(res_salt.tag.vectors, res_clean.tag.vectors)
+    assert res_salt.metrics == res_clean.metrics
+    assert res_salt.dropped == []
+    summary = next(w for w in res_salt.warnings if "standardised" in w)
+    assert summary.startswith("16 training SMILES were standardised (salt stripped ×16, neutralised")
+    assert "neutralised ×8; rows 3, 5, 8, 10," in summary  # file rows: each chain length's amine and acid
+    assert lib.get("Salted").card.training["warnings"] == res_salt.warnings
+    assert any("16 training SMILES were standardised" in m for m in _warning_messages(events))
+
+
+def test_inorganic_training_rows_are_kept_as_entered_and_warned_as_prediction_flags_them():
+    from tagllm_core.train_prepare import prepare_rows
+
+    df = small_frame(8)
+    df.loc[5, "smiles"], df.loc[6, "smiles"] = "O", "[Na+].[Cl-]"
+    valid = small_frame(4)
+    valid.loc[2, "smiles"] = "CCN.Cl"
+    rows = prepare_rows(smiles_cfg(), df, valid)
+    assert rows.data.dropped == [] and {"smiles": "O"} in rows.train.inputs
+    assert {"smiles": "[Cl-].[Na+]"} in rows.train.inputs  # predicted as entered, so trained as entered
+    assert {"smiles": "CCN"} in rows.full_valid.inputs
+    assert rows.warnings == [
+        "2 training SMILES are inorganic or contain a metal (rows 6, 7): kept as entered and trained on; "
+        "predictions for such inputs are flagged.",
+        "1 validation SMILES was standardised (salt stripped; row 3): the model learns the parent molecule, "
+        "as prediction reads it."]
+
+
 def test_random_split_for_classification_is_stratified():
     from tagllm_core.train_prepare import PreparedData, split_validation as _split
 

@@ -133,7 +133,7 @@ def show_protein(raw: str) -> None:
         st.dataframe(_table(asdict(props), _PROTEIN_LABELS), hide_index=True, width="stretch")
         if props.note:
             st.caption(props.note)
-        st.code(c.value if len(c.value) <= 400 else c.value[:400] + "…", language=None, wrap_lines=True)
+        st.code(c.value, language=None, wrap_lines=True)  # the sequence as read, in full
     with right:
         st.plotly_chart(charts.residue_figure(composition), width="stretch", key=f"aa-{hash(c.value)}")
 

@@ -1,17 +1,30 @@
 """Rendering a finished prediction: summary, table, download, histogram and the row detail view; for several
-tags, the combined table first and one tag's view as the detail."""
+tags, the combined table first and one tag's view as the detail. A click on a row of either table opens
+that row's detail; the tables shorten long inputs and show missing numbers as blank cells."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from tagllm_core.multi import column_label
+from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS
 from tagllm_core.reference import reference_problem
 from tagllm_core.tags import TagCard
 
 from . import charts, detail
 from .cards import format_number
-from .results import MultiRun, PredictionRun, download_frame, format_seconds, many_download_frame
+from .results import (
+    TRUNCATE_AT,
+    MultiRun,
+    PredictionRun,
+    display_frame,
+    download_frame,
+    format_seconds,
+    has_molecules,
+    many_download_frame,
+    newly_selected,
+    with_properties,
+)
 
 LABEL_PERCENTILE_HELP = "Share of the tag's training labels at or below the prediction (%); regression tags only."
 _MANY_HELP = {"label_percentile": LABEL_PERCENTILE_HELP,
@@ -32,6 +45,68 @@ def reference_help(card: TagCard) -> str:
     return "Blank: " + (reference_problem(card) or
                         "this tag stores no reference distribution (an older tag); add one with "
                         f"`python -m tagllm_core tags add-reference {card.name}`.")
+
+
+_PROPERTY_HELP = {
+    "Lipinski violations": "Rule-of-five limits exceeded (MW > 500, cLogP > 5, H-bond donors > 5, acceptors > 10); "
+                           "more than one suggests poor oral absorption.",
+    "alerts": "PAINS and Brenk structural alerts matched: a reason to look closer, not a verdict.",
+    "PAINS alerts": "Pan-assay interference substructures (Baell & Holloway 2010).",
+    "Brenk alerts": "Reactive, toxic or metabolically unstable groups (Brenk et al. 2008).",
+}
+_INTEGER_PROPERTIES = {"H-bond donors", "H-bond acceptors", "rotatable bonds", "heavy atoms", "Lipinski violations",
+                       "alerts"}
+
+
+def _property_config(columns) -> dict:
+    """Formats of the optional descriptor and alert columns (a tag with two SMILES inputs prefixes them)."""
+    cfg = {}
+    known = set(DESCRIPTOR_COLUMNS.values()) | set(ALERT_COLUMNS)
+    for col in columns:
+        name = str(col).rsplit(": ", 1)[-1]
+        if name not in known:
+            continue
+        if name.endswith("alerts") and name != "alerts":
+            cfg[col] = st.column_config.TextColumn(col, width="medium", help=_PROPERTY_HELP[name])
+        else:
+            cfg[col] = st.column_config.NumberColumn(col, format="%d" if name in _INTEGER_PROPERTIES else "%.2f",
+                                                     help=_PROPERTY_HELP.get(name))
+    return cfg
+
+
+@st.cache_data(max_entries=8, show_spinner="Computing descriptors and structural alerts…")
+def _with_properties(frame, slots: list):
+    return with_properties(frame, slots)
+
+
+def _properties_choice(slots: list, key: str) -> tuple[bool, bool]:
+    """Checkboxes for the optional columns: (descriptor and alert columns, every RDKit descriptor in the CSV)."""
+    if not has_molecules(slots):
+        return False, False
+    left, right = st.columns(2)
+    props = left.checkbox("Add descriptor and structural-alert columns", key=key,
+                          help="MW, cLogP, TPSA, H-bond donors/acceptors, rotatable bonds, QED, heavy atoms, "
+                               "Lipinski violations and PAINS/Brenk alerts of the molecule the model read, in the "
+                               "table and the download.")
+    full = props and right.checkbox("…and all RDKit 2D descriptors in the download (about 210 columns)",
+                                    key=f"{key}_full")
+    return props, full
+
+
+def _table(frame, slots: list, props: bool, key: str, column_config: dict):
+    """The on-screen table: a click on a row opens it in the row detail (``detail_row``)."""
+    shown = display_frame(_with_properties(frame, slots) if props else frame, slots)
+    event = st.dataframe(shown, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(frame)),
+                         column_config={**column_config, **_property_config(shown.columns)},
+                         placeholder="",  # an error row's missing numbers are blank, not "None"
+                         key=key, on_select="rerun", selection_mode="single-row")
+    rows = list(event.selection.rows) if event is not None else []
+    row = newly_selected(rows, st.session_state.get(f"{key}_opened"))
+    st.session_state[f"{key}_opened"] = int(rows[0]) if rows else None
+    if row is not None and row <= len(frame):
+        st.session_state["detail_row"] = row
+    st.caption(f"Click a row to open its details below. Inputs longer than {TRUNCATE_AT} characters are "
+               f"shortened here; the download and the row details have them in full.")
 
 
 def _column_config(run: PredictionRun, card: TagCard) -> dict:
@@ -89,10 +164,11 @@ def render(run: PredictionRun, card: TagCard) -> None:
         with st.expander("Show the error messages" if len(errors) <= 50 else "Show the first 50 error messages"):
             for msg in errors["error"].head(50):
                 st.markdown(f"- {msg}")
-    st.dataframe(run.frame, hide_index=True, width="stretch", column_config=_column_config(run, card),
-                 height=min(400, 38 + 35 * run.n_rows))
+    props, full = _properties_choice(run.slots, "predict_properties")
+    _table(run.frame, run.slots, props, "predict_table", _column_config(run, card))
     # The CSV is built only when the button is pressed (a callable), not on every rerun of a 10k-row result.
-    st.download_button("⬇️ Download all rows (CSV)", lambda: download_frame(run).to_csv(index=False).encode("utf-8"),
+    st.download_button("⬇️ Download all rows (CSV)",
+                       lambda: download_frame(run, props, full).to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.tag}_predictions.csv", mime="text/csv", key="predict_download",
                        on_click="ignore")
     ok = run.frame[run.frame["error"] == ""]
@@ -124,12 +200,13 @@ def render_many(run: MultiRun) -> PredictionRun:
     numbers = {c: st.column_config.NumberColumn(c, format="%.1f" if c.endswith("_percentile") else "%.3f",
                                                 help=_MANY_HELP.get(c.rsplit(" ", 1)[-1]))
                for c in run.frame.columns if c != "row" and run.frame[c].dtype.kind == "f"}
-    st.dataframe(run.frame, hide_index=True, width="stretch", height=min(400, 38 + 35 * run.n_rows),
-                 column_config={**numbers, "row": st.column_config.NumberColumn("row", width="small"),
-                                "status": st.column_config.TextColumn("status", width="small"),
-                                "error": st.column_config.TextColumn("error", width="large")})
+    props, full = _properties_choice(run.slots, "predict_many_properties")
+    _table(run.frame, run.slots, props, "predict_many_table",
+           {**numbers, "row": st.column_config.NumberColumn("row", width="small"),
+            "status": st.column_config.TextColumn("status", width="small"),
+            "error": st.column_config.TextColumn("error", width="large")})
     st.download_button("⬇️ Download the table (CSV)",
-                       lambda: many_download_frame(run).to_csv(index=False).encode("utf-8"),
+                       lambda: many_download_frame(run, props, full).to_csv(index=False).encode("utf-8"),
                        file_name="predictions_" + "_".join(run.tags) + ".csv", mime="text/csv",
                        key="predict_many_download", on_click="ignore")
     if st.session_state.get("predict_detail_tag") not in run.tags:
@@ -181,6 +258,9 @@ def _row_detail(run: PredictionRun, card: TagCard) -> None:
     for slot, kind in run.slots:
         st.markdown(f"**{slot}**")
         value = rec[slot]
+        if isinstance(value, str) and len(value) > TRUNCATE_AT:  # shortened in the table: here in full
+            with st.expander(f"Full input as entered ({len(value):,} characters)"):
+                st.code(value, language=None, wrap_lines=True)
         # One SMILES input: depict the molecule the model read, and say what was changed to get it.
         if kind == "smiles" and len(smiles_slots) == 1 and rec.get("changes"):
             st.caption(f"Standardised from `{value}`: {rec['changes']}")

@@ -1,11 +1,12 @@
 """Running a prediction (one tag, or several into one table) for the Predict page, and shaping its results
-for display and download."""
+for display and download: long inputs shortened on screen only, the optional descriptor and alert columns,
+and which row a click on the table opens."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -13,6 +14,7 @@ from tagllm_core.backbone import Backbone
 from tagllm_core.multi import ID_COLUMNS, combined_frame, predict_each
 from tagllm_core.prediction import Predictor, results_frame
 from tagllm_core.progress import ProgressEvent
+from tagllm_core.property_columns import property_columns
 from tagllm_core.tags import Tag, TagLibrary
 
 
@@ -112,14 +114,74 @@ def _status(error: str, flags: str, warnings: str) -> str:
     return "⚠️ ok" if warnings else "✅ ok"
 
 
-def download_frame(run: PredictionRun) -> pd.DataFrame:
-    """Every row for the CSV download: the uploaded columns (if any) followed by the results."""
-    return _with_source(run.frame.drop(columns=["status"]), run.slots, run.source)
+def download_frame(run: PredictionRun, properties: bool = False, full: bool = False) -> pd.DataFrame:
+    """Every row for the CSV download: the uploaded columns (if any) followed by the results, inputs in full;
+    ``properties``/``full`` as in ``with_properties``."""
+    res = run.frame.drop(columns=["status"])
+    return _with_source(with_properties(res, run.slots, full) if properties else res, run.slots, run.source)
 
 
-def many_download_frame(run: MultiRun) -> pd.DataFrame:
+def many_download_frame(run: MultiRun, properties: bool = False, full: bool = False) -> pd.DataFrame:
     """The combined table for the CSV download, after the uploaded columns (if any)."""
-    return _with_source(run.frame.drop(columns=["status"]), run.slots, run.source)
+    res = run.frame.drop(columns=["status"])
+    return _with_source(with_properties(res, run.slots, full) if properties else res, run.slots, run.source)
+
+
+def has_molecules(slots: list) -> bool:
+    """Whether a table has SMILES inputs, hence descriptor and alert columns to offer."""
+    return any(kind == "smiles" for _, kind in slots)
+
+
+def with_properties(frame: pd.DataFrame, slots: list, full: bool = False) -> pd.DataFrame:
+    """``frame`` with each SMILES input's descriptor and structural-alert columns (``property_columns``:
+    MW, cLogP, TPSA, …, Lipinski violations, PAINS and Brenk alerts; ``full``: every RDKit 2D descriptor
+    too) right after the ``error`` column, computed on the molecule the model read (standardised), blank
+    where it could not be read. With two SMILES inputs each block's names start with its slot."""
+    smiles = [slot for slot, kind in slots if kind == "smiles" and slot in frame.columns]
+    if not smiles:
+        return frame
+    blocks = [property_columns(frame[slot].tolist(), full, prefix=f"{slot}: " if len(smiles) > 1 else "")
+              for slot in smiles]
+    cols = list(frame.columns)
+    at = cols.index("error") + 1 if "error" in cols else len(cols)
+    left, right = frame.iloc[:, :at].reset_index(drop=True), frame.iloc[:, at:].reset_index(drop=True)
+    out = pd.concat([left, *blocks, right], axis=1)
+    out.index = frame.index
+    return out
+
+
+TRUNCATE_AT = 60  # characters of an input shown in the on-screen table
+
+
+def shorten(value, limit: int = TRUNCATE_AT):
+    """``value`` cut to ``limit`` characters, the last one an ellipsis, when it is a longer string."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def display_frame(frame: pd.DataFrame, slots: list, limit: int = TRUNCATE_AT) -> pd.DataFrame:
+    """The table as shown on screen: every input column (and ``standardised``) with long values shortened
+    to ``limit`` characters; the download and the row detail keep the full text. Missing numbers stay
+    missing (the table shows them blank), never the text "None"."""
+    cols = [c for c in [*(s for s, _ in slots), "standardised"] if c in frame.columns]
+    if not cols:
+        return frame
+    out = frame.copy()
+    for c in cols:
+        out[c] = out[c].map(lambda v: shorten(v, limit))
+    return out
+
+
+def newly_selected(selected_rows: Sequence[int], last: Optional[int]) -> Optional[int]:
+    """The 1-based row that a click on the table opens in the row detail, or ``None`` to leave the detail
+    alone. ``selected_rows``: the table's selection (0-based positions in the frame, sorting in the
+    browser notwithstanding); ``last``: the position already opened on an earlier rerun, which must not
+    undo a row chosen since in the detail's own box."""
+    if not selected_rows:
+        return None
+    position = int(selected_rows[0])
+    return None if position == last else position + 1
 
 
 def _with_source(res: pd.DataFrame, slots: list, source: Optional[pd.DataFrame]) -> pd.DataFrame:

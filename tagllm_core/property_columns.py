@@ -1,0 +1,78 @@
+"""Optional columns of a results table: readable RDKit descriptors, Lipinski's count and the PAINS / Brenk
+structural alerts of each molecule, and, for a download, every RDKit 2D descriptor.
+
+The same molecules the model read: each SMILES is cleaned and standardised as prediction does it
+(``standardize.clean_standardised_smiles``), so a hydrochloride's descriptors are its parent's. A row
+whose SMILES cannot be read gets blanks (NaN, or ``<NA>`` in the integer columns): never a made-up zero.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import chem
+from .descriptors import feature_names, input_features
+from .exceptions import InputError
+from .standardize import clean_standardised_smiles
+
+__all__ = ["DESCRIPTOR_COLUMNS", "ALERT_COLUMNS", "property_columns"]
+
+# chem.Descriptors field -> column header, units in the header
+DESCRIPTOR_COLUMNS = {
+    "mw": "MW (Da)", "clogp": "cLogP", "tpsa": "TPSA (Å²)", "hbd": "H-bond donors", "hba": "H-bond acceptors",
+    "rotatable_bonds": "rotatable bonds", "qed": "QED", "heavy_atoms": "heavy atoms",
+}
+_INTEGERS = ("hbd", "hba", "rotatable_bonds", "heavy_atoms")
+ALERT_COLUMNS = ("Lipinski violations", "alerts", "PAINS alerts", "Brenk alerts")
+
+
+def _molecule(smiles: str) -> dict:
+    """One molecule's columns; raises ``InputError`` when RDKit cannot read it."""
+    d = chem.descriptors(smiles)
+    alerts = chem.structural_alerts(smiles)
+    rec: dict = {label: getattr(d, key) for key, label in DESCRIPTOR_COLUMNS.items()}
+    rec["Lipinski violations"] = len(chem.lipinski(d).violations)
+    rec["alerts"] = len(alerts)
+    for catalog in ("PAINS", "Brenk"):
+        rec[f"{catalog} alerts"] = "; ".join(a.description for a in alerts if a.catalog == catalog)
+    return rec
+
+
+def _standardised(raw) -> Optional[str]:
+    c, _ = clean_standardised_smiles(raw, 10 ** 9)  # descriptors need no length limit
+    return c.value if c.ok else None
+
+
+def property_columns(smiles: Sequence, full: bool = False, prefix: str = "") -> pd.DataFrame:
+    """One row per entry of ``smiles`` (raw SMILES as entered; None/blank for none): the
+    ``DESCRIPTOR_COLUMNS``, then ``ALERT_COLUMNS`` (Lipinski violations and alert counts as integers,
+    the PAINS and Brenk alerts' names joined by "; ", "" for none). ``full``: also every RDKit 2D
+    descriptor, as ``rdkit:<name>`` columns. ``prefix`` goes before every column name (a tag with two
+    SMILES inputs gets a block per input). Repeated molecules are computed once."""
+    names = list(DESCRIPTOR_COLUMNS.values()) + list(ALERT_COLUMNS)
+    std = [_standardised(s) if s is not None and s == s and str(s).strip() else None for s in smiles]  # s != s: NaN
+    memo: dict = {}
+    records = []
+    for s in std:
+        if s is not None and s not in memo:
+            try:
+                memo[s] = _molecule(s)
+            except InputError:
+                memo[s] = {}
+        records.append(memo.get(s, {}) if s is not None else {})
+    frame = pd.DataFrame.from_records(records, columns=names, index=range(len(std)))
+    for key in _INTEGERS:
+        frame[DESCRIPTOR_COLUMNS[key]] = frame[DESCRIPTOR_COLUMNS[key]].astype("Int64")
+    for col in ("Lipinski violations", "alerts"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("PAINS alerts", "Brenk alerts"):
+        frame[col] = frame[col].astype(object)  # NaN for an unread molecule stays a blank cell
+    if full:
+        values = input_features("smiles", [s or "" for s in std])
+        values[[s is None for s in std]] = np.nan
+        extra = pd.DataFrame(values, columns=feature_names("smiles"), index=frame.index)
+        frame = pd.concat([frame, extra], axis=1)
+    return frame.add_prefix(prefix) if prefix else frame
