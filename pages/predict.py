@@ -5,7 +5,7 @@ import streamlit as st
 
 from tagllm_core import multi
 from tagllm_core.exceptions import InputError, TagLLMError
-from ui import cards, inputs, jobs_panel, predict_jobs, predict_view, results, state
+from ui import cards, editor, inputs, jobs_panel, predict_jobs, predict_view, results, state
 
 TRAINED = "(as trained)"
 
@@ -60,7 +60,12 @@ with st.expander("Advanced: swap domain tags (zero-shot), batch size"):
         st.warning("Zero-shot: this combination was never trained; treat the predictions as exploratory.")
     batch_size = int(st.number_input("Batch size", min_value=1, max_value=256, value=16, key="predict_batch"))
 
-mode = st.radio("Input", ["Paste", "Upload a CSV"], horizontal=True, key="predict_mode")
+modes = editor.input_modes(slots, editor.available())
+if st.session_state.get("predict_mode") not in modes:  # e.g. Draw chosen, then a tag without a molecule
+    st.session_state["predict_mode"] = "Paste"
+mode = st.radio("Input", modes, horizontal=True, key="predict_mode")
+if editor.drawable_slots(slots) and editor.DRAW not in modes:
+    st.caption(editor.UNAVAILABLE)
 rows, source, input_error = [], None, None
 if mode == "Paste":
     if st.button("Load example inputs", key="predict_examples"):
@@ -79,6 +84,24 @@ if mode == "Paste":
         except InputError as err:
             input_error = str(err)
             st.error(input_error)
+elif mode == editor.DRAW:
+    drawn, texts = {}, {}
+    for slot, kind in slots:
+        label = f"{cards.KIND_ICON.get(kind, '')} {slot}: {cards.KIND_LABEL.get(kind, kind)}"
+        if kind == "smiles":
+            st.markdown(f"**{label}**: draw it, then press Apply")
+            drawn[slot] = editor.draw(key=f"draw::{slot}")
+        else:
+            texts[slot] = st.text_area(f"{label}, one per line", key=f"paste::{slot}", height=120)
+    try:
+        rows = editor.rows_from_drawing(slots, drawn, texts)
+        st.caption("Drawn: " + ", ".join(f"`{s}`" for s in drawn.values()) + f"; {len(rows):,} row(s) ready.")
+    except InputError as err:
+        input_error = str(err)
+        if any(drawn.values()):
+            st.error(input_error)
+        else:  # an empty canvas is the starting state, not a mistake: a hint until Predict is pressed
+            st.caption(input_error)
 else:
     uploaded = st.file_uploader("CSV or TSV file (UTF-8, optionally gzipped)", key="predict_upload",
                                 type=["csv", "tsv", "txt", "gz"])
@@ -126,7 +149,7 @@ if st.button("Predict", type="primary", key="predict_button"):
     elif predict_jobs.runs_as_job(len(rows)):
         try:
             job = predict_jobs.start(state.job_store(), [name, *more], rows, [s for s, _ in slots], overrides,
-                                     batch_size, upload=(data, fname, columns) if mode != "Paste" else None)
+                                     batch_size, upload=(data, fname, columns) if mode == "Upload a CSV" else None)
             st.success(f"{len(rows):,} rows run as background job #{job.id}: follow it under Background "
                        f"predictions below. Its table stays there to download after you leave the page.")
         except TagLLMError as err:
