@@ -153,7 +153,8 @@ def _tag_columns(run: TagResults, r: PredictionRow) -> dict:
     if card.interval:
         rec[f"{label} lower"], rec[f"{label} upper"] = r.lower, r.upper
     if card.task == "classification":
-        for c, p in zip(card.classes, r.outputs or [None] * len(card.classes)):
+        probs: Sequence[Optional[float]] = r.outputs or [None] * len(card.classes)
+        for c, p in zip(card.classes, probs):
             rec[f"{label} p({c})"] = p
     rec.update({f"{label} {key}": value for key, value in percentile_columns(r).items()})
     # applicability domain: each tag has its own training inputs, so its own similarity and domain

@@ -65,23 +65,23 @@ class PredictionRow:
     """
 
     row: int
-    inputs: dict
+    inputs: dict[str, str]
     prediction: Optional[object] = None
-    outputs: Optional[list] = None
+    outputs: Optional[list[float]] = None
     lower: Optional[float] = None
     upper: Optional[float] = None
     error: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
     zero_shot: bool = False
-    standardised: dict = field(default_factory=dict)
+    standardised: dict[str, Optional[str]] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
-    similarity: dict = field(default_factory=dict)
+    similarity: dict[str, Optional[float]] = field(default_factory=dict)
     domain: str = ""
     # Per-output bounds (``lower``/``upper`` are the first output's); ``interval_calibrated``: False for a
     # zero-shot row (the half-width was calibrated with the trained domain tags), None without an interval.
-    lowers: Optional[list] = None
-    uppers: Optional[list] = None
+    lowers: Optional[list[Optional[float]]] = None
+    uppers: Optional[list[Optional[float]]] = None
     interval_calibrated: Optional[bool] = None
     # Percentile (0-100) of the prediction among the tag's training labels (regression) and against the tag's
     # reference set (``reference``; classification: the predicted class's probability); None where unknown.
@@ -368,7 +368,7 @@ def domain_columns(r: PredictionRow, slots: Sequence[str]) -> dict:
     """A row's applicability-domain cells: ``similarity`` (``similarity(<slot>)`` for each of several
     compared inputs; rounded to 3 decimals, NaN (a blank CSV cell) where unknown or the row failed) and
     ``domain``. ``slots``: the compared inputs of the table, so every row has the same columns."""
-    out = {}
+    out: dict[str, object] = {}
     for slot in slots:
         value = r.similarity.get(slot)
         out["similarity" if len(slots) == 1 else f"similarity({slot})"] = (
@@ -404,7 +404,8 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
         rec.update(percentile_columns(r))
         rec.update(domain_columns(r, sim_slots))
         if classes:
-            for c, p in zip(classes, r.outputs or [None] * len(classes)):
+            probs: Sequence[Optional[float]] = r.outputs or [None] * len(classes)
+            for c, p in zip(classes, probs):
                 rec[f"p({c})"] = p
         rec["flags"] = "; ".join(r.flags)
         rec["zero_shot"] = r.zero_shot

@@ -104,7 +104,7 @@ class LayerChoice:
     (lower is better)."""
 
     layer: int
-    scores: dict  # layer -> score
+    scores: dict[int, float]  # layer -> score
     best: int = 0
     tolerance: float = 0.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -37,12 +37,12 @@ class PredictionRun(_ResultTable):
 
     tag: str
     task: str
-    slots: list  # [(slot, kind)]
+    slots: list[tuple[str, str]]  # [(slot, kind)]
     frame: pd.DataFrame  # one row per input row: row, status, inputs, prediction, …, label_percentile,
     #                      reference_percentile, flags, error, warnings, standardised, changes
     zero_shot: bool
-    overrides: dict = field(default_factory=dict)
-    classes: list = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
     source: Optional[pd.DataFrame] = None  # the uploaded table, for the download
     seconds: float = 0.0
 
@@ -81,10 +81,10 @@ class MultiRun(_ResultTable):
     """Several tags over the same rows (``tagllm_core.multi``): the combined table, and each tag's own
     run for the detail view."""
 
-    tags: list  # tag names, the first one's slots name the inputs
-    slots: list  # [(slot, kind)] of the first tag
+    tags: list[str]  # tag names, the first one's slots name the inputs
+    slots: list[tuple[str, str]]  # [(slot, kind)] of the first tag
     frame: pd.DataFrame  # row, status, name/id, a column (and interval) per tag, flags, error, inputs, …
-    details: dict  # tag name -> PredictionRun
+    details: dict[str, PredictionRun]  # tag name -> PredictionRun
     source: Optional[pd.DataFrame] = None
     seconds: float = 0.0
 
