@@ -114,7 +114,8 @@ def browser():
 @pytest.fixture
 def page(browser, app_server, artifacts, request):
     """A fresh tab (a fresh Streamlit session); a screenshot is saved if the test fails."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    # wide enough that the results grid draws every lead column through "error" (it draws only what fits)
+    context = browser.new_context(viewport={"width": 2200, "height": 1800})
     pg = context.new_page()
     pg.set_default_timeout(AWAIT_DEFAULT_MS)
     failures_before = request.session.testsfailed
