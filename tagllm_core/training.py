@@ -126,12 +126,14 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     best_tag, best_head = fitted.best_state
     tag = Tag(card, best_tag.detach().float().cpu(), {k: v.cpu() for k, v in best_head.items()},
               {k: v.float().cpu() for k, v in inputs.domain_vectors.items()}, references)
-    if cfg.reference_rows and run.main and reference_problem(card) is None:
-        t_phase = time.perf_counter()
-        report(report.total, message=f"reference percentiles: the tag on {cfg.reference_rows:,} MOSES molecules")
-        attach_reference(tag, backbone, rows=cfg.reference_rows)
-        card.training["phase_seconds"]["reference"] = round(time.perf_counter() - t_phase, 1)
-        card.training["seconds"] = round(time.perf_counter() - t_start, 1)
+    if cfg.reference_rows and reference_problem(card) is None:
+        if run.main:  # one process predicts the reference set; the others wait at the cancel check
+            t_phase = time.perf_counter()
+            report(report.total, message=f"reference percentiles: the tag on {cfg.reference_rows:,} MOSES molecules")
+            attach_reference(tag, backbone, rows=cfg.reference_rows)
+            card.training["phase_seconds"]["reference"] = round(time.perf_counter() - t_phase, 1)
+            card.training["seconds"] = round(time.perf_counter() - t_start, 1)
+        # every process: the cancel flag is broadcast from the main one (a collective call)
         stop_if_cancelled(accelerator, report)
     path = library.save(tag) if (save and library is not None and run.main) else None
     if ckpt and run.main:
