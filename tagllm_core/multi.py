@@ -8,10 +8,10 @@ an inorganic input) is reported once; what only one tag says is prefixed with th
 
 Columns: ``row``, any ``name``/``id`` the rows carry, then per tag its prediction under
 ``column_label(card)`` ("Solubility (log10 mol/L)"), its interval (`` lower``/`` upper``) and class
-probabilities (`` p(class)``), its percentiles (`` label_percentile``, `` reference_percentile``: among its
-training labels and against its reference set, blank where unknown), its applicability domain
-(`` similarity``, `` domain``: each tag has its own training inputs), then ``flags``, ``error``, the inputs,
-``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty cells, not ``None``,
+probabilities (`` p(class)``) and its applicability domain (`` similarity``, `` domain``: each tag has its
+own training inputs), then ``flags`` and ``error``, then per tag its percentiles (`` label_percentile``,
+`` reference_percentile``: among its training labels and against its reference set, blank where unknown),
+then the inputs, ``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty cells, not ``None``,
 in the CSV.
 """
 
@@ -156,7 +156,6 @@ def _tag_columns(run: TagResults, r: PredictionRow) -> dict:
         probs: Sequence[Optional[float]] = r.outputs or [None] * len(card.classes)
         for c, p in zip(card.classes, probs):
             rec[f"{label} p({c})"] = p
-    rec.update({f"{label} {key}": value for key, value in percentile_columns(r).items()})
     # applicability domain: each tag has its own training inputs, so its own similarity and domain
     for key, value in domain_columns(r, run.similarity_slots).items():
         if key.startswith("similarity("):  # one per input of a tag with several, in the first tag's names
@@ -180,6 +179,8 @@ def combined_frame(rows: Sequence[dict], runs: Sequence[TagResults]) -> "pd.Data
             rec.update(_tag_columns(run, run.results[i]))
         rec["flags"] = _merged([[run.said(f) for f in run.results[i].flags] for run in runs], runs)
         rec["error"] = _error(runs, i)
+        for run in runs:  # after the error: what a screener reads first comes first (issue 10 item 7)
+            rec.update({f"{run.label} {k}": v for k, v in percentile_columns(run.results[i]).items()})
         rec.update({k: v for k, v in row.items() if k not in rec})
         rec["warnings"] = _merged([[run.said(w) for w in run.results[i].warnings] for run in runs], runs)
         std = runs[0].results[i].standardised  # standardisation does not depend on the tag

@@ -387,12 +387,12 @@ def percentile_columns(r: PredictionRow) -> dict:
 
 
 def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
-    """Results as a table: the inputs, ``prediction``, ``lower``/``upper`` (where the tag has intervals),
-    class probabilities (classification), ``label_percentile`` and ``reference_percentile`` (blank where
-    unknown), ``similarity`` (``similarity(<slot>)`` for each input of a tag
-    with several; blank where unknown) and ``domain`` (in/out/unknown), ``flags``, ``zero_shot``, ``error``,
-    ``warnings``, ``standardised`` (the SMILES the model read; ``slot: SMILES`` pairs for several) and
-    ``changes``."""
+    """Results as a table, in this order: ``row`` (and ``name``/``id``), ``prediction``, ``lower``/``upper``
+    (where the tag has intervals), class probabilities (classification), ``similarity``
+    (``similarity(<slot>)`` for each input of a tag with several; blank where unknown) and ``domain``
+    (in/out/unknown), ``flags``, ``error``, ``label_percentile`` and ``reference_percentile`` (blank where
+    unknown), then the inputs, ``zero_shot``, ``warnings``, ``standardised`` (the SMILES the model read;
+    ``slot: SMILES`` pairs for several) and ``changes``."""
     import pandas as pd
 
     sim_slots = list(dict.fromkeys(s for r in results for s in r.similarity))
@@ -421,8 +421,10 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
 
 # What a person reads first: the row, its name or id, the prediction, its interval and probabilities, its
 # percentiles, the applicability-domain and caution flags and the error; the inputs and the rest after them.
-_LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "label_percentile", "reference_percentile",
-                 "similarity", "domain", "flags", "error")
+# What a screener reads first (issue 10 item 7): the prediction, its interval, the applicability domain and
+# the error; the percentiles put the number in context right after.
+_LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "similarity", "domain", "flags", "error",
+                 "label_percentile", "reference_percentile")
 
 
 def _results_first(frame: "pd.DataFrame") -> "pd.DataFrame":

@@ -37,12 +37,13 @@ def test_two_tags_give_one_table_with_a_column_per_tag(llama, two_tags):
     frame = predict_many(llama, [sol, tox], ROWS)
     assert len(frame) == 3 and frame["row"].tolist() == [1, 2, 3]
     cols = list(frame.columns)
-    # each tag's applicability domain follows its prediction and percentiles (its own training inputs)
-    assert cols.index("Toxicity domain") == cols.index("Toxicity similarity") + 1 == cols.index("Toxicity") + 4
+    # each tag's applicability domain follows its prediction (its own training inputs)
+    assert cols.index("Toxicity domain") == cols.index("Toxicity similarity") + 1 == cols.index("Toxicity") + 2
     assert frame["Toxicity domain"].tolist() == ["unknown", "", "unknown"]  # a test tag stores no fingerprints
-    # and its percentiles sit between the two
-    assert cols.index("Toxicity reference_percentile") == cols.index("Toxicity label_percentile") + 1 == \
-        cols.index("Toxicity") + 2
+    # the percentiles come after the error, per tag in the tags' order
+    assert cols[cols.index("error") + 1: cols.index("error") + 5] == [
+        "Solubility (log mol/L) label_percentile", "Solubility (log mol/L) reference_percentile",
+        "Toxicity label_percentile", "Toxicity reference_percentile"]
     cols = [c for c in cols if not c.endswith((" similarity", " domain", "_percentile"))]
     assert cols[:6] == ["row", "Solubility (log mol/L)", "Solubility (log mol/L) lower",
                         "Solubility (log mol/L) upper", "Toxicity", "flags"]
@@ -115,8 +116,8 @@ def test_names_and_ids_in_the_rows_are_kept_in_their_own_column(llama, two_tags)
 def test_results_frame_puts_prediction_interval_flags_and_error_first(llama, two_tags):
     sol, _ = two_tags
     frame = results_frame(Predictor(llama, sol).predict(ROWS))
-    assert list(frame.columns[:10]) == ["row", "prediction", "lower", "upper", "label_percentile",
-                                        "reference_percentile", "similarity", "domain", "flags", "error"]
+    assert list(frame.columns[:10]) == ["row", "prediction", "lower", "upper", "similarity", "domain", "flags",
+                                        "error", "label_percentile", "reference_percentile"]
     assert list(frame.columns).index("smiles") > list(frame.columns).index("error")
 
 

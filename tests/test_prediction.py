@@ -580,6 +580,6 @@ def test_classification_frame_puts_similarity_and_domain_after_the_probabilities
                                         "curve": {"edges": [0.5, 1.0], "error": [0.0], "count": [2]}}
     frame = results_frame(Predictor(llama, tag).predict([{"smiles": "CCO"}, {"smiles": "c1ccccc1"}]), ["no", "yes"])
     cols = list(frame.columns)
-    assert cols[cols.index("p(yes)") + 1: cols.index("p(yes)") + 5] == ["label_percentile", "reference_percentile",
-                                                                      "similarity", "domain"]
+    assert cols[cols.index("p(yes)") + 1: cols.index("p(yes)") + 7] == ["similarity", "domain", "flags", "error",
+                                                                      "label_percentile", "reference_percentile"]
     assert frame["domain"].tolist() == ["in", "out"]

@@ -125,8 +125,8 @@ def test_attach_save_reload_and_the_percentile_columns(llama, small_set, tmp_pat
                                                         abs=0.05)
     frame = results_frame(res)
     cols = list(frame.columns)
-    # next to the prediction: after its interval, before the applicability domain
-    assert cols[cols.index("upper") + 1: cols.index("upper") + 3] == ["label_percentile", "reference_percentile"]
+    # after what a screener reads first (prediction, interval, domain, error)
+    assert cols[cols.index("error") + 1: cols.index("error") + 3] == ["label_percentile", "reference_percentile"]
     out = tmp_path / "o.csv"
     frame.to_csv(out, index=False)
     csv = pd.read_csv(out, keep_default_na=False)
@@ -181,8 +181,9 @@ def test_multi_table_has_each_tags_percentiles(llama, small_set):
     with_ref = attach_reference(_single(llama, name="A"), llama, path=small_set)
     frame = predict_many(llama, [with_ref, _single(llama, name="B", seed=2)], [{"smiles": "CCO"}])
     cols = list(frame.columns)
-    assert cols.index("A label_percentile") == cols.index("A") + 1
-    assert cols.index("A reference_percentile") == cols.index("A") + 2
+    # after the error column, each tag's pair in the tags' order
+    assert cols[cols.index("error") + 1: cols.index("error") + 5] == [
+        "A label_percentile", "A reference_percentile", "B label_percentile", "B reference_percentile"]
     assert 0 <= frame["A reference_percentile"][0] <= 100 and math.isnan(frame["B reference_percentile"][0])
 
 

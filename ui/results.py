@@ -38,8 +38,8 @@ class PredictionRun(_ResultTable):
     tag: str
     task: str
     slots: list[tuple[str, str]]  # [(slot, kind)]
-    frame: pd.DataFrame  # one row per input row: row, status, inputs, prediction, …, label_percentile,
-    #                      reference_percentile, flags, error, warnings, standardised, changes
+    frame: pd.DataFrame  # one row per input row: row, status, prediction, …, flags, error, label_percentile,
+    #                      reference_percentile, inputs, warnings, standardised, changes
     zero_shot: bool
     overrides: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
