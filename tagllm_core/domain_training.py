@@ -1,5 +1,9 @@
 """Stage 1: a domain tag learned by next-token prediction on in-domain text placed after the tag
-(the loss on the domain tokens only), and its perplexity against no tag and a random one."""
+(the loss on the domain tokens only), and its perplexity against no tag and a random one.
+
+SMILES are standardised as prediction standardises them (``standardize.clean_for_model``): the tag
+learns the parent molecules that function tags and prediction will put after it, and the training
+warnings count what standardisation changed."""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import torch
 
 from .backbone import Backbone
 from .distributed import make_accelerator, stop_if_cancelled, sync_grads
-from .domains import KINDS, clean
+from .domains import KINDS
 from .exceptions import TrainingError
 from .progress import ProgressCallback
+from .standardize import clean_for_model, training_summary
 from .tags import Tag, TagCard, TagLibrary, init_tag_vectors, normalize_tag_name
 from .templates import PromptEncoder
 from .train_fit import finite_step
@@ -112,13 +117,17 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
         raise TrainingError(f"A tag named <{cfg.name}> already exists; choose another name or delete it.")
     encoder = PromptEncoder(backbone.tokenizer, {cfg.input_kind: cfg.max_tokens})
     seqs, dropped = [], 0
-    for text in corpus:
-        c = clean(cfg.input_kind, text)
+    changed: list[tuple[int, list[str]]] = []  # (1-based corpus line, sentences) per standardised SMILES
+    flagged: list[tuple[int, list[str]]] = []
+    for n, text in enumerate(corpus, start=1):
+        c, changes, flags = clean_for_model(cfg.input_kind, text)
         ids = encoder.content_ids(cfg.input_kind, cast(str, c.value)) if c.ok else []
         # Proteins and text are cropped to max_tokens by the encoder; a cropped SMILES would be
         # another molecule, so an over-long one is dropped like an invalid one.
         if c.ok and len(ids) <= cfg.max_tokens:
             seqs.append(ids)
+            changed += [(n, changes)] if changes else []
+            flagged += [(n, flags)] if flags else []
         else:
             dropped += 1
     seqs = [s for s in seqs if len(s) >= 2]
@@ -142,6 +151,8 @@ def train_domain_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: Dom
     main = accelerator.is_main_process
     optimizer = accelerator.prepare(torch.optim.Adam([tag], lr=cfg.lr))
     report = StageProgress(progress if main else None, "stage1", cfg.steps, defer_cancel=world > 1)
+    for sentence in training_summary(changed, flagged, "corpus"):
+        report.warn(sentence)
     # Length bucketing: batches of similar length waste little on padding.
     by_len = sorted(range(len(train)), key=lambda i: len(train[i]))
     buckets = [by_len[s:s + cfg.batch_size] for s in range(0, len(by_len), cfg.batch_size)]

@@ -11,8 +11,8 @@ Columns: ``row``, any ``name``/``id`` the rows carry, then per tag its predictio
 probabilities (`` p(class)``) and its applicability domain (`` similarity``, `` domain``: each tag has its
 own training inputs), then ``flags`` and ``error``, then per tag its percentiles (`` label_percentile``,
 `` reference_percentile``: among its training labels and against its reference set, blank where unknown),
-then the inputs, ``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty cells, not ``None``,
-in the CSV.
+then the inputs, ``warnings``, ``standardised`` and ``changes``. A row a tag could not predict has empty
+cells, not ``None``, in the CSV.
 """
 
 from __future__ import annotations

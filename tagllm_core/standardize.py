@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from .domains import CleanInput, clean_smiles
+from .domains import CleanInput, clean, clean_smiles
 from .exceptions import InputError
 
-__all__ = ["Standardised", "standardize_smiles", "clean_standardised_smiles", "training_summary", "length_ranges",
-           "length_flag", "prediction_range_flag", "LENGTH_MARGIN", "LABEL_MARGIN"]
+__all__ = ["Standardised", "standardize_smiles", "clean_standardised_smiles", "clean_for_model", "training_summary",
+           "length_ranges", "length_flag", "prediction_range_flag", "LENGTH_MARGIN", "LABEL_MARGIN"]
 
 # A sequence is "far outside" when it is longer than 1.25 x the longest training sequence or shorter
 # than the shortest / 1.25: near the edges the model has seen similar lengths.
@@ -189,6 +189,17 @@ def clean_standardised_smiles(raw, max_length: Optional[int] = None) -> tuple[Cl
     except InputError as err:
         return CleanInput(None, error=str(err)), None
     return clean_smiles(std.smiles, max_length), std
+
+
+def clean_for_model(kind: str, raw, max_length: Optional[int] = None) -> tuple[CleanInput, list[str], list[str]]:
+    """One input of any kind as the model will read it, with what standardisation changed and flagged
+    (SMILES only; empty lists for other kinds and for inputs that failed). Supervised and domain-tag
+    training clean with it; prediction, which keeps the ``Standardised`` record, calls
+    ``clean_standardised_smiles`` itself, so both read the same molecule."""
+    if kind != "smiles":
+        return clean(kind, raw, max_length), [], []
+    c, std = clean_standardised_smiles(raw, max_length)
+    return (c, std.changes, std.flags) if std is not None and c.ok else (c, [], [])
 
 
 _NO_LIMIT = 10 ** 9

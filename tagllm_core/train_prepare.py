@@ -2,7 +2,7 @@
 calibration half, standardised targets, and the model's inputs (row plans, augmented spellings,
 descriptors, and the prefix cache that shares what rows have in common).
 
-SMILES are cleaned exactly as prediction cleans them (``standardize.clean_standardised_smiles``: the
+SMILES are cleaned exactly as prediction cleans them (``standardize.clean_for_model``: the
 largest organic fragment, neutralised), so a hydrochloride in the training file is learnt as the
 parent amine that prediction will read; inorganic and metal-containing inputs are kept as entered, as
 prediction keeps (and flags) them. What standardisation did is counted in the training warnings."""
@@ -19,12 +19,12 @@ import torch
 from .backbone import Backbone
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
 from .descriptors import row_features
-from .domains import CleanInput, clean, randomized_smiles
+from .domains import randomized_smiles
 from .exceptions import TrainingError
 from .heads import LabelScaler
 from .model import TaggedModel
 from .prefix_cache import PrefixCache, row_groups
-from .standardize import clean_standardised_smiles, training_summary
+from .standardize import clean_for_model, training_summary
 from .tags import SlotSpec, TagLibrary, init_tag_vectors
 from .templates import RowPlan, Template
 from .train_config import FunctionTagConfig
@@ -81,14 +81,6 @@ def _encode_labels(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[l
     return values.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64), classes
 
 
-def _clean_input(kind: str, raw, max_length: Optional[int]) -> tuple[CleanInput, list[str], list[str]]:
-    """One input as the model will read it, with what standardisation said it changed and flagged."""
-    if kind != "smiles":
-        return clean(kind, raw, max_length), [], []
-    c, std = clean_standardised_smiles(raw, max_length)
-    return (c, std.changes, std.flags) if std is not None and c.ok else (c, [], [])
-
-
 def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Optional[list] = None,
                        what: str = "training") -> tuple[PreparedData, list]:
     """Validate columns, clean inputs row by row (bad rows are dropped and reported; SMILES standardised
@@ -104,7 +96,7 @@ def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Option
         reason = None
         changes, flags = [], []  # one entry per SMILES of the row that standardisation changed / flagged
         for slot in cfg.slots:
-            c, slot_changes, slot_flags = _clean_input(slot.kind, df[columns[slot.name]].iat[i],
+            c, slot_changes, slot_flags = clean_for_model(slot.kind, df[columns[slot.name]].iat[i],
                                                        cfg.max_length.get(slot.kind))
             if not c.ok:
                 reason = f"{slot.name}: {c.error}"

@@ -46,14 +46,14 @@ APP_READY_S = 240        # first page: the server loads the backbone (cold cache
 PREDICT_S = 180          # two rows on the real backbone
 PROGRESS_MOVES_S = 300   # job start -> first optimiser step (model load in the job process included)
 FINISH_S = 360           # job start -> finished (optional: only checked if it gets there)
-PREDICT_JOB_S = 600      # predict job start -> finished (its own process loads the backbone first)
+PREDICT_JOB_S = 2400     # predict job start -> finished: 2,000 MOSES molecules on the real backbone (its own
+#                          process loads the backbone first); about 4 rows/s on two idle cores
 
-# The Predict page runs more than TAGLLM_PREDICT_JOB_ROWS rows as a background job (500 by default). The
-# server here gets a lower threshold so that a file of JOB_FILE_ROWS rows takes that same job path (upload
-# saved, `predict` job, jobs panel, table in the job's folder) at a cost a busy 2-core CPU can afford;
-# the other tests predict two rows, far below it.
-PREDICT_JOB_ROWS = 100
-JOB_FILE_ROWS = 120
+# The Predict page runs more than TAGLLM_PREDICT_JOB_ROWS rows as a background job (500 by default; set here
+# to the same value so that the test does not depend on the default). The file has the 2,000 rows that
+# issue 10 asks for; the other tests predict two rows, far below the threshold.
+PREDICT_JOB_ROWS = 500
+JOB_FILE_ROWS = 2000
 
 AWAIT_DEFAULT_MS = 60_000
 GOOD_SMILES = "CC(=O)Oc1ccccc1C(=O)O"  # aspirin
@@ -363,14 +363,14 @@ def test_train_new_function_tag_in_the_browser(page, app_server):
 # --------------------------------------------------------------------------- Predict as a background job
 
 
-JOB_BAD_ROWS = {3: "not_a_smiles", 57: "C1CC(", 118: "Xq9"}  # 1-based input row -> an unparsable SMILES
+JOB_BAD_ROWS = {7: "not_a_smiles", 1003: "C1CC(", 1998: "Xq9"}  # 1-based input row -> an unparsable SMILES
 
 
 def _job_input_csv(path: Path) -> list[tuple[str, str]]:
     """A JOB_FILE_ROWS-row CSV (id, smiles): reference-set molecules with JOB_BAD_ROWS in their places."""
     reference = (REPO / "tagllm_core" / "data" / "reference" / "moses_reference.smi").read_text().split()
     good = iter(reference[1:])  # the first line is the header
-    rows = [(f"m{i:03d}", JOB_BAD_ROWS.get(i) or next(good)) for i in range(1, JOB_FILE_ROWS + 1)]
+    rows = [(f"m{i:04d}", JOB_BAD_ROWS.get(i) or next(good)) for i in range(1, JOB_FILE_ROWS + 1)]
     path.write_text("id,smiles\n" + "".join(f"{i},{s}\n" for i, s in rows))
     return rows
 

@@ -787,6 +787,26 @@ def test_salts_in_training_data_are_learnt_as_the_parent_molecule(llama, library
     assert any("16 training SMILES were standardised" in m for m in _warning_messages(events))
 
 
+def test_domain_tag_training_reads_salts_as_the_parent_molecule(llama):
+    """Stage 1 standardises its corpus as prediction does: a salted corpus trains the very domain tag its
+    parent molecules train, and the warnings count what was stripped and flagged, by corpus line."""
+    clean_corpus = family_smiles(4)
+    salted = _salted(pd.DataFrame({"smiles": clean_corpus}))["smiles"].tolist()
+    n_salted = sum(a != b for a, b in zip(salted, clean_corpus))
+    assert n_salted > 0
+    cfg = DomainTagConfig(name="SaltySmiles", input_kind="smiles", n_tokens=2, steps=4, batch_size=8)
+    res_salt = train_domain_tag(llama, None, cfg, salted + ["[Na+].[Cl-]"], save=False)
+    res_clean = train_domain_tag(llama, None, cfg, clean_corpus + ["[Na+].[Cl-]"], save=False)
+    assert res_salt.dropped == res_clean.dropped == 0
+    assert torch.equal(res_salt.tag.vectors, res_clean.tag.vectors)
+    summary = next(w for w in res_salt.warnings if "standardised" in w)
+    assert summary.startswith(f"{n_salted} corpus SMILES were standardised (salt stripped ×{n_salted}")
+    inorganic = f"row {len(salted) + 1})"  # the corpus line of the salt, kept and flagged
+    assert any("1 corpus SMILES is inorganic" in w and inorganic in w for w in res_salt.warnings), res_salt.warnings
+    assert not any("standardised" in w for w in res_clean.warnings)
+    assert res_salt.tag.card.training["warnings"] == res_salt.warnings
+
+
 def test_inorganic_training_rows_are_kept_as_entered_and_warned_as_prediction_flags_them():
     from tagllm_core.train_prepare import prepare_rows
 
