@@ -1,9 +1,12 @@
 """Optional columns of a results table: readable RDKit descriptors, Lipinski's count and the PAINS / Brenk
-structural alerts of each molecule, and, for a download, every RDKit 2D descriptor.
+structural alerts of each molecule, and, for a download, every RDKit 2D descriptor; for proteins, the
+ProtParam properties (length, mass, pI, GRAVY, instability index, aromaticity) and, for a download, the
+residue composition.
 
-The same molecules the model read: each SMILES is cleaned and standardised as prediction does it
-(``standardize.clean_standardised_smiles``), so a hydrochloride's descriptors are its parent's. A row
-whose SMILES cannot be read gets blanks (NaN, or ``<NA>`` in the integer columns): never a made-up zero.
+The same inputs the model read: each SMILES is cleaned and standardised as prediction does it
+(``standardize.clean_standardised_smiles``), so a hydrochloride's descriptors are its parent's; each
+protein is cleaned as prediction cleans it (FASTA header, whitespace and position numbers dropped). A row
+whose input cannot be read gets blanks (NaN, or ``<NA>`` in the integer columns): never a made-up zero.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import numpy as np
 import pandas as pd
 
 from . import chem
+from .bio import protein_properties
 from .descriptors import feature_names, input_features
+from .domains import clean
 from .exceptions import InputError
 from .standardize import clean_standardised_smiles
 
-__all__ = ["DESCRIPTOR_COLUMNS", "ALERT_COLUMNS", "property_columns"]
+__all__ = ["DESCRIPTOR_COLUMNS", "ALERT_COLUMNS", "PROTEIN_COLUMNS", "property_columns", "protein_columns"]
 
 # chem.Descriptors field -> column header, units in the header
 DESCRIPTOR_COLUMNS = {
@@ -74,5 +79,50 @@ def property_columns(smiles: Sequence, full: bool = False, prefix: str = "") -> 
         values = input_features("smiles", [s or "" for s in std])
         values[[s is None for s in std]] = np.nan
         extra = pd.DataFrame(values, columns=feature_names("smiles"), index=frame.index)
+        frame = pd.concat([frame, extra], axis=1)
+    return frame.add_prefix(prefix) if prefix else frame
+
+
+# bio.ProteinProperties field -> column header, units in the header
+PROTEIN_COLUMNS = {
+    "length": "length (residues)", "molecular_weight": "MW (Da)", "isoelectric_point": "pI", "gravy": "GRAVY",
+    "instability_index": "instability index", "aromaticity": "aromaticity",
+    "nonstandard_residues": "non-standard residues",
+}
+
+
+def _protein(raw) -> dict:
+    """One sequence's columns; empty (blanks) when it is not a sequence prediction would read."""
+    c = clean("protein", raw, 10 ** 9)  # properties need no length limit
+    if not c.ok:
+        return {}
+    try:
+        p = protein_properties(str(c.value))
+    except InputError:  # only X/U/O: no standard residue to compute on
+        return {}
+    return {label: getattr(p, key) for key, label in PROTEIN_COLUMNS.items()}
+
+
+def protein_columns(sequences: Sequence, full: bool = False, prefix: str = "") -> pd.DataFrame:
+    """One row per entry of ``sequences`` (raw as entered; None/blank for none): the ``PROTEIN_COLUMNS``
+    (ProtParam on the standard residues; ``bio.protein_properties``). ``full``: also the residue fractions
+    and ProtParam numbers the descriptor-augmented head reads (``frac:<aa>``, ``protparam:<name>``).
+    ``prefix`` goes before every column name. Repeated sequences are computed once."""
+    memo: dict = {}
+    records = []
+    for raw in sequences:
+        key = raw if isinstance(raw, str) and raw.strip() else None
+        if key is not None and key not in memo:
+            memo[key] = _protein(key)
+        records.append(memo.get(key, {}) if key is not None else {})
+    frame = pd.DataFrame.from_records(records, columns=list(PROTEIN_COLUMNS.values()), index=range(len(records)))
+    for col in ("length (residues)", "non-standard residues"):
+        frame[col] = frame[col].astype("Int64")
+    if full:
+        cleaned = [clean("protein", s, 10 ** 9) if isinstance(s, str) and s.strip() else None for s in sequences]
+        read = [str(c.value) if c is not None and c.ok else "" for c in cleaned]
+        values = input_features("protein", read)
+        values[[not r for r in read]] = np.nan
+        extra = pd.DataFrame(values, columns=feature_names("protein"), index=frame.index)
         frame = pd.concat([frame, extra], axis=1)
     return frame.add_prefix(prefix) if prefix else frame

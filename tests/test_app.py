@@ -340,6 +340,24 @@ def test_predict_protein_detail_view(tiny_app):
     assert at.get("plotly_chart")  # residue composition (and the histogram)
 
 
+def test_predict_protein_tag_offers_protparam_columns(tiny_app):
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", "Protein"),)))
+    at = new_app("pages/predict.py")
+    at.selectbox(key="predict_tag").set_value("Stability").run()
+    at.text_area(key="paste::sequence").input("MKTAYIAKQRQISFVKSHFS\nACDEFG123HIK").run()
+    at.button(key="predict_button").click().run()
+    box = at.checkbox(key="predict_properties")
+    assert box.label == "Add protein property columns (ProtParam)"
+    box.check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(df for df in at.dataframe if df.key == "predict_table").value
+    assert {"length (residues)", "MW (Da)", "pI", "GRAVY", "instability index"} <= set(table.columns)
+    assert "cLogP" not in table.columns
+    assert table.loc[0, "length (residues)"] == 20 and table.loc[0, "MW (Da)"] > 2000
+    assert pd.isna(table.loc[1, "MW (Da)"])  # the row with digits is an error: blank, not computed
+
+
 # --------------------------------------------------------------------------- train
 
 

@@ -12,7 +12,13 @@ import math
 import pandas as pd
 import pytest
 
-from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS, property_columns
+from tagllm_core.property_columns import (
+    ALERT_COLUMNS,
+    DESCRIPTOR_COLUMNS,
+    PROTEIN_COLUMNS,
+    property_columns,
+    protein_columns,
+)
 from ui.results import (
     TRUNCATE_AT,
     PredictionRun,
@@ -132,12 +138,41 @@ def test_with_properties_puts_the_columns_after_the_error_in_table_and_download(
     assert "MW (Da)" not in download_frame(_run(frame)).columns  # optional: off by default
 
 
-def test_two_smiles_inputs_get_a_block_each_and_proteins_none():
+def test_each_input_gets_its_block_proteins_their_protparam_columns():
     frame = pd.DataFrame({"row": [1], "error": [""], "a": ["CCO"], "b": ["CCN"], "p": ["MKV"]})
     out = with_properties(frame, [("a", "smiles"), ("b", "smiles"), ("p", "protein")])
-    assert "a: MW (Da)" in out.columns and "b: MW (Da)" in out.columns and "p: MW (Da)" not in out.columns
+    cols = list(out.columns)
+    assert "a: MW (Da)" in cols and "b: MW (Da)" in cols and "p: MW (Da)" in cols and "p: pI" in cols
+    assert "p: cLogP" not in cols and "a: pI" not in cols
+    assert cols.index("a: MW (Da)") < cols.index("b: MW (Da)") < cols.index("p: MW (Da)") < cols.index("a")
     only_protein = with_properties(frame, [("p", "protein")])
-    assert list(only_protein.columns) == list(frame.columns)
+    assert list(only_protein.columns) == [*frame.columns[:2], *PROTEIN_COLUMNS.values(), *frame.columns[2:]]
+
+
+UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
+
+
+def test_protein_columns_read_the_sequence_prediction_reads_and_leave_unreadable_rows_blank():
+    fasta = f">sp|P0CG48|UBQ\n{UBIQUITIN[:40]}\n{UBIQUITIN[40:]}"
+    cols = protein_columns([UBIQUITIN, fasta, "ACDEFG123HIK", None, "  ", "XXXX", UBIQUITIN.lower() + "X"])
+    assert list(cols.columns) == list(PROTEIN_COLUMNS.values())
+    # ubiquitin: 76 residues, 8,565 Da, pI near 6.6 (ExPASy ProtParam: 8564.84 Da, pI 6.56)
+    assert cols.loc[0, "length (residues)"] == 76 and cols.loc[0, "MW (Da)"] == pytest.approx(8564.8, abs=1)
+    assert cols.loc[0, "pI"] == pytest.approx(6.56, abs=0.1) and cols.loc[0, "non-standard residues"] == 0
+    assert cols.loc[0].tolist() == cols.loc[1].tolist()  # the FASTA header and line breaks are not residues
+    for i in (2, 3, 4, 5):  # digits inside (an error row), missing, blank, no standard residue: blanks
+        assert cols.loc[i].isna().all(), cols.loc[i]
+    # lower case is read; the X is counted and left out of the numbers
+    assert cols.loc[6, "length (residues)"] == 77 and cols.loc[6, "non-standard residues"] == 1
+    assert cols.loc[6, "MW (Da)"] == pytest.approx(cols.loc[0, "MW (Da)"])
+    assert str(cols["length (residues)"].dtype) == "Int64"
+
+
+def test_protein_composition_on_request():
+    cols = protein_columns(["AAAG", "ACDEFG123HIK"], full=True, prefix="target: ")
+    assert cols.loc[0, "target: frac:A"] == pytest.approx(0.75) and cols.loc[0, "target: frac:G"] == pytest.approx(0.25)
+    assert "target: pI" in cols.columns and "target: protparam:gravy" in cols.columns
+    assert cols.loc[1].isna().all()
 
 
 # --- the Predict page ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from tagllm_core.multi import column_label
-from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS
+from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS, PROTEIN_COLUMNS
 from tagllm_core.reference import reference_problem
 from tagllm_core.tags import TagCard
 
@@ -53,15 +53,20 @@ _PROPERTY_HELP = {
     "alerts": "PAINS and Brenk structural alerts matched: a reason to look closer, not a verdict.",
     "PAINS alerts": "Pan-assay interference substructures (Baell & Holloway 2010).",
     "Brenk alerts": "Reactive, toxic or metabolically unstable groups (Brenk et al. 2008).",
+    "pI": "Isoelectric point (Bjellqvist pK values, searched over pH 0–14).",
+    "GRAVY": "Grand average of hydropathy (Kyte–Doolittle); above 0 is hydrophobic.",
+    "instability index": "Guruprasad et al. 1990; above 40 suggests the protein is unstable in vitro.",
+    "aromaticity": "Fraction of F, W and Y residues.",
+    "non-standard residues": "X, U or O residues, left out of the ProtParam numbers.",
 }
 _INTEGER_PROPERTIES = {"H-bond donors", "H-bond acceptors", "rotatable bonds", "heavy atoms", "Lipinski violations",
-                       "alerts"}
+                       "alerts", "length (residues)", "non-standard residues"}
 
 
 def _property_config(columns) -> dict:
-    """Formats of the optional descriptor and alert columns (a tag with two SMILES inputs prefixes them)."""
+    """Formats of the optional property columns (a tag with two such inputs prefixes them)."""
     cfg = {}
-    known = set(DESCRIPTOR_COLUMNS.values()) | set(ALERT_COLUMNS)
+    known = set(DESCRIPTOR_COLUMNS.values()) | set(ALERT_COLUMNS) | set(PROTEIN_COLUMNS.values())
     for col in columns:
         name = str(col).rsplit(": ", 1)[-1]
         if name not in known:
@@ -74,22 +79,33 @@ def _property_config(columns) -> dict:
     return cfg
 
 
-@st.cache_data(max_entries=8, show_spinner="Computing descriptors and structural alerts…")
+@st.cache_data(max_entries=8, show_spinner="Computing the property columns…")
 def _with_properties(frame, slots: list):
     return with_properties(frame, slots)
 
 
 def _properties_choice(slots: list, key: str) -> tuple[bool, bool]:
-    """Checkboxes for the optional columns: (descriptor and alert columns, every RDKit descriptor in the CSV)."""
+    """Checkboxes for the optional columns: (property columns, every descriptor in the CSV)."""
     if not has_molecules(slots):
         return False, False
+    kinds = {kind for _, kind in slots}
+    molecule_help = ("MW, cLogP, TPSA, H-bond donors/acceptors, rotatable bonds, QED, heavy atoms, Lipinski "
+                     "violations and PAINS/Brenk alerts of the molecule the model read")
+    protein_help = ("length, MW, pI, GRAVY, instability index, aromaticity and non-standard residues of the "
+                    "protein (ProtParam)")
+    if kinds >= {"smiles", "protein"}:
+        label, help_, full_label = ("Add property columns (descriptors, alerts, ProtParam)",
+                                    f"{molecule_help}; {protein_help}",
+                                    "…and all descriptors and residue fractions in the download")
+    elif "protein" in kinds:
+        label, help_, full_label = ("Add protein property columns (ProtParam)", protein_help,
+                                    "…and the residue composition in the download (20 fractions)")
+    else:
+        label, help_, full_label = ("Add descriptor and structural-alert columns", molecule_help,
+                                    "…and all RDKit 2D descriptors in the download (about 210 columns)")
     left, right = st.columns(2)
-    props = left.checkbox("Add descriptor and structural-alert columns", key=key,
-                          help="MW, cLogP, TPSA, H-bond donors/acceptors, rotatable bonds, QED, heavy atoms, "
-                               "Lipinski violations and PAINS/Brenk alerts of the molecule the model read, in the "
-                               "table and the download.")
-    full = props and right.checkbox("…and all RDKit 2D descriptors in the download (about 210 columns)",
-                                    key=f"{key}_full")
+    props = left.checkbox(label, key=key, help=f"{help_}, in the table and the download.")
+    full = props and right.checkbox(full_label, key=f"{key}_full")
     return props, full
 
 

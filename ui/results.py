@@ -14,7 +14,7 @@ from tagllm_core.backbone import Backbone
 from tagllm_core.multi import ID_COLUMNS, combined_frame, predict_each
 from tagllm_core.prediction import Predictor, results_frame
 from tagllm_core.progress import ProgressEvent
-from tagllm_core.property_columns import property_columns
+from tagllm_core.property_columns import property_columns, protein_columns
 from tagllm_core.tags import Tag, TagLibrary
 
 
@@ -128,20 +128,22 @@ def many_download_frame(run: MultiRun, properties: bool = False, full: bool = Fa
 
 
 def has_molecules(slots: list) -> bool:
-    """Whether a table has SMILES inputs, hence descriptor and alert columns to offer."""
-    return any(kind == "smiles" for _, kind in slots)
+    """Whether a table has SMILES or protein inputs, hence property columns to offer."""
+    return any(kind in ("smiles", "protein") for _, kind in slots)
 
 
 def with_properties(frame: pd.DataFrame, slots: list, full: bool = False) -> pd.DataFrame:
-    """``frame`` with each SMILES input's descriptor and structural-alert columns (``property_columns``:
-    MW, cLogP, TPSA, …, Lipinski violations, PAINS and Brenk alerts; ``full``: every RDKit 2D descriptor
-    too) right after the ``error`` column, computed on the molecule the model read (standardised), blank
-    where it could not be read. With two SMILES inputs each block's names start with its slot."""
-    smiles = [slot for slot, kind in slots if kind == "smiles" and slot in frame.columns]
-    if not smiles:
+    """``frame`` with each input's property columns right after the ``error`` column: for a SMILES
+    (``property_columns``) MW, cLogP, TPSA, …, Lipinski violations, PAINS and Brenk alerts (``full``:
+    every RDKit 2D descriptor too), computed on the molecule the model read (standardised); for a protein
+    (``protein_columns``) length, MW, pI, GRAVY, instability index, aromaticity (``full``: the residue
+    composition too). Blank where the input could not be read. With two inputs of properties, each
+    block's names start with its slot."""
+    inputs = [(slot, kind) for slot, kind in slots if kind in ("smiles", "protein") and slot in frame.columns]
+    if not inputs:
         return frame
-    blocks = [property_columns(frame[slot].tolist(), full, prefix=f"{slot}: " if len(smiles) > 1 else "")
-              for slot in smiles]
+    blocks = [(property_columns if kind == "smiles" else protein_columns)(
+        frame[slot].tolist(), full, prefix=f"{slot}: " if len(inputs) > 1 else "") for slot, kind in inputs]
     cols = list(frame.columns)
     at = cols.index("error") + 1 if "error" in cols else len(cols)
     left, right = frame.iloc[:, :at].reset_index(drop=True), frame.iloc[:, at:].reset_index(drop=True)
