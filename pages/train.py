@@ -167,7 +167,7 @@ with tab_fn:
                 (st.caption if p == train_form.ENTER_NAME else st.warning)(p)
         # The engine's own checks on the data (labels, inputs, row count), so that no job is queued only to fail.
         for dp in train_form.data_problems(df, form, valid_up is not None):
-            (st.error if dp.level == "error" else st.warning)(dp.message)
+            {"error": st.error, "warning": st.warning}.get(dp.level, st.info)(dp.message)
             if dp.level == "error":
                 problems.append(dp.message)
 

@@ -896,6 +896,17 @@ def test_check_training_data_invalid_inputs_and_duplicates():
     assert any("repeat" in w for w in warnings)
 
 
+def test_check_training_data_says_what_standardisation_will_do():
+    smiles = list(GOOD_SMILES)
+    smiles[2] = "CCCCCCCCCN.Cl"  # a hydrochloride: trained as nonylamine
+    smiles[4] = "[Na+].[Cl-]"  # inorganic: kept and flagged
+    problems = _check(pd.DataFrame({"smiles": smiles, "y": [f"{0.1 * i:.2f}" for i in range(28)]}))
+    assert _messages(problems, "error") == [] and _messages(problems, "warning") == []
+    notes = _messages(problems, "note")
+    assert any(n.startswith("1 training SMILES was standardised (salt stripped") and "row 3" in n for n in notes), notes
+    assert any("1 training SMILES is inorganic" in n and "row 5" in n for n in notes), notes
+
+
 def test_check_training_data_one_class_and_float_classes():
     df = pd.DataFrame({"smiles": GOOD_SMILES, "y": ["yes"] * 28})
     (msg,) = _messages(_check(df, task="classification"), "error")

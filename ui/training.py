@@ -191,9 +191,10 @@ def domain_tag_argv(spec: DomainJobSpec) -> list[str]:
 
 @dataclass(frozen=True)
 class DataProblem:
-    """One sentence about the training data; an ``error`` keeps the job from being queued."""
+    """One sentence about the training data; an ``error`` keeps the job from being queued, a ``note`` says
+    what training will do to the data (SMILES standardisation) without being a problem."""
 
-    level: str  # "error" | "warning"
+    level: str  # "error" | "warning" | "note"
     message: str
 
 
@@ -307,6 +308,9 @@ def check_training_data(df: pd.DataFrame, slots: list, labels: list, task: str, 
         problems.append(DataProblem("warning", f"{_plural(repeats, 'row')} repeat an input of an earlier row (SMILES "
                                                f"compared in canonical form): repeats weigh more in training and "
                                                f"can sit on both sides of the validation split."))
+    # what standardisation will do, as the job's warnings will say it (salts stripped, inorganics kept)
+    for sentence in data.standardisation_warnings("training"):
+        problems.append(DataProblem("note", f"{sentence} (In the {n:,} sampled rows.)" if sampled else sentence))
     candidates = min(len(df), max_rows) if max_rows else len(df)
     usable = round(candidates * float(present.mean()) * (1 - share)) if sampled or max_rows else len(data.inputs)
     need = rows_needed(valid_fraction, separate_valid)
