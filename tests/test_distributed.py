@@ -75,7 +75,9 @@ def test_a_cancel_on_rank_zero_stops_every_rank(tmp_path):
 
 
 def test_cli_under_torchrun_reports_and_saves_once(tmp_path):
-    """`torchrun -m tagllm_core train-function-tag ...`: one JSON result, one tag file."""
+    """`torchrun -m tagllm_core train-function-tag ... --reference-rows 6`: one JSON result, one tag file
+    with its reference distribution (every rank must join the reference step's cancel check, a broadcast
+    from rank 0; a rank left waiting for it would hang, and the timeout below turns that into a failure)."""
     import pandas as pd
 
     sys.path.insert(0, str(HERE))
@@ -92,10 +94,13 @@ def test_cli_under_torchrun_reports_and_saves_once(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
          "-m", "tagllm_core", "train-function-tag", "--name", "Twice", "--train", str(tmp_path / "train.csv"),
-         "--input", "smiles", "--label", "y", "--epochs", "1", "--n-tokens", "2", "--split", "random"],
+         "--input", "smiles", "--label", "y", "--epochs", "1", "--n-tokens", "2", "--split", "random",
+         "--reference-rows", "6"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count('"tag": "Twice"') == 1
     files = list(home.rglob("*.tag.safetensors"))
     assert [f.name for f in files] == ["Twice.tag.safetensors"]
     assert not list(home.rglob("*.tmp"))
+    reference = load_file(str(files[0]))["reference.predictions"]
+    assert reference.shape[0] == 6 and torch.isfinite(reference).all()

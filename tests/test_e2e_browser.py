@@ -420,7 +420,7 @@ def test_predict_large_upload_runs_as_a_background_job(page, app_server, tmp_pat
     settle(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         str(tmp_path / "predict_job_input.csv"))
-    page.get_by_text(re.compile(rf"predict_job_input\.csv: {JOB_FILE_ROWS} rows; columns id, smiles")).wait_for()
+    page.get_by_text(re.compile(rf"predict_job_input\.csv: {JOB_FILE_ROWS:,} rows; columns id, smiles")).wait_for()
     settle(page)
     column = page.get_by_role("combobox", name=re.compile(r"^Column for 'smiles'"))
     choose_option(page, column, re.compile(r"^smiles$"))
@@ -429,7 +429,7 @@ def test_predict_large_upload_runs_as_a_background_job(page, app_server, tmp_pat
 
     page.get_by_role("button", name="Predict", exact=True).click()
     started = page.locator('[data-testid="stAlert"]',
-                           has_text=re.compile(rf"{JOB_FILE_ROWS} rows run as background job #\d+"))
+                           has_text=re.compile(rf"{JOB_FILE_ROWS:,} rows run as background job #\d+"))
     started.wait_for()
     job_id = re.search(r"background job #(\d+)", started.inner_text()).group(1)
     page.get_by_role("heading", name="Background predictions").wait_for()
@@ -473,7 +473,8 @@ def test_predict_large_upload_runs_as_a_background_job(page, app_server, tmp_pat
     assert all(" left" in label for label in rows_done), rows_done  # the ETA, once rows are done
     errors = len(JOB_BAD_ROWS)
     page.locator('[data-testid="stAlert"]', has_text=(
-        f"Predicted {JOB_FILE_ROWS} rows with <{tag_name}>: {JOB_FILE_ROWS - errors} predicted, {errors} with errors"
+        f"Predicted {JOB_FILE_ROWS:,} rows with <{tag_name}>: {JOB_FILE_ROWS - errors:,} predicted, "
+        f"{errors} with errors"
     )).wait_for()
     settle(page)
     shot(page, "13-predict-job-finished", heading.first)
