@@ -419,10 +419,9 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
     return _results_first(pd.DataFrame.from_records(records))
 
 
-# What a person reads first: the row, its name or id, the prediction, its interval and probabilities, its
-# percentiles, the applicability-domain and caution flags and the error; the inputs and the rest after them.
-# What a screener reads first (issue 10 item 7): the prediction, its interval, the applicability domain and
-# the error; the percentiles put the number in context right after.
+# What a screener reads first (issue 10 item 7): the row, its name or id, the prediction, its interval and
+# probabilities, the applicability domain, the caution flags and the error; the percentiles put the number
+# in context right after; the inputs and the rest come last.
 _LEAD_COLUMNS = ("row", "name", "id", "prediction", "lower", "upper", "similarity", "domain", "flags", "error",
                  "label_percentile", "reference_percentile")
 

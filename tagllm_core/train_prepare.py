@@ -97,7 +97,7 @@ def prepare_supervised(df: pd.DataFrame, cfg: FunctionTagConfig, classes: Option
         changes, flags = [], []  # one entry per SMILES of the row that standardisation changed / flagged
         for slot in cfg.slots:
             c, slot_changes, slot_flags = clean_for_model(slot.kind, df[columns[slot.name]].iat[i],
-                                                       cfg.max_length.get(slot.kind))
+                                                          cfg.max_length.get(slot.kind))
             if not c.ok:
                 reason = f"{slot.name}: {c.error}"
                 break

@@ -20,7 +20,7 @@ from .results import (
     display_frame,
     download_frame,
     format_seconds,
-    has_molecules,
+    has_property_columns,
     many_download_frame,
     newly_selected,
     with_properties,
@@ -86,7 +86,7 @@ def _with_properties(frame, slots: list):
 
 def _properties_choice(slots: list, key: str) -> tuple[bool, bool]:
     """Checkboxes for the optional columns: (property columns, every descriptor in the CSV)."""
-    if not has_molecules(slots):
+    if not has_property_columns(slots):
         return False, False
     kinds = {kind for _, kind in slots}
     molecule_help = ("MW, cLogP, TPSA, H-bond donors/acceptors, rotatable bonds, QED, heavy atoms, Lipinski "

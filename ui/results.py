@@ -127,7 +127,7 @@ def many_download_frame(run: MultiRun, properties: bool = False, full: bool = Fa
     return _with_source(with_properties(res, run.slots, full) if properties else res, run.slots, run.source)
 
 
-def has_molecules(slots: list) -> bool:
+def has_property_columns(slots: list) -> bool:
     """Whether a table has SMILES or protein inputs, hence property columns to offer."""
     return any(kind in ("smiles", "protein") for _, kind in slots)
 
