@@ -18,7 +18,7 @@ import torch
 
 from .backbone import Backbone
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
-from .descriptors import row_features
+from .descriptors import row_feature_names, row_features
 from .domains import randomized_smiles
 from .exceptions import TrainingError
 from .heads import LabelScaler
@@ -252,6 +252,37 @@ def row_descriptors(cfg: FunctionTagConfig, kinds: dict[str, str],
     if cfg.features != "descriptors":
         return None
     return torch.tensor(row_features(kinds, rows), dtype=torch.float32)
+
+
+LABEL_COPY_R = 0.999  # |Pearson r| between a descriptor and the label above which the label is a descriptor
+
+
+def label_copy_warnings(kinds: dict[str, str], extra: Optional[torch.Tensor], y: torch.Tensor,
+                        labels: list[str]) -> list[str]:
+    """Sentences for the descriptors that are (nearly) a regression label up to scale on the training
+    rows (RDKit's 2D descriptors include QED, MolLogP, TPSA, HeavyAtomCount…): a descriptor-augmented head
+    then reads the label off its inputs, and its scores say nothing about the tag. ``extra``: (N, E)
+    descriptors (NaN where undefined) or ``None``; ``y``: (N, K) regression targets."""
+    if extra is None or y.ndim != 2:
+        return []
+    X, Y = extra.double().numpy(), y.double().numpy()
+    names = row_feature_names(kinds)
+    out = []
+    for k, label in enumerate(labels[: Y.shape[1]]):
+        copies = []
+        for j, name in enumerate(names):
+            ok = np.isfinite(X[:, j]) & np.isfinite(Y[:, k])
+            if ok.sum() < 3 or np.ptp(X[ok, j]) == 0 or np.ptp(Y[ok, k]) == 0:
+                continue
+            r = float(np.corrcoef(X[ok, j], Y[ok, k])[0, 1])
+            if abs(r) >= LABEL_COPY_R:
+                copies.append(f"{name} (r = {r:+.4f})")
+        if copies:
+            out.append(f"The label '{label}' is, up to scale, the descriptor {', '.join(copies[:3])} on the training "
+                       f"rows: a head that reads the descriptors reads the answer off its inputs, so its scores say "
+                       f"little about the tag. To measure the tag itself, train without descriptors "
+                       f"(--features none; in the Train form, untick the descriptors).")
+    return out
 
 
 Key = tuple[Any, ...]  # a row's key in the prefix cache: ("t", i) training, ("v", i) validation, ("a", i, j) augmented

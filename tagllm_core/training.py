@@ -55,6 +55,7 @@ from .train_fit import TrainingRun, fit, prefix_pass, schedule
 from .train_prepare import (
     PreparedData,
     encode_targets,
+    label_copy_warnings,
     prepare_inputs,
     prepare_rows,
     prepare_supervised,
@@ -109,6 +110,9 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
         report.warn(rows.split.warning)
     for warning in rows.warnings:  # what standardisation did to the training SMILES
         report.warn(warning)
+    if cfg.task == "regression":
+        for warning in label_copy_warnings(inputs.kinds, inputs.extra_train, targets.y, list(cfg.labels)):
+            report.warn(warning)
 
     t_phase = time.perf_counter()
     share_prefixes(inputs, rows)

@@ -807,6 +807,28 @@ def test_domain_tag_training_reads_salts_as_the_parent_molecule(llama):
     assert res_salt.tag.card.training["warnings"] == res_salt.warnings
 
 
+def test_a_label_that_is_a_descriptor_is_warned_about(llama):
+    """RDKit's descriptors include HeavyAtomCount, the label of small_frame: a descriptor head reads the
+    answer off its inputs, and training says so (the bundled <QED> is built as the pure tag for this reason)."""
+    from tagllm_core.train_prepare import label_copy_warnings
+
+    df = small_frame(8)
+    res = train_function_tag(llama, None, smiles_cfg(features="descriptors", epochs=0), df, save=False)
+    (warning,) = [w for w in res.warnings if "is, up to scale, the descriptor" in w]
+    assert "'y'" in warning and "rdkit:HeavyAtomCount (r = +1.0000)" in warning and "--features none" in warning
+    assert res.tag.card.training["warnings"] == res.warnings
+    # a label that is no descriptor, and the pure tag, say nothing
+    kinds = {"smiles": "smiles"}
+    from tagllm_core.train_prepare import row_descriptors
+    extra = row_descriptors(smiles_cfg(features="descriptors"), kinds, [{"smiles": s} for s in df["smiles"]])
+    noise = torch.from_numpy(np.random.default_rng(0).normal(size=(len(df), 1)))
+    assert label_copy_warnings(kinds, extra, noise, ["y"]) == []
+    assert label_copy_warnings(kinds, None, noise, ["y"]) == []
+    # an affine copy is still a copy: logS-like rescaling does not hide it
+    heavy = torch.tensor(df["y"].to_numpy(dtype=float)).reshape(-1, 1)
+    assert len(label_copy_warnings(kinds, extra, -0.5 * heavy + 3, ["y"])) == 1
+
+
 def test_inorganic_training_rows_are_kept_as_entered_and_warned_as_prediction_flags_them():
     from tagllm_core.train_prepare import prepare_rows
 
