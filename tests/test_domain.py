@@ -254,7 +254,8 @@ def test_csv_has_similarity_and_domain_after_the_prediction_columns(llama, tmp_p
     out.to_csv(tmp_path / "o.csv", index=False)
     back = pd.read_csv(tmp_path / "o.csv", keep_default_na=False)
     cols = list(back.columns)
-    assert cols[cols.index("upper") + 3: cols.index("upper") + 5] == ["similarity", "domain"]  # after the percentiles
+    # right after the interval, before the flags, the error and the percentiles
+    assert cols[cols.index("upper") + 1: cols.index("upper") + 5] == ["similarity", "domain", "flags", "error"]
     assert back["domain"].tolist() == ["in", "out", ""]
     assert float(back["similarity"][0]) == pytest.approx(1.0) and back["similarity"][2] == ""
 
@@ -328,7 +329,8 @@ def test_cli_predict_writes_similarity_and_domain_columns(env, capsys, tmp_path,
     assert "1 outside the tag's applicability domain" in stdout
     df = pd.read_csv(out, keep_default_na=False)
     cols = list(df.columns)
-    assert cols[cols.index("upper") + 3: cols.index("upper") + 5] == ["similarity", "domain"]  # after the percentiles
+    # right after the interval, before the flags, the error and the percentiles
+    assert cols[cols.index("upper") + 1: cols.index("upper") + 5] == ["similarity", "domain", "flags", "error"]
     assert df["domain"].tolist() == ["in", "out", ""]
     assert "outside the applicability domain" in df.loc[1, "flags"]
 
