@@ -326,13 +326,19 @@ def test_predict_many_tags_in_one_table(tiny_app):
     assert "prediction_many" not in at.session_state or at.session_state["prediction_many"] is None
 
 
-def test_predict_protein_detail_view(tiny_app):
+def _predict_proteins(tiny_app, text: str) -> AppTest:
+    """The Predict page with a protein tag, ``text`` pasted and predicted."""
     bb, lib = tiny_app
     lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", "Protein"),)))
     at = new_app("pages/predict.py")
     at.selectbox(key="predict_tag").set_value("Stability").run()
-    at.text_area(key="paste::sequence").input(">p1\nMKTAYIAKQR\nQISFVKSHFS\n>p2\nGIGAVLKVLT").run()
+    at.text_area(key="paste::sequence").input(text).run()
     at.button(key="predict_button").click().run()
+    return at
+
+
+def test_predict_protein_detail_view(tiny_app):
+    at = _predict_proteins(tiny_app, ">p1\nMKTAYIAKQR\nQISFVKSHFS\n>p2\nGIGAVLKVLT")
     run = at.session_state["prediction"]
     assert run.n_rows == 2 and run.n_ok == 2
     table = next(df.value for df in at.dataframe if "property" in df.value.columns)
@@ -341,12 +347,7 @@ def test_predict_protein_detail_view(tiny_app):
 
 
 def test_predict_protein_tag_offers_protparam_columns(tiny_app):
-    bb, lib = tiny_app
-    lib.save(make_function_tag(bb, "Stability", slots=(("sequence", "protein", "Protein"),)))
-    at = new_app("pages/predict.py")
-    at.selectbox(key="predict_tag").set_value("Stability").run()
-    at.text_area(key="paste::sequence").input("MKTAYIAKQRQISFVKSHFS\nACDEFG123HIK").run()
-    at.button(key="predict_button").click().run()
+    at = _predict_proteins(tiny_app, "MKTAYIAKQRQISFVKSHFS\nACDEFG123HIK")
     box = at.checkbox(key="predict_properties")
     assert box.label == "Add protein property columns (ProtParam)"
     box.check().run()
