@@ -124,8 +124,9 @@ def main():
         cfg = FunctionTagConfig(name="QED", slots=[SlotSpec("smiles", "smiles", dom)], labels=["y"],
                                 what="drug-likeness (QED)", epochs=args.epochs,
                                 description=(f"Quantitative estimate of drug-likeness (QED, Bickerton et al. 2012, as "
-                                             f"computed by RDKit) learned from {args.qed_rows:,} MOSES molecules; "
-                                             f"the pure tag (RDKit's descriptors include QED itself)."),
+                                             f"computed by RDKit) learned from {args.qed_rows:,} MOSES molecules"
+                                             + ("; the pure tag (RDKit's descriptors include QED itself)."
+                                                if qed_overrides["features"] == "none" else ".")),
                                 **qed_overrides)
         res = train_function_tag(bb, bundled_lib(), cfg, tr, va, progress=progress, save=False,
                                  data_name=f"MOSES train ({args.qed_rows:,}) / test ({len(va):,}), RDKit QED")
