@@ -91,14 +91,19 @@ PROTEIN_COLUMNS = {
 }
 
 
-def _protein(raw) -> dict:
-    """One sequence's columns; empty (blanks) when it is not a sequence prediction would read."""
+def _read_protein(raw) -> Optional[str]:
+    """The sequence prediction would read from ``raw``, or None (blank, or not a sequence)."""
+    if not (isinstance(raw, str) and raw.strip()):
+        return None
     c = clean("protein", raw, 10 ** 9)  # properties need no length limit
-    if not c.ok:
-        return {}
+    return str(c.value) if c.ok else None
+
+
+def _protein(sequence: str) -> dict:
+    """One cleaned sequence's columns; empty (blanks) when it has no standard residue (only X/U/O)."""
     try:
-        p = protein_properties(str(c.value))
-    except InputError:  # only X/U/O: no standard residue to compute on
+        p = protein_properties(sequence)
+    except InputError:
         return {}
     return {label: getattr(p, key) for key, label in PROTEIN_COLUMNS.items()}
 
@@ -107,22 +112,20 @@ def protein_columns(sequences: Sequence, full: bool = False, prefix: str = "") -
     """One row per entry of ``sequences`` (raw as entered; None/blank for none): the ``PROTEIN_COLUMNS``
     (ProtParam on the standard residues; ``bio.protein_properties``). ``full``: also the residue fractions
     and ProtParam numbers the descriptor-augmented head reads (``frac:<aa>``, ``protparam:<name>``).
-    ``prefix`` goes before every column name. Repeated sequences are computed once."""
+    ``prefix`` goes before every column name. Each input is cleaned once; repeated sequences are
+    computed once."""
+    read = [_read_protein(raw) for raw in sequences]
     memo: dict = {}
-    records = []
-    for raw in sequences:
-        key = raw if isinstance(raw, str) and raw.strip() else None
-        if key is not None and key not in memo:
-            memo[key] = _protein(key)
-        records.append(memo.get(key, {}) if key is not None else {})
+    for seq in read:
+        if seq is not None and seq not in memo:
+            memo[seq] = _protein(seq)
+    records = [memo[seq] if seq is not None else {} for seq in read]
     frame = pd.DataFrame.from_records(records, columns=list(PROTEIN_COLUMNS.values()), index=range(len(records)))
     for col in ("length (residues)", "non-standard residues"):
         frame[col] = frame[col].astype("Int64")
     if full:
-        cleaned = [clean("protein", s, 10 ** 9) if isinstance(s, str) and s.strip() else None for s in sequences]
-        read = [str(c.value) if c is not None and c.ok else "" for c in cleaned]
-        values = input_features("protein", read)
-        values[[not r for r in read]] = np.nan
+        values = input_features("protein", [seq or "" for seq in read])
+        values[[seq is None for seq in read]] = np.nan
         extra = pd.DataFrame(values, columns=feature_names("protein"), index=frame.index)
         frame = pd.concat([frame, extra], axis=1)
     return frame.add_prefix(prefix) if prefix else frame
