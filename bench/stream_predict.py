@@ -11,7 +11,7 @@ installed, else a list of drug-like molecules cycled, each row with its own id),
     output must have every row once, in input order.
 
 Usage:  HF_HUB_OFFLINE=1 .venv/bin/python bench/stream_predict.py [--rows 400] [--chunk-rows 100]
-A 10,000-row file takes about half an hour on a 2-core machine; pass ``--rows 10000`` where there is time.
+A 10,000-row file takes about 35 minutes on a quiet 2-core machine (4.9 rows/s, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
