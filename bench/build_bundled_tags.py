@@ -57,7 +57,12 @@ def main():
     bb = load_backbone()
     out_dir = Path(args.out_dir) if args.out_dir else BUNDLED_TAGS_DIR / bb.fingerprint.slug
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = "python bench/build_bundled_tags.py " + " ".join(sys.argv[1:])
+    # the card records how to rebuild the tag; where a trial build was written is not part of that
+    argv = sys.argv[1:]
+    if "--out-dir" in argv:
+        at = argv.index("--out-dir")
+        argv = argv[:at] + argv[at + 2:]
+    command = "python bench/build_bundled_tags.py " + " ".join(argv)
 
     def progress(ev):
         if ev.metrics or ev.step == ev.total_steps or ev.step % 25 == 0:
