@@ -49,10 +49,6 @@ class FunctionTagConfig:
     anchor_decay: float = 1e-2  # L2 pull of the tag towards its initial value
     augment: int = 0  # randomised SMILES per training molecule; each epoch draws one spelling per molecule
     ridge_warm_start: bool = True
-    # After every epoch, fit the head again by ridge on the trained tag's features of the warm-start rows
-    # (the Adam optimiser then moves only the tag): the head stays the regularised least-squares one
-    # the warm start found, which Adam steps on the head undo (docs/BENCHMARKS.md, "Tag training").
-    refit_head: bool = False
     split: str = "auto"  # "auto" (scaffold for a SMILES slot, else random), "random", "scaffold"
     valid_fraction: float = 0.1
     patience: int = 3

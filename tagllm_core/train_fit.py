@@ -29,10 +29,9 @@ from .train_eval import evaluate as _evaluate, predict_std as _predict_std, stop
 from .train_prepare import ModelInputs, PreparedData, Targets
 from .train_progress import StageProgress
 from .train_warm_start import warm_start_steps
-from .warm_start import fit_head
 
 __all__ = ["PREFIX_BATCH", "VALID_BATCH", "Schedule", "schedule", "TrainingRun", "FitResult", "finite_step",
-           "prefix_pass", "refit_head", "fit"]
+           "prefix_pass", "fit"]
 
 PREFIX_BATCH = 32  # rows per batch of the prefix pass
 VALID_BATCH = 32  # rows per batch of validation
@@ -118,27 +117,11 @@ def prefix_pass(inputs: ModelInputs, run: TrainingRun) -> None:
                        examples=min(s + PREFIX_BATCH, n_cached))
 
 
-def refit_head(inputs: ModelInputs, targets: Targets, rows: np.ndarray) -> None:
-    """Fit the model's head again by ridge on the current tag's read-out features of training ``rows``
-    (the warm start's rows), as the warm start did for the untrained tag."""
-    model, cache = inputs.model, inputs.cache
-    keys, plans = [inputs.train_keys[i] for i in rows], [inputs.train_plans[i] for i in rows]
-    with torch.no_grad():
-        feats = torch.cat([suffix_features(model, cache.get(keys[s:s + VALID_BATCH], plans[s:s + VALID_BATCH])).cpu()
-                           for s in range(0, len(keys), VALID_BATCH)])
-    extra = inputs.extra_train[rows] if inputs.extra_train is not None and inputs.n_extra else None
-    assert model.head is not None
-    fit_head(model.head, feats, targets.ridge[rows], extra)
-    model.head.to(model.backbone.device)
-
-
 def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: PreparedData, classes: list[str],
-        run: TrainingRun, warm_idx: Optional[np.ndarray] = None) -> FitResult:
+        run: TrainingRun) -> FitResult:
     """Train the tag and head from the warm start (or resume from ``run.checkpoint``), epoch by epoch,
     until ``cfg.epochs``, ``cfg.patience`` epochs without a better validation score, or a non-finite
-    step. ``valid``: the rows that choose the epoch. With ``cfg.refit_head`` only the tag is trained and
-    the head is fitted again by ridge on ``warm_idx``'s features after each epoch. The model is left at
-    its last state."""
+    step. ``valid``: the rows that choose the epoch. The model is left at its last state."""
     model, cache, accelerator, report, ckpt = inputs.model, inputs.cache, run.accelerator, run.report, run.checkpoint
     steps = run.schedule
     world, rank, main = accelerator.num_processes, accelerator.process_index, run.main
@@ -148,7 +131,7 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
     tag_param = model.tag(cfg.name)
     optimizer = torch.optim.Adam([
         {"params": [tag_param], "lr": cfg.tag_lr},
-        {"params": head.parameters(), "lr": 0.0 if cfg.refit_head else cfg.head_lr},
+        {"params": head.parameters(), "lr": cfg.head_lr},
     ])
     optimizer = accelerator.prepare(optimizer)
     anchor = tag_param.detach().clone()
@@ -230,8 +213,6 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
         model.eval()
         if stopped:
             break
-        if cfg.refit_head:
-            refit_head(inputs, targets, np.arange(len(inputs.train_plans)) if warm_idx is None else warm_idx)
         metrics, _ = validate()
         check_outputs(metrics, f"Validation after epoch {epoch + 1}")
         run.phase_seconds["epochs"].append(round(time.perf_counter() - t_phase, 1))

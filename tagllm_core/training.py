@@ -122,7 +122,7 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     prefix_pass(inputs, run)
     run.phase_seconds["prefix_pass"] = round(time.perf_counter() - t_phase, 1)
 
-    fitted = fit(cfg, inputs, targets, rows.valid, rows.classes, run, warm_idx)
+    fitted = fit(cfg, inputs, targets, rows.valid, rows.classes, run)
     final = final_evaluation(cfg, rows, inputs, targets, fitted)
     card, references = function_card(backbone, cfg, rows, inputs, targets, warm, fitted, final, run, data_name,
                                      t_start)

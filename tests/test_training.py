@@ -177,48 +177,6 @@ def test_training_loop_itself_learns_without_warm_start(llama, molecules):
     assert res.path is None
 
 
-def test_refit_head_trains_only_the_tag_and_fits_the_head_again_by_ridge(llama, molecules, monkeypatch):
-    """``refit_head``: after each epoch the head is the ridge fit on the current tag's features of the
-    warm-start rows. With the tag frozen (tag lr 0) every refit reads the warm start's features, so each
-    epoch scores as the warm start; a head lr that would move the head does not; a trained tag is read
-    again."""
-    from tagllm_core import train_fit, train_warm_start
-
-    fits: list = []
-
-    def spy(module):
-        real = module.fit_head
-
-        def record(head, features, targets, extra=None):
-            fits.append(features.detach().clone())
-            return real(head, features, targets, extra)
-        monkeypatch.setattr(module, "fit_head", record)
-
-    spy(train_fit)
-    spy(train_warm_start)
-    res = train_function_tag(llama, None, smiles_cfg(epochs=2, valid_fraction=0.2, tag_lr=0.0, head_lr=1e-2,
-                                                     refit_head=True, patience=10), molecules, save=False)
-    assert len(fits) == 3 and all(f.shape[0] == 160 for f in fits)  # the warm start, then one refit an epoch
-    for f in fits[1:]:
-        torch.testing.assert_close(f, fits[0], rtol=1e-4, atol=1e-4)
-    rmses = [h["valid_rmse"] for h in res.history]
-    assert rmses[1] == pytest.approx(rmses[0], rel=1e-4) and rmses[2] == pytest.approx(rmses[0], rel=1e-4)
-
-    # the same run without the refit: Adam moves the head, and the epoch no longer scores as the warm start
-    fits.clear()
-    plain = train_function_tag(llama, None, smiles_cfg(epochs=1, valid_fraction=0.2, tag_lr=0.0, head_lr=1e-2,
-                                                       patience=10), molecules, save=False)
-    assert len(fits) == 1
-    assert abs(plain.history[1]["valid_rmse"] - rmses[0]) > 1e-3 * rmses[0]
-
-    # a trained tag: the refit reads features that have moved
-    fits.clear()
-    train_function_tag(llama, None, smiles_cfg(epochs=1, valid_fraction=0.2, tag_lr=1e-2, refit_head=True,
-                                               patience=10), molecules, save=False)
-    assert len(fits) == 2
-    assert not torch.allclose(fits[1], fits[0], rtol=1e-3, atol=1e-3)
-
-
 # --- stage 2: classification ---------------------------------------------------------------------
 
 
