@@ -289,6 +289,20 @@ def test_predict_opens_on_a_one_input_tag(tiny_app):
     assert any(o.startswith("<Affinity>") for o in at.selectbox(key="predict_tag").options)
 
 
+def test_predict_opens_on_solubility_before_tags_that_sort_first(tiny_app):
+    """Alphabetical order would open on the bundled <BACE> (which loses to RF); a first visit opens on
+    <Solubility>, and without it on the first one-input tag."""
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "Aardvark", seed=3))
+    at = new_app("pages/predict.py")
+    options = at.selectbox(key="predict_tag").options
+    assert options.index(next(o for o in options if o.startswith("<Aardvark>"))) < \
+        options.index(next(o for o in options if o.startswith("<Solubility>")))
+    assert at.selectbox(key="predict_tag").value == "Solubility"
+    lib.delete("Solubility")
+    assert new_app("pages/predict.py").selectbox(key="predict_tag").value == "Aardvark"
+
+
 def test_predict_many_tags_in_one_table(tiny_app):
     """Issue 10 item 4: tags with the same inputs give one table with a column per tag, and one CSV;
     the first tag's single-tag view stays below as the detail."""
