@@ -62,6 +62,7 @@ def main():
     if "--out-dir" in argv:
         at = argv.index("--out-dir")
         argv = argv[:at] + argv[at + 2:]
+    argv = [a for a in argv if not a.startswith("--out-dir=")]  # argparse's other spelling
     command = "python bench/build_bundled_tags.py " + " ".join(argv)
 
     def progress(ev):
