@@ -42,13 +42,16 @@ _KIND_WORDS = {"smiles": "a SMILES", "protein": "a protein sequence", "text": "t
 
 def column_label(card: TagCard) -> str:
     """The tag's name with the units its template states: "... Output: The aqueous solubility
-    (log10 mol/L) is <Solubility>" -> "Solubility (log10 mol/L)". Cards have no units field, and
-    the template's wording is what the model was trained to complete; without units, the name."""
+    (log10 mol/L) is <Solubility>" or "Task: aqueous solubility (log10 mol/L). Input: ..." ->
+    "Solubility (log10 mol/L)". Cards have no units field, and the template's wording is what the
+    model was trained to complete; without units, the name."""
     template = card.template or ""
     end = template.rfind(f"<{card.name}>")
     phrase = template[:end] if end >= 0 else ""
-    phrase = phrase.rsplit("Output:", 1)[-1]
-    units = re.findall(r"\(([^()]+)\)", phrase)
+    units = re.findall(r"\(([^()]+)\)", phrase.rsplit("Output:", 1)[-1])
+    task = re.match(r"\s*Task:(.*?)Input:", phrase, re.S)
+    if not units and task:
+        units = re.findall(r"\(([^()]+)\)", task.group(1))
     return f"{card.name} ({units[-1].strip()})" if units else card.name
 
 

@@ -32,6 +32,16 @@ def test_column_label_takes_units_from_the_template(two_tags):
     assert column_label(tox.card) == "Toxicity"  # no units in its wording: the tag's name
 
 
+def test_column_label_reads_units_from_the_task_phrase_of_the_default_template(llama):
+    from tagllm_core.templates import default_template
+
+    text = default_template([("smiles", "smiles", "SMILES")], "Sol", "aqueous solubility (log10 mol/L)")
+    assert column_label(make_function_tag(llama, "Sol", template=text).card) == "Sol (log10 mol/L)"
+    # units in the input wording are not the output's units
+    odd = "Input: The SMILES (canonical) of the molecule is {smiles:<SMILES>}. Output: <Sol>"
+    assert column_label(make_function_tag(llama, "Sol", template=odd).card) == "Sol"
+
+
 def test_two_tags_give_one_table_with_a_column_per_tag(llama, two_tags):
     sol, tox = two_tags
     frame = predict_many(llama, [sol, tox], ROWS)

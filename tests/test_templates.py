@@ -164,7 +164,10 @@ def test_default_template_parses():
     t = Template.parse(text)
     assert t.function_tag == "Kd"
     assert t.slots == [SlotPiece("sequence", "Protein"), SlotPiece("smiles", None)]
-    assert "The affinity is <Kd>" in text
+    assert text.startswith("Task: affinity. Input: ") and text.endswith(". Output: <Kd>")
+    # only ". Output: " separates the last input from the tag: the task phrase sits in the shared prefix
+    assert t.pieces[0] == TextPiece("Task: affinity. Input: The protein sequence is ")
+    assert t.pieces[-2] == TextPiece(". Output: ")
 
 
 # --- row plans and splicing -----------------------------------------------------------
