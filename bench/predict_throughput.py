@@ -7,9 +7,10 @@ Prints, for SMILES prediction with a function tag:
   * warm single-row latency (median) and batched SMILES/s;
   * fp32 against bf16 on the CPU: speed and agreement of predictions.
 
-Usage:  .venv/bin/python bench/predict_throughput.py [--rows 256] [--skip-first-run] [--bf16-rows 0]
+Usage:  .venv/bin/python bench/predict_throughput.py [--rows 256] [--skip-first-run] [--bf16-rows 0] [--tag FILE]
 The tag is the bundled <Solubility> tag when present, else a freshly initialised
-tag with a random head (speed does not depend on the tag's values).
+tag with a random head (speed does not depend on the tag's values); ``--tag FILE``
+measures another tag file instead (an older build, for a same-day comparison).
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ SMILES = [
 
 
 def _tag(bb):
-    from tagllm_core.tags import TagLibrary
+    from tagllm_core.tags import TagLibrary, load_tag_file
 
     from _tag_builders import synthetic_solubility_tag
 
+    if os.environ.get("BENCH_TAG_FILE"):  # --tag, passed to the child processes too
+        path = Path(os.environ["BENCH_TAG_FILE"])
+        return load_tag_file(path), f"<{path.name.split('.')[0]}> from {path}"
     lib = TagLibrary(bb.fingerprint)
     if lib.exists("Solubility"):
         return lib.get("Solubility"), "bundled <Solubility>"
@@ -98,8 +102,11 @@ def warm(rows: int, dtype: str) -> dict:
     res = pred.predict(batch, batch_size=32)
     dt = time.perf_counter() - t
     plans = [pred.model.plan({"smiles": r["smiles"]}) for r in batch]
+    # the template's opening (up to the first input) is run once per call and shared by all rows
+    run = [len(p) - min(p.input_positions) for p in plans]
     return {"what": what, "dtype": dtype, "single_ms_median": 1000 * statistics.median(lat),
             "smiles_per_s": rows / dt, "tokens_per_row": sum(map(len, plans)) / len(plans),
+            "tokens_run_per_row": sum(run) / len(run), "layers": pred.card.layers or "final",
             "threads": torch.get_num_threads(), "predictions": [r.prediction for r in res]}
 
 
@@ -110,11 +117,14 @@ def main() -> None:
     ap.add_argument("--bf16-rows", type=int, default=64, help="rows for the bf16 comparison (slow on most CPUs)")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--skip-first-run", action="store_true", help="skip the empty-cache cold start (40 s+)")
+    ap.add_argument("--tag", type=Path, help="a tag file to measure instead of the bundled <Solubility>")
     args = ap.parse_args()
+    if args.tag:
+        os.environ["BENCH_TAG_FILE"] = str(args.tag.resolve())
     if args.child:
         child(args.rows)
         return
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")  # after --tag: the children read BENCH_TAG_FILE
     print(f"machine: {os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
     if not args.skip_first_run:
         with tempfile.TemporaryDirectory() as empty:
@@ -133,7 +143,8 @@ def main() -> None:
         results[dtype] = r
         print(f"[{dtype}] {r['what']}: single prediction {r['single_ms_median']:.0f} ms (median of 15); "
               f"batched {r['smiles_per_s']:.1f} SMILES/s over {rows} rows "
-              f"({r['tokens_per_row']:.0f} tokens/row, {r['threads']} threads)")
+              f"({r['tokens_per_row']:.0f} tokens/row of which {r['tokens_run_per_row']:.0f} run per row, "
+              f"read-out layers {r['layers']}, {r['threads']} threads)")
     if "bfloat16" not in results:
         return
     import numpy as np
