@@ -15,6 +15,7 @@ epochs of gradient training from a zero head without warm start.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -277,8 +278,10 @@ def test_stage1_domain_tag_lowers_held_out_perplexity(llama, library_factory):
 
 def _resume_cfg():
     # no warm start: the tag keeps improving, so the best epoch is a late one and its state
-    # depends on the optimiser state carried across the interruption
-    return smiles_cfg(epochs=3, readout="last", ridge_warm_start=False, head_lr=1e-2, patience=10)
+    # depends on the optimiser state carried across the interruption (a fixed template: with the
+    # tiny model, which epoch is best depends on the wording, and this one keeps improving)
+    return smiles_cfg(epochs=3, readout="last", ridge_warm_start=False, head_lr=1e-2, patience=10,
+                      template="Input: The SMILES of the molecule is {smiles}. Output: The property is <X>")
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(llama, tmp_path):
@@ -595,9 +598,8 @@ def test_small_validation_set_saves_a_tag_without_interval(llama, library_factor
 def test_training_with_a_cache_budget_smaller_than_the_data(llama):
     df = small_frame(12)
     big = train_function_tag(llama, None, _resume_cfg(), df, save=False)
-    small = train_function_tag(llama, None, smiles_cfg(epochs=3, readout="last", ridge_warm_start=False,
-                                                       head_lr=1e-2, patience=10,
-                                                       cache_budget_gb=300_000 / 2**30), df, save=False)
+    small = train_function_tag(llama, None, dataclasses.replace(_resume_cfg(), cache_budget_gb=300_000 / 2**30),
+                               df, save=False)
     torch.testing.assert_close(small.tag.vectors, big.tag.vectors, rtol=1e-5, atol=1e-6)
 
 
