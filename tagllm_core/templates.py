@@ -148,7 +148,7 @@ def default_template(slots: list[tuple[str, str, Optional[str]]], function_tag: 
     (``prefix_cache.shared_prefix``); after the last input only ". Output:" and the function tag
     remain, and those tokens are run for every row. Written as the paper's "Output: The {what} is
     <Tag>", the phrase cost 6-15 more tokens per row (about a third of a SMILES row) for no accuracy
-    (docs/BENCHMARKS.md, "A shorter prompt")."""
+    that ESOL and BACE could measure (docs/BENCHMARKS.md, "A shorter prompt")."""
     phrase = {"smiles": "The SMILES of the molecule is", "protein": "The protein sequence is", "text": "The input is"}
     parts = []
     for name, kind, dom in slots:
