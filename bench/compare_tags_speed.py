@@ -1,6 +1,7 @@
 """Prediction speed of two or more tag files on the same rows, interleaved, so a busy machine slows all alike.
 
-Usage:  .venv/bin/python bench/compare_tags_speed.py OLD.tag.safetensors NEW.tag.safetensors [MORE ...] [--rows 128] [--rounds 2]
+Usage:  .venv/bin/python bench/compare_tags_speed.py OLD.tag.safetensors NEW.tag.safetensors [MORE ...]
+            [--rows 128] [--rounds 2]
 Prints SMILES/s of each (best of the rounds) and its ratio to the first.
 """
 
