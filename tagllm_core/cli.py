@@ -447,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label", action="append", required=True)
     f.add_argument("--task", choices=["regression", "classification"], default="regression")
     f.add_argument("--template")
-    f.add_argument("--what", default="property", help="wording of the default template: 'The WHAT is <Tag>'")
+    f.add_argument("--what", default="property",
+                   help="the default template's task phrase: 'Task: WHAT. Input: ... Output: <Tag>'; units in "
+                        "parentheses, e.g. 'solubility (log10 mol/L)', name the output column")
     f.add_argument("--description")
     from_config = argparse.SUPPRESS  # left out: FunctionTagConfig's default, filled in by _Parser
     f.add_argument("--epochs", type=int, default=from_config)
