@@ -82,12 +82,14 @@ def backbone_features(bb, df, slots, what, crop: dict) -> np.ndarray:
     from tagllm_core.prefix_cache import grouped_features, row_groups
     from tagllm_core.templates import Template
 
-    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, what, "last+mean@all", list(slots), crop,
+    text = template_for(slots, what, "NoTag")
+    # The template's text is in the key: a changed default wording must not reuse another prompt's states.
+    key = hashlib.sha256(json.dumps([bb.fingerprint.embedding_sha256, text, "last+mean@all", list(slots), crop,
                                      df[list(slots)].astype(str).values.tolist()]).encode()).hexdigest()[:16]
     path = CACHE / f"{key}.npy"
     if path.exists():
         return np.load(path)
-    t = Template.parse(template_for(slots, what, "NoTag"))
+    t = Template.parse(text)
     n = bb.n_layers
     model = TaggedModel(bb, t, slots, {"NoTag": torch.zeros(0, bb.hidden_size)}, readout="last+mean",
                         layers=tuple(range(1, n + 1)))

@@ -48,10 +48,10 @@ def column_label(card: TagCard) -> str:
     template = card.template or ""
     end = template.rfind(f"<{card.name}>")
     phrase = template[:end] if end >= 0 else ""
-    units = re.findall(r"\(([^()]+)\)", phrase.rsplit("Output:", 1)[-1])
     task = re.match(r"\s*Task:(.*?)Input:", phrase, re.S)
-    if not units and task:
-        units = re.findall(r"\(([^()]+)\)", task.group(1))
+    # The last units stated win: the output phrase's (older templates name them there), else the task's.
+    stated = (f"{task.group(1)} " if task else "") + phrase.rsplit("Output:", 1)[-1]
+    units = re.findall(r"\(([^()]+)\)", stated)
     return f"{card.name} ({units[-1].strip()})" if units else card.name
 
 
