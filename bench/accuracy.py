@@ -184,7 +184,8 @@ def run_dataset(bb, name, args, table):
         table.append({"dataset": name, "method": method, "rmse": m["rmse"], "mae": m["mae"],
                       "pearson": m.get("pearson"), "spearman": m.get("spearman"), "ci": m.get("ci"),
                       "n_train": len(tr), "n_valid": len(va), "seconds": seconds, "note": extra})
-        print(f"    {method:14s} RMSE {m['rmse']:.3f}  Spearman {m.get('spearman', float('nan')):.3f}  {extra}",
+        ci = f"  CI {m['ci']:.3f}" if m.get("ci") is not None else ""
+        print(f"    {method:14s} RMSE {m['rmse']:.3f}  Spearman {m.get('spearman', float('nan')):.3f}{ci}  {extra}",
               flush=True)
 
     add("mean", np.full(len(va), ytr.mean()))
@@ -231,9 +232,13 @@ def run_dataset(bb, name, args, table):
                                      save=False, progress=_epoch_printer(t0))
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
             card = res.tag.card
+            probe = card.metrics.get("baselines", {}).get("probe") or {}
+            held = card.metrics.get("held_out") or {}
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
                 time.perf_counter() - t0, f"layers {card.layers}; best epoch {card.training['best_epoch']}; "
-                f"valid RMSE by epoch {hist}; seconds by phase {card.training['phase_seconds']}")
+                f"valid RMSE by epoch {hist}; held-out half RMSE {held.get('rmse', float('nan')):.3f}; "
+                f"same run's probe (layer {probe.get('layer')}) RMSE {probe.get('rmse', float('nan')):.3f}, "
+                f"CI {probe.get('ci', float('nan')):.3f}; seconds by phase {card.training['phase_seconds']}")
 
 
 def main():

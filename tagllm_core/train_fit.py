@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -30,11 +31,15 @@ from .train_prepare import ModelInputs, PreparedData, Targets
 from .train_progress import StageProgress
 from .train_warm_start import warm_start_steps
 
-__all__ = ["PREFIX_BATCH", "VALID_BATCH", "Schedule", "schedule", "TrainingRun", "FitResult", "finite_step",
-           "prefix_pass", "fit"]
+__all__ = ["PREFIX_BATCH", "VALID_BATCH", "Schedule", "schedule", "TrainingRun", "FitResult", "LossWatch",
+           "finite_step", "prefix_pass", "fit"]
 
 PREFIX_BATCH = 32  # rows per batch of the prefix pass
 VALID_BATCH = 32  # rows per batch of validation
+# A batch loss this many times the run's typical one is a divergence, not a hard batch: on standardised
+# labels the warm start's batch losses sit near 0.3-1, and one row 6 standard deviations off adds ~2.
+SPIKE_FACTOR = 20.0
+MAX_BACKOFFS = 3  # learning-rate halvings before training gives up and keeps the best state
 
 State = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (tag vectors, head state)
 
@@ -93,6 +98,26 @@ class FitResult:
     stop_metric: str
 
 
+class LossWatch:
+    """The typical batch loss of a run (the median of the last ``window`` accepted ones, the first of
+    them taken at the warm start) and whether a new one has jumped far above it."""
+
+    def __init__(self, factor: float = SPIKE_FACTOR, window: int = 50, least: int = 4):
+        self.factor, self.least = factor, least
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def typical(self) -> float:
+        return float(np.median(self.recent)) if self.recent else math.nan
+
+    def spiked(self, loss: float) -> bool:
+        # Judged once a few batches set the typical loss, and with a floor under it: after a near-perfect
+        # fit (loss ~1e-6) an ordinary batch is no spike.
+        return len(self.recent) >= self.least and loss > self.factor * max(self.typical(), 1e-2)
+
+    def add(self, loss: float) -> None:
+        self.recent.append(loss)
+
+
 def finite_step(loss: float, params: list[torch.Tensor]) -> bool:
     """Whether a training step may be applied: a finite loss and finite gradients. One NaN
     applied by the optimizer would spread to every weight it touches."""
@@ -139,6 +164,17 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
     def snapshot() -> State:
         return tag_param.detach().clone(), head.state()
 
+    def back_off(state: State) -> None:
+        """Return to ``state`` with half the learning rates and fresh moments: Adam's steps have the
+        size of its learning rate whatever the curvature, so where the head's input varies little
+        across rows (a shallow read-out layer) they can overshoot, and the moments carry the overshoot on."""
+        with torch.no_grad():
+            tag_param.copy_(state[0])
+        head.load_state(state[1])
+        getattr(optimizer, "optimizer", optimizer).state.clear()
+        for group in optimizer.param_groups:
+            group["lr"] /= 2
+
     def validate() -> tuple[dict[str, Any], np.ndarray]:
         out = _predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid)
         return _evaluate(cfg.task, out, valid.y, targets.scaler)
@@ -171,6 +207,7 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
     if start_epoch == 0:
         best = history[0].get(f"valid_{stop_metric}")
     stopped = False
+    watch, backoffs = LossWatch(), 0
 
     for epoch in range(start_epoch, cfg.epochs):
         t_phase = time.perf_counter()
@@ -205,7 +242,23 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
                             f"(epoch {best_epoch}; 0 is the warm start); a lower learning rate may let training "
                             f"go further.")
                 break
+            if watch.spiked(batch_loss):
+                backoffs += 1
+                jump = (f"The training loss jumped at epoch {epoch + 1}, batch {b + 1}: {batch_loss:.3g} against a "
+                        f"typical {watch.typical():.3g}.")
+                if backoffs > MAX_BACKOFFS:
+                    stopped = True
+                    report.warn(f"{jump} After {MAX_BACKOFFS} halvings of the learning rates training stopped; the "
+                                f"best state on validation (epoch {best_epoch}; 0 is the warm start) was kept.")
+                    break
+                assert best_state is not None
+                back_off(best_state)
+                report.warn(f"{jump} Training went back to the best state on validation (epoch {best_epoch}; 0 is "
+                            f"the warm start) and halved its learning rates (tag: "
+                            f"{optimizer.param_groups[0]['lr']:.2g}).")
+                continue
             optimizer.step()
+            watch.add(batch_loss)
             losses.append(batch_loss)
             step = steps.before_epochs + epoch * steps.per_epoch + b + 1
             report(step, loss=batch_loss, epoch=epoch + (b + 1) / steps.per_epoch, examples=(b + 1) * cfg.batch_size)

@@ -922,6 +922,71 @@ def test_non_finite_loss_stops_keeps_the_best_state_and_warns(llama, library_fac
     assert math.isfinite(res.metrics["rmse"])
 
 
+def _spiking_loss(monkeypatch, spikes) -> list:
+    """Multiply the training loss by 1e4 at the calls (1-based) that ``spikes`` accepts; returns the
+    list of calls so far (its length is the number of training batches run)."""
+    from tagllm_core.heads import TaskHead
+
+    real, calls = TaskHead.loss, []
+
+    def loss(self, out, y):
+        calls.append(1)
+        value = real(self, out, y)
+        return value * 1e4 if spikes(len(calls)) else value
+
+    monkeypatch.setattr(TaskHead, "loss", loss)
+    return calls
+
+
+def test_a_loss_spike_goes_back_to_the_best_state_and_halves_the_learning_rates(llama, monkeypatch):
+    from tagllm_core.heads import TaskHead
+
+    calls = _spiking_loss(monkeypatch, lambda call: call == 6)  # epoch 1, batch 6: five batches set the norm
+    restores, real_load = [], TaskHead.load_state
+    monkeypatch.setattr(TaskHead, "load_state", lambda self, st: (restores.append(len(calls)), real_load(self, st))[1])
+    events = []
+    res = train_function_tag(llama, None, smiles_cfg(epochs=2, patience=5, batch_size=4), small_frame(8),
+                             save=False, progress=events.append)
+    jumps = [w for w in res.warnings if "loss jumped" in w]
+    assert len(jumps) == 1 and "epoch 1, batch 6" in jumps[0]
+    assert "back to the best state on validation (epoch 0" in jumps[0] and "halved" in jumps[0]
+    assert "0.00015" in jumps[0]  # the tag's 3e-4, halved
+    assert any("loss jumped" in m for m in _warning_messages(events))
+    assert 6 in restores  # the head went back to the warm start right after the jump, before batch 7
+    assert len(res.history) == 3  # and training went on, for both epochs
+    assert all(math.isfinite(h["valid_rmse"]) for h in res.history)
+
+
+def test_repeated_loss_spikes_stop_training_and_keep_the_best_state(llama, library_factory, monkeypatch):
+    from tagllm_core.train_fit import MAX_BACKOFFS
+
+    lib = library_factory(llama)
+    _spiking_loss(monkeypatch, lambda call: call > 5)  # every batch after the fifth, all within epoch 1
+    res = train_function_tag(llama, lib, smiles_cfg("Spikes", epochs=3, patience=5, batch_size=2), small_frame(8))
+    jumps = [w for w in res.warnings if "loss jumped" in w]
+    assert len(jumps) == MAX_BACKOFFS + 1 and "training stopped" in jumps[-1]
+    assert len(res.history) == 1  # the warm start; epoch 1 was abandoned
+    tag = lib.get("Spikes")
+    assert tag.card.training["best_epoch"] == 0
+    assert torch.isfinite(tag.vectors).all()
+    assert any("loss jumped" in w for w in tag.card.training["warnings"])
+
+
+def test_loss_watch_judges_against_the_median_of_recent_losses():
+    from tagllm_core.train_fit import LossWatch
+
+    watch = LossWatch(factor=20, least=4)
+    assert not watch.spiked(1e6)  # no norm yet
+    for v in (0.5, 0.4, 0.6, 5.0):  # one hard batch among them moves the median little
+        watch.add(v)
+    assert watch.typical() == pytest.approx(0.55)
+    assert not watch.spiked(10.0) and watch.spiked(12.0)
+    tiny = LossWatch(least=1)
+    tiny.add(1e-6)
+    assert not tiny.spiked(0.1)  # the floor: after a near-perfect fit an ordinary batch is no spike
+    assert tiny.spiked(0.3)
+
+
 def test_nan_validation_predictions_are_a_bad_epoch_not_a_crash(llama, monkeypatch):
     import tagllm_core.train_fit as training  # the epoch loop validates through its _predict_std
 
