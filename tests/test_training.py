@@ -923,7 +923,7 @@ def test_non_finite_loss_stops_keeps_the_best_state_and_warns(llama, library_fac
 
 
 def _spiking_loss(monkeypatch, spikes) -> list:
-    """Multiply the training loss by 1e4 at the calls (1-based) that ``spikes`` accepts; returns the
+    """Multiply the training loss by 1e8 at the calls (1-based) that ``spikes`` accepts; returns the
     list of calls so far (its length is the number of training batches run)."""
     from tagllm_core.heads import TaskHead
 
@@ -932,7 +932,7 @@ def _spiking_loss(monkeypatch, spikes) -> list:
     def loss(self, out, y):
         calls.append(1)
         value = real(self, out, y)
-        return value * 1e4 if spikes(len(calls)) else value
+        return value * 1e8 if spikes(len(calls)) else value
 
     monkeypatch.setattr(TaskHead, "loss", loss)
     return calls
@@ -962,7 +962,7 @@ def test_repeated_loss_spikes_stop_training_and_keep_the_best_state(llama, libra
 
     lib = library_factory(llama)
     _spiking_loss(monkeypatch, lambda call: call > 5)  # every batch after the fifth, all within epoch 1
-    res = train_function_tag(llama, lib, smiles_cfg("Spikes", epochs=3, patience=5, batch_size=2), small_frame(8))
+    res = train_function_tag(llama, lib, smiles_cfg("Spikes", epochs=3, patience=5, batch_size=1), small_frame(8))
     jumps = [w for w in res.warnings if "loss jumped" in w]
     assert len(jumps) == MAX_BACKOFFS + 1 and "training stopped" in jumps[-1]
     assert len(res.history) == 1  # the warm start; epoch 1 was abandoned
@@ -975,16 +975,18 @@ def test_repeated_loss_spikes_stop_training_and_keep_the_best_state(llama, libra
 def test_loss_watch_judges_against_the_median_of_recent_losses():
     from tagllm_core.train_fit import LossWatch
 
-    watch = LossWatch(factor=20, least=4)
-    assert not watch.spiked(1e6)  # no norm yet
-    for v in (0.5, 0.4, 0.6, 5.0):  # one hard batch among them moves the median little
+    watch = LossWatch(factor=20, floor=0.25)
+    assert not watch.spiked(1e6)  # no norm yet: the first batch is the reference
+    watch.add(0.4)
+    assert watch.spiked(8.1) and not watch.spiked(7.9)  # from the second batch on
+    for v in (0.5, 0.6, 5.0):  # one hard batch among them moves the median little
         watch.add(v)
     assert watch.typical() == pytest.approx(0.55)
     assert not watch.spiked(10.0) and watch.spiked(12.0)
-    tiny = LossWatch(least=1)
+    tiny = LossWatch()
     tiny.add(1e-6)
-    assert not tiny.spiked(0.1)  # the floor: after a near-perfect fit an ordinary batch is no spike
-    assert tiny.spiked(0.3)
+    assert not tiny.spiked(1.0)  # the floor: after a near-perfect fit an ordinary batch is no spike
+    assert tiny.spiked(6.0)
 
 
 def test_nan_validation_predictions_are_a_bad_epoch_not_a_crash(llama, monkeypatch):
