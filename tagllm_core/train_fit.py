@@ -275,7 +275,8 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
         metrics, _ = validate()
         check_outputs(metrics, f"Validation after epoch {epoch + 1}")
         run.phase_seconds["epochs"].append(round(time.perf_counter() - t_phase, 1))
-        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+        # no loss when the epoch's only batches were rejected as jumps
+        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                  **{f"valid_{k}": v for k, v in metrics.items()}}
         history.append(entry)
         # The main process's score decides for every process (each validates on its own, and its data or

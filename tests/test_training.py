@@ -972,6 +972,16 @@ def test_repeated_loss_spikes_stop_training_and_keep_the_best_state(llama, libra
     assert any("loss jumped" in w for w in tag.card.training["warnings"])
 
 
+def test_an_epoch_whose_only_batch_jumped_saves_a_tag_without_a_training_loss(llama, library_factory, monkeypatch):
+    lib = library_factory(llama)
+    _spiking_loss(monkeypatch, lambda call: call == 2)  # one batch an epoch: epoch 2's only batch jumps
+    res = train_function_tag(llama, lib, smiles_cfg("OneBatch", epochs=2, patience=5, batch_size=64), small_frame(8))
+    assert [w for w in res.warnings if "epoch 2, batch 1" in w]
+    assert len(res.history) == 3 and res.history[2]["train_loss"] is None
+    assert math.isfinite(res.history[1]["train_loss"])
+    assert lib.get("OneBatch").card.training["history"][2]["train_loss"] is None
+
+
 def test_loss_watch_judges_against_the_median_of_recent_losses():
     from tagllm_core.train_fit import LossWatch
 
