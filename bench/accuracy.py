@@ -241,6 +241,12 @@ def run_dataset(bb, name, args, table):
                 f"CI {probe.get('ci', float('nan')):.3f}; seconds by phase {card.training['phase_seconds']}")
 
 
+def crop_arg(kv: str) -> tuple[str, int]:
+    """``protein=512`` -> ("protein", 512): one ``--crop`` item."""
+    kind, length = kv.split("=")
+    return kind, int(length)
+
+
 def main():
     tune_allocator()  # an entry point: the package no longer tunes malloc on import
     ap = argparse.ArgumentParser()
@@ -251,7 +257,7 @@ def main():
     ap.add_argument("--max-train", type=int)
     ap.add_argument("--max-valid", type=int)
     ap.add_argument("--max-proteins", type=int, help="DAVIS: keep this many targets (with all their drugs)")
-    ap.add_argument("--crop", nargs="*", default=[], type=lambda kv: (kv.split("=")[0], int(kv.split("=")[1])),
+    ap.add_argument("--crop", nargs="*", default=[], type=crop_arg,
                     help="crop inputs, e.g. protein=512 (applied to every method that reads the sequence)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--out", default=str(ROOT / ".tagllm-dev" / "accuracy.json"))

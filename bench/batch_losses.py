@@ -29,7 +29,7 @@ def main() -> None:
     tune_allocator()
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="gb1", choices=sorted(accuracy.DATASETS))
-    ap.add_argument("--crop", nargs="*", default=[], type=lambda kv: (kv.split("=")[0], int(kv.split("=")[1])))
+    ap.add_argument("--crop", nargs="*", default=[], type=accuracy.crop_arg, help="e.g. protein=56")
     ap.add_argument("--layers", default="1", help='read-out layer(s), e.g. "1" or "auto"')
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=["default"], help="JSON overrides of FunctionTagConfig")
