@@ -18,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,8 +45,15 @@ def main():
     ap.add_argument("--reference-rows", type=int, default=2000,
                     help="MOSES reference molecules each single-molecule function tag predicts for its percentiles")
     ap.add_argument("--out-dir", help="write here instead of the bundled folder (for trial builds)")
+    ap.add_argument("--template", help="the prompt of the one function tag built (default: the library's); "
+                                       "to rebuild a tag with the wording its card records")
     args = ap.parse_args()
     overrides = {"features": args.features} if args.features else {}
+    if args.template:
+        function_tags = [n for n in args.only if n not in ("SMILES", "Protein")]
+        if len(function_tags) != 1:
+            ap.error(f"--template names one tag's prompt; --only builds {function_tags or 'no function tag'}")
+        overrides["template"] = args.template
     overrides["reference_rows"] = args.reference_rows
 
     from tagllm_core.backbone import load_backbone
@@ -63,7 +71,7 @@ def main():
         at = argv.index("--out-dir")
         argv = argv[:at] + argv[at + 2:]
     argv = [a for a in argv if not a.startswith("--out-dir=")]  # argparse's other spelling
-    command = "python bench/build_bundled_tags.py " + " ".join(argv)
+    command = "python bench/build_bundled_tags.py " + shlex.join(argv)  # a --template holds spaces
 
     def progress(ev):
         if ev.metrics or ev.step == ev.total_steps or ev.step % 25 == 0:

@@ -166,8 +166,9 @@ def main():
     sync(dev)
     report["stage2"] = {"rows": args.train_rows, "epochs": 2, "seconds": time.perf_counter() - t,
                         "valid_rmse": fres.metrics["rmse"]}
+    report["stage2"]["phase_seconds"] = fres.tag.card.training.get("phase_seconds")
     print(f"[stage 2 {name}] {args.train_rows} rows x 2 epochs: {report['stage2']['seconds']:.1f} s, "
-          f"valid RMSE {fres.metrics['rmse']:.3f}", flush=True)
+          f"valid RMSE {fres.metrics['rmse']:.3f}; seconds per phase {report['stage2']['phase_seconds']}", flush=True)
     dcfg = DomainTagConfig("Protein", "protein", steps=args.domain_steps, batch_size=16, max_tokens=256)
     t = time.perf_counter()
     dres = train_domain_tag(bb, None, dcfg, proteins * 8, save=False)
