@@ -61,7 +61,9 @@ def regression_metrics(y_true, y_pred) -> dict:
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "n": int(len(y_true)),
     }
-    if len(y_true) > 2 and np.std(y_true) > 0 and np.std(y_pred) > 0:
+    # np.ptp, not np.std: the std of identical floats can round to ~1e-17 instead of 0, and a constant
+    # head (a collapsed layer, the mean baseline) would then reach scipy's ConstantInputWarning and a NaN.
+    if len(y_true) > 2 and np.ptp(y_true) > 0 and np.ptp(y_pred) > 0:
         out["pearson"] = float(stats.pearsonr(y_true, y_pred)[0])
         out["spearman"] = float(stats.spearmanr(y_true, y_pred)[0])
         out["r2"] = float(skm.r2_score(y_true, y_pred))
