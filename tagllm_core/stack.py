@@ -107,10 +107,12 @@ def run_stack(backbone, layers: Optional[Sequence[int]], inputs_embeds: torch.Te
         with backbone.lock:  # another thread's read-out hooks must not fire in this pass
             out = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
                        position_ids=position_ids, use_cache=use_cache)
+        if not use_cache:  # asking an output without a cache for ``past_key_values`` logs a deprecation
+            return StackOutput(out.last_hidden_state, None)
         returned = getattr(out, "cache", None)  # transformers 5 names it ``cache``
         if returned is None:
             returned = getattr(out, "past_key_values", None)
-        return StackOutput(out.last_hidden_state, returned if use_cache else None)
+        return StackOutput(out.last_hidden_state, returned)
     if use_cache and cache is None:
         from transformers.cache_utils import DynamicCache
 

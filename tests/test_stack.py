@@ -43,7 +43,7 @@ from tagllm_core.stack import check_layers, run_stack
 from tagllm_core.tags import init_tag_vectors
 from tagllm_core.templates import Template
 
-from conftest import ARCHS, count_block_calls, make_char_tokenizer, make_tiny_model  # noqa: E402
+from conftest import ARCHS, count_block_calls, make_char_tokenizer, make_tiny_backbone, make_tiny_model  # noqa: E402
 from test_prefix_cache import FN, TEMPLATES, _loss_and_grads, _pairs, _rel, _rows  # noqa: E402
 
 DEEP_LAYERS = 3
@@ -492,3 +492,22 @@ def test_truncated_grouped_features_and_shared_prefix_equal_model_features(backb
     torch.testing.assert_close(single, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after, reference[group], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after_opening, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_full_pass_logs_no_cache_deprecation(monkeypatch, arch):
+    """transformers 5 renamed the output's ``past_key_values`` to ``cache`` and logs a deprecation
+    (once per process, hence the cleared cache) when the old name is read: a pass that asked for
+    no cache must not read it, one that did must find ``cache``."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    seen: list = []
+    monkeypatch.setattr(logging.Logger, "warning", lambda self, msg, *a, **k: seen.append(str(msg)))
+    hf_logging.warning_once.cache_clear()
+    bb = make_tiny_backbone(arch)
+    x, mask = torch.randn(2, 5, bb.hidden_size), torch.ones(2, 5, dtype=torch.long)
+    assert stack.run_stack(bb, None, x, mask).cache is None
+    assert stack.run_stack(bb, None, x, mask, use_cache=True).cache is not None
+    assert not [m for m in seen if "deprecated" in m], seen
