@@ -25,7 +25,7 @@ from torch import nn
 
 from .exceptions import TrainingError
 
-__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "fit_ridge", "build_head", "CLIP"]
+__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "CLIP"]
 
 TASKS = ("regression", "classification")
 CLIP = 8.0  # standard deviations
@@ -152,20 +152,3 @@ class LabelScaler:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def fit_ridge(features: torch.Tensor, targets: torch.Tensor, alpha: float) -> dict:
-    """Closed-form ridge on (N, F) features for (N, K) targets -> head state.
-
-    Used to warm-start a regression head (or one-hot classification targets),
-    so the tag's training starts from the linear probe instead of from noise.
-    Features are centred so the bias is not penalised.
-    """
-    X = features.double()
-    Y = targets.double().reshape(len(targets), -1)
-    x_mean, y_mean = X.mean(0), Y.mean(0)
-    Xc, Yc = X - x_mean, Y - y_mean
-    F = X.shape[1]
-    W = torch.linalg.solve(Xc.T @ Xc + alpha * torch.eye(F, dtype=torch.float64), Xc.T @ Yc)  # (F, K)
-    bias = y_mean - x_mean @ W
-    return {"weight": W.T.float().contiguous(), "bias": bias.float().contiguous()}

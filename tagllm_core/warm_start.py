@@ -23,22 +23,37 @@ works for any metric (RMSE, AUROC).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .heads import TaskHead, fit_ridge
+from .heads import TaskHead
 
-__all__ = ["LayerChoice", "ridge_alpha", "fit_head", "layer_slice", "bootstrap_scores", "one_se_layer",
+__all__ = ["LayerChoice", "RIDGE_ALPHAS", "fit_ridge", "fit_head", "layer_slice", "bootstrap_scores", "one_se_layer",
            "choose_layer"]
 
 
-def ridge_alpha(features: np.ndarray, targets: np.ndarray) -> float:
-    """Ridge penalty for (N, F) standardised features by efficient leave-one-out (``RidgeCV``)."""
+RIDGE_ALPHAS = tuple(np.logspace(-1, 5, 13))
+
+
+def fit_ridge(features, targets, alphas: Sequence[float] = RIDGE_ALPHAS) -> tuple[dict, float]:
+    """Ridge on (N, F) features for (N, K) or (N,) targets (tensors or arrays), with the penalty among
+    ``alphas`` of least efficient leave-one-out error (sklearn's ``RidgeCV``). Returns the head state
+    ``{"weight": (K, F), "bias": (K,)}`` (float32) and the penalty.
+
+    The bias is not penalised (``RidgeCV`` centres features and targets). Its own solution at the
+    chosen penalty is the head: solving the system again, as this once did, doubled the cost of the
+    warm start's ridge fits, most of its CPU time on a GPU (docs/BENCHMARKS.md)."""
     from sklearn.linear_model import RidgeCV
 
-    return float(RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(features, targets).alpha_)
+    x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    y = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    y = y.reshape(len(y), -1)
+    model = RidgeCV(alphas=list(alphas)).fit(x, y)
+    weight = np.asarray(model.coef_, dtype=np.float32).reshape(y.shape[1], x.shape[1])
+    bias = np.asarray(model.intercept_, dtype=np.float32).reshape(y.shape[1])
+    return {"weight": torch.from_numpy(weight.copy()), "bias": torch.from_numpy(bias.copy())}, float(model.alpha_)
 
 
 def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
@@ -50,8 +65,8 @@ def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
         head.fit_scaling(x)
     with torch.no_grad():
         z = head.inputs(features, extra).cpu()
-    alpha = ridge_alpha(z.numpy(), targets.numpy())
-    head.load_state({**head.state(), **fit_ridge(z, targets, alpha)})
+    state, alpha = fit_ridge(z, targets)
+    head.load_state({**head.state(), **state})
     return alpha
 
 

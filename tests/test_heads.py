@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tagllm_core.exceptions import TrainingError
-from tagllm_core.heads import HeadConfig, LabelScaler, TaskHead, build_head, fit_ridge
+from tagllm_core.heads import HeadConfig, LabelScaler, TaskHead, build_head
+from tagllm_core.warm_start import fit_ridge
 
 # --- LabelScaler --------------------------------------------------------------------
 
@@ -62,7 +63,7 @@ def test_fit_ridge_recovers_a_known_linear_map():
     W = torch.randn(K, F, generator=gen)
     b = torch.tensor([1.5, -3.0, 10.0])
     Y = X @ W.T + b
-    state = fit_ridge(X, Y, alpha=1e-6)
+    state = fit_ridge(X, Y, alphas=[1e-6])[0]
     assert state["weight"].shape == (K, F) and state["bias"].shape == (K,)
     assert state["weight"].dtype == torch.float32
     torch.testing.assert_close(state["weight"], W, atol=1e-3, rtol=1e-3)
@@ -77,7 +78,7 @@ def test_fit_ridge_with_noise_and_1d_targets():
     X = torch.randn(500, 4, generator=gen)
     w = torch.tensor([0.5, -1.0, 2.0, 0.0])
     y = X @ w + 0.7 + 0.01 * torch.randn(500, generator=gen)
-    state = fit_ridge(X, y, alpha=1e-3)
+    state = fit_ridge(X, y, alphas=[1e-3])[0]
     assert state["weight"].shape == (1, 4) and state["bias"].shape == (1,)
     torch.testing.assert_close(state["weight"][0], w, atol=5e-3, rtol=0)
     assert abs(float(state["bias"][0]) - 0.7) < 5e-3
@@ -87,8 +88,8 @@ def test_fit_ridge_shrinks_with_alpha_but_not_the_bias():
     gen = torch.Generator().manual_seed(2)
     X = torch.randn(100, 3, generator=gen)
     y = X @ torch.tensor([1.0, 2.0, 3.0]) + 4.0
-    small = fit_ridge(X, y, alpha=1e-6)
-    big = fit_ridge(X, y, alpha=1e6)
+    small = fit_ridge(X, y, alphas=[1e-6])[0]
+    big = fit_ridge(X, y, alphas=[1e6])[0]
     assert big["weight"].abs().max() < 0.01 * small["weight"].abs().max()
     # with the weights shrunk to ~0 the bias is the target mean: it is not penalised
     assert abs(float(big["bias"][0]) - float(y.mean())) < 0.05
@@ -98,8 +99,39 @@ def test_fit_ridge_more_features_than_rows_is_finite():
     gen = torch.Generator().manual_seed(3)
     X = torch.randn(10, 64, generator=gen)
     y = torch.randn(10, generator=gen)
-    state = fit_ridge(X, y, alpha=1.0)
+    state = fit_ridge(X, y, alphas=[1.0])[0]
     assert torch.isfinite(state["weight"]).all() and torch.isfinite(state["bias"]).all()
+
+
+
+@pytest.mark.parametrize("n_rows", [40, 200])  # fewer and more rows than features
+def test_fit_ridge_solves_the_normal_equations_at_the_leave_one_out_penalty(n_rows):
+    """The head is RidgeCV's own solution: it must be the centred ridge solution at the chosen penalty,
+    and that penalty the one of least exact leave-one-out error among those offered."""
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(n_rows, 60, generator=gen, dtype=torch.float64) + 2.0
+    y = X[:, :3] @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + torch.randn(n_rows, generator=gen,
+                                                                                   dtype=torch.float64)
+    alphas = [0.1, 3.0, 100.0]
+    state, alpha = fit_ridge(X, y, alphas=alphas)
+
+    def solve(x, t, a):
+        xm, tm = x.mean(0), t.mean()
+        w = torch.linalg.solve((x - xm).T @ (x - xm) + a * torch.eye(x.shape[1], dtype=x.dtype), (x - xm).T @ (t - tm))
+        return w, tm - xm @ w
+
+    def loo(a):
+        errors = []
+        for i in range(n_rows):
+            keep = torch.arange(n_rows) != i
+            w, b = solve(X[keep], y[keep], a)
+            errors.append(float(X[i] @ w + b - y[i]) ** 2)
+        return sum(errors)
+
+    assert alpha == min(alphas, key=loo)
+    w, b = solve(X, y, alpha)
+    torch.testing.assert_close(state["weight"][0].double(), w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state["bias"][0].double(), b, rtol=1e-5, atol=1e-6)
 
 
 # --- heads -----------------------------------------------------------------------------------
