@@ -44,7 +44,7 @@ def fit_ridge(features, targets, alphas: Sequence[float] = RIDGE_ALPHAS) -> tupl
 
     The bias is not penalised (``RidgeCV`` centres features and targets). Its own solution at the
     chosen penalty is the head: solving the system again, as this once did, doubled the cost of the
-    warm start's ridge fits, most of its CPU time on a GPU (docs/BENCHMARKS.md)."""
+    warm start's ridge fits (docs/BENCHMARKS.md: about half of a GPU warm start in a profile)."""
     from sklearn.linear_model import RidgeCV
 
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)

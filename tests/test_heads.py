@@ -103,7 +103,6 @@ def test_fit_ridge_more_features_than_rows_is_finite():
     assert torch.isfinite(state["weight"]).all() and torch.isfinite(state["bias"]).all()
 
 
-
 @pytest.mark.parametrize("n_rows", [40, 200])  # fewer and more rows than features
 def test_fit_ridge_solves_the_normal_equations_at_the_leave_one_out_penalty(n_rows):
     """The head is RidgeCV's own solution: it must be the centred ridge solution at the chosen penalty,
