@@ -165,8 +165,8 @@ def main():
     fres = train_function_tag(bb, None, cfg, train, save=False)
     sync(dev)
     report["stage2"] = {"rows": args.train_rows, "epochs": 2, "seconds": time.perf_counter() - t,
-                        "valid_rmse": fres.metrics["rmse"]}
-    report["stage2"]["phase_seconds"] = fres.tag.card.training.get("phase_seconds")
+                        "valid_rmse": fres.metrics["rmse"],
+                        "phase_seconds": fres.tag.card.training.get("phase_seconds")}
     print(f"[stage 2 {name}] {args.train_rows} rows x 2 epochs: {report['stage2']['seconds']:.1f} s, "
           f"valid RMSE {fres.metrics['rmse']:.3f}; seconds per phase {report['stage2']['phase_seconds']}", flush=True)
     dcfg = DomainTagConfig("Protein", "protein", steps=args.domain_steps, batch_size=16, max_tokens=256)
