@@ -58,6 +58,8 @@ def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, targ
         sel, cal = warm.probe.outputs[:n_sel], warm.probe.outputs[n_sel:]
         both = in_split_order(sel, cal, rows.holdout) if rows.holdout is not None else sel
         out["probe"] = {**evaluate(cfg.task, both, valid.y, targets.scaler)[0], "layer": warm.probe.layer}
+        if warm.rows < warm.ridge_rows:  # the probe read the layer choice's sample, the head every row
+            out["probe"]["rows"] = warm.rows
     return out
 
 
@@ -108,7 +110,7 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
             "history": fitted.history,
             "warnings": run.report.warnings,
             "layer_choice": ({"chosen": choice.layer, "best": choice.best, "tolerance_se": choice.tolerance,
-                              "rows": warm.rows,
+                              "rows": warm.rows, "ridge_rows": warm.ridge_rows,
                               f"valid_{warm.metric}_by_layer": _layer_metrics(choice.scores, warm.larger)}
                              if choice else None),
         },

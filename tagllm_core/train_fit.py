@@ -69,7 +69,7 @@ class Schedule:
 
 
 def schedule(cfg: FunctionTagConfig, n_train: int, n_valid: int, n_warm_rows: int, n_calib: int = 0) -> Schedule:
-    return Schedule(warm_start_steps(cfg, n_warm_rows, n_valid + n_calib),
+    return Schedule(warm_start_steps(cfg, n_warm_rows, n_valid + n_calib, n_train),
                     math.ceil((n_train + n_valid) / PREFIX_BATCH),
                     math.ceil(n_train / cfg.batch_size), cfg.epochs)
 

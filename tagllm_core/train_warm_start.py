@@ -1,7 +1,13 @@
 """The warm-start phase of function-tag training: the untrained tag's read-out features of a sample
 of training rows, the read-out layer choice on validation (``layers="auto"``), and the head fitted
 by ridge on them (``warm_start``), so training starts at the linear probe. The same pass gives the
-linear-probe baseline of the card: ridge on the mean-pooled input states of the best layer."""
+linear-probe baseline of the card: ridge on the mean-pooled input states of the best layer.
+
+The layer is chosen on a sample of at most ``select_rows`` training rows, because that pass keeps every
+layer's features; the head at the chosen layer is then fitted on every training row. Those rows'
+prefixes are what the prefix pass computes next anyway, so reading them here costs little: on 10,000
+MOSES molecules the ridge on all rows took QED from RMSE 0.0708 (2,000 rows) to 0.0648 in about
+the same time (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -35,10 +41,12 @@ def warm_rows(n: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(n, cap, replace=False))
 
 
-def warm_start_steps(cfg: FunctionTagConfig, n_rows: int, n_valid: int) -> int:
-    """Progress steps of the feature pass: ``n_rows`` training rows, and the ``n_valid`` validation rows
-    (both halves) to choose the layer and score the probe."""
-    return math.ceil((n_rows + (n_valid if cfg.layers == "auto" else 0)) / WARM_BATCH)
+def warm_start_steps(cfg: FunctionTagConfig, n_rows: int, n_valid: int, n_train: int = 0) -> int:
+    """Progress steps of the feature passes: ``n_rows`` sampled training rows, and the ``n_valid``
+    validation rows (both halves) to choose the layer and score the probe; then, for the ridge head,
+    the other ``n_train - n_rows`` training rows at the chosen layer."""
+    rest = math.ceil(max(n_train - n_rows, 0) / WARM_BATCH) if cfg.ridge_warm_start else 0
+    return math.ceil((n_rows + (n_valid if cfg.layers == "auto" else 0)) / WARM_BATCH) + rest
 
 
 @dataclass
@@ -47,11 +55,12 @@ class WarmStart:
     ``layers="auto"``) with the validation metric that scored it (``larger``: higher is better)."""
 
     head_config: HeadConfig
-    rows: int  # training rows it read
+    rows: int  # training rows of the layer choice (and of the probe)
     layer_choice: Optional[LayerChoice] = None
     metric: Optional[str] = None
     larger: bool = False
     probe: Optional[ProbeBaseline] = None
+    ridge_rows: int = 0  # training rows the head's ridge fit read (all of them)
 
 
 @dataclass
@@ -80,15 +89,9 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     # the other baselines); their states stay cached for the final evaluation.
     scan_keys = [inputs.train_keys[i] for i in rows] + (inputs.valid_keys + inputs.calib_keys if auto else [])
     scan_plans = [inputs.train_plans[i] for i in rows] + (inputs.valid_plans + inputs.calib_plans if auto else [])
-    batches = []
-    with torch.no_grad():
-        for k, s in enumerate(range(0, len(scan_keys), WARM_BATCH)):
-            states = cache.get(scan_keys[s:s + WARM_BATCH], scan_plans[s:s + WARM_BATCH])
-            batches.append(suffix_features(model, states).cpu())
-            report(k + 1, message="warm start: read-out features of the untrained tag",
-                   examples=s + len(states))
-    feats = torch.cat(batches)
-    del batches
+    feats = _features(model, cache, scan_keys, scan_plans, report, 0,
+                      "warm start: read-out features of the untrained tag")
+    n_scanned = math.ceil(len(scan_keys) / WARM_BATCH)
     extra_rows = inputs.extra_train[rows] if inputs.extra_train is not None and n_extra else None
     choice: Optional[LayerChoice] = None
     metric: Optional[str] = None
@@ -119,7 +122,10 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe)
     model.head = TaskHead(result.head_config)
     if cfg.ridge_warm_start:
-        fit_head(model.head, feats, targets.ridge[rows], extra_rows)
+        feats, every = _every_row(inputs, rows, feats, report, n_scanned)
+        extra_all = inputs.extra_train if extra_rows is not None else None
+        fit_head(model.head, feats, targets.ridge[every], extra_all[every] if extra_all is not None else None)
+        result.ridge_rows = len(every)
     else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
         model.head.fit_scaling(feats if extra_rows is None else torch.cat([feats, extra_rows], 1))
         with torch.no_grad():
@@ -127,6 +133,34 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
             model.head.linear.bias.zero_()
     model.head.to(backbone.device)
     return result
+
+
+def _features(model, cache, keys: list, plans: list, report: StageProgress, step: int, message: str) -> torch.Tensor:
+    """(N, F) read-out features (no gradients) of the rows ``keys``/``plans``, in batches of
+    ``WARM_BATCH``, reporting progress from step ``step + 1`` on."""
+    batches = []
+    with torch.no_grad():
+        for k, s in enumerate(range(0, len(keys), WARM_BATCH)):
+            states = cache.get(keys[s:s + WARM_BATCH], plans[s:s + WARM_BATCH])
+            batches.append(suffix_features(model, states).cpu())
+            report(step + k + 1, message=message, examples=s + len(states))
+    return torch.cat(batches)
+
+
+def _every_row(inputs: ModelInputs, rows: np.ndarray, feats: torch.Tensor, report: StageProgress,
+               step: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(N_train, F) features of every training row at the chosen layer, in row order, and the row
+    indices: ``feats`` (those of the sorted sample ``rows``) completed by a pass over the others."""
+    n = len(inputs.train_plans)
+    rest = np.setdiff1d(np.arange(n), rows)
+    if not len(rest):
+        return feats, rows
+    every = torch.empty((n, feats.shape[1]), dtype=feats.dtype)
+    every[torch.from_numpy(rows)] = feats
+    every[torch.from_numpy(rest)] = _features(
+        inputs.model, inputs.cache, [inputs.train_keys[i] for i in rest], [inputs.train_plans[i] for i in rest],
+        report, step, "warm start: features of the other training rows for the ridge head")
+    return every, np.arange(n)
 
 
 def _probe(cfg: FunctionTagConfig, targets: Targets, rows: np.ndarray, f_train: torch.Tensor, f_valid: torch.Tensor,

@@ -1081,3 +1081,26 @@ def test_stage1_drops_smiles_longer_than_max_tokens_instead_of_cropping(llama, m
     res = train_domain_tag(llama, None, cfg, corpus, save=False)
     assert res.dropped == sum(len(s) > 10 for s in corpus) > 0
     assert max(seen) <= 10
+
+
+def test_ridge_head_reads_every_training_row_though_the_layer_choice_samples(llama):
+    """``select_rows`` bounds the rows of the every-layer pass (layer choice, probe), not those of
+    the ridge head: at a fixed layer a sampled run and an unsampled one fit the same head, and a run
+    that chooses its layer says how many rows each part read. Progress counts the extra pass."""
+    df = small_frame(20)  # 100 rows: 80 for training
+    base = dict(epochs=0, valid_fraction=0.2)
+    events = []
+    sampled = train_function_tag(llama, None, smiles_cfg(layers=[2], select_rows=30, **base), df, save=False,
+                                 progress=events.append).tag
+    whole = train_function_tag(llama, None, smiles_cfg(layers=[2], select_rows=10_000, **base), df, save=False).tag
+    assert torch.allclose(sampled.head_state["weight"], whole.head_state["weight"], atol=1e-5)
+    assert sampled.card.metrics["valid"]["rmse"] == pytest.approx(whole.card.metrics["valid"]["rmse"], rel=1e-5)
+    steps = [e.step for e in events if e.stage == "stage2"]
+    assert steps == sorted(steps) and steps[-1] == events[-1].total_steps
+
+    auto = train_function_tag(llama, None, smiles_cfg(layers="auto", select_rows=30, **base), df, save=False).tag.card
+    assert auto.training["layer_choice"]["rows"] == 30
+    assert auto.training["layer_choice"]["ridge_rows"] == auto.training["rows_train"] == 80
+    assert auto.metrics["baselines"]["probe"]["rows"] == 30
+    full = train_function_tag(llama, None, smiles_cfg(layers="auto", **base), df, save=False).tag.card
+    assert "rows" not in full.metrics["baselines"]["probe"]  # the probe read every row too

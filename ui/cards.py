@@ -38,7 +38,10 @@ BASELINE_LABEL = {"mean": "predict the training mean", "warm_start": "the tag's 
 def baseline_label(key: str, metrics: dict) -> str:
     """How a card baseline is named on screen; the probe names the layer it read."""
     label = BASELINE_LABEL.get(key, key.replace("_", " "))
-    return f"{label} (layer {metrics['layer']})" if key == "probe" and metrics.get("layer") else label
+    if key != "probe" or not metrics.get("layer"):
+        return label
+    rows = f", fitted on {metrics['rows']:,} training rows" if metrics.get("rows") else ""
+    return f"{label} (layer {metrics['layer']}{rows})"
 
 
 def flat_metrics(card: TagCard) -> dict:
