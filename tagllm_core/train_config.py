@@ -41,7 +41,7 @@ class FunctionTagConfig:
     # "descriptors": the head also reads RDKit / ProtParam descriptors beside the tag (the default: ESOL
     # and BACE, docs/BENCHMARKS.md); "none": the tag alone, the paper's method.
     features: str = "descriptors"
-    select_rows: int = 2000  # training rows (at most) in the read-out layer choice and the warm start
+    select_rows: int = 2000  # training rows (at most) in the layer choice and the probe; the ridge head reads all
     epochs: int = 4  # tag training rarely beats the warm start after epoch 2 (docs/BENCHMARKS.md)
     batch_size: int = 16
     tag_lr: float = 3e-4

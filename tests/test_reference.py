@@ -121,8 +121,12 @@ def test_attach_save_reload_and_the_percentile_columns(llama, small_set, tmp_pat
     for r in (res[0], res[2]):
         assert r.reference_percentile == percentile(r.prediction, dist.column(0))
         assert r.label_percentile == percentiles([r.prediction], back.card.label_sample)[0]
-    assert res[0].reference_percentile == pytest.approx(100 * sum(v <= res[0].prediction for v in expected) / 9,
-                                                        abs=0.05)
+    # The share of the set at or below the prediction. CCO is in the set, and its prediction in another
+    # batch may differ from the stored one in the last float bits (seen on an AVX-512 CPU), so a value
+    # within 1e-5 of it may count either way; any other value must fall on its side.
+    p0 = res[0].prediction
+    below, tied = sum(v < p0 - 1e-5 for v in expected), sum(abs(v - p0) <= 1e-5 for v in expected)
+    assert 100 * below / 9 - 0.05 <= res[0].reference_percentile <= 100 * (below + tied) / 9 + 0.05
     frame = results_frame(res)
     cols = list(frame.columns)
     # after what a screener reads first (prediction, interval, domain, error)
