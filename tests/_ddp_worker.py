@@ -107,6 +107,12 @@ def main(out: Path, mode: str) -> None:
     rank = state.process_index
     tensors["world"] = torch.tensor([state.num_processes, rank])
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"rank{rank}.safetensors"))
+    # Leave together and close the process group: a rank that exits while the other still works (the
+    # main one fits the card's baselines alone) was seen to abort in gloo's teardown ("terminate
+    # called without an active exception"), failing the run after both had finished their work.
+    state.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
