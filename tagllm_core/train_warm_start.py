@@ -122,10 +122,9 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe)
     model.head = TaskHead(result.head_config)
     if cfg.ridge_warm_start:
-        feats, every = _every_row(inputs, rows, feats, report, n_scanned)
-        extra_all = inputs.extra_train if extra_rows is not None else None
-        fit_head(model.head, feats, targets.ridge[every], extra_all[every] if extra_all is not None else None)
-        result.ridge_rows = len(every)
+        feats = _every_row(inputs, rows, feats, report, n_scanned)
+        fit_head(model.head, feats, targets.ridge, inputs.extra_train if extra_rows is not None else None)
+        result.ridge_rows = len(feats)
     else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
         model.head.fit_scaling(feats if extra_rows is None else torch.cat([feats, extra_rows], 1))
         with torch.no_grad():
@@ -148,19 +147,19 @@ def _features(model, cache, keys: list, plans: list, report: StageProgress, step
 
 
 def _every_row(inputs: ModelInputs, rows: np.ndarray, feats: torch.Tensor, report: StageProgress,
-               step: int) -> tuple[torch.Tensor, np.ndarray]:
-    """(N_train, F) features of every training row at the chosen layer, in row order, and the row
-    indices: ``feats`` (those of the sorted sample ``rows``) completed by a pass over the others."""
+               step: int) -> torch.Tensor:
+    """(N_train, F) features of every training row at the chosen layer, in row order: ``feats``
+    (those of the sorted sample ``rows``) completed by a pass over the others."""
     n = len(inputs.train_plans)
     rest = np.setdiff1d(np.arange(n), rows)
-    if not len(rest):
-        return feats, rows
+    if not len(rest):  # the sample is every row (``warm_rows``: sorted, without repeats)
+        return feats
     every = torch.empty((n, feats.shape[1]), dtype=feats.dtype)
     every[torch.from_numpy(rows)] = feats
     every[torch.from_numpy(rest)] = _features(
         inputs.model, inputs.cache, [inputs.train_keys[i] for i in rest], [inputs.train_plans[i] for i in rest],
         report, step, "warm start: features of the other training rows for the ridge head")
-    return every, np.arange(n)
+    return every
 
 
 def _probe(cfg: FunctionTagConfig, targets: Targets, rows: np.ndarray, f_train: torch.Tensor, f_valid: torch.Tensor,

@@ -782,8 +782,8 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
                                        "linear probe: ridge on the backbone's mean-pooled states (layer 11)"]
     assert frame["rmse"].tolist() == [0.8, 2.2, 0.88, 1.1]
     assert "r2" not in frame.columns and "rows" not in frame.columns  # nobody has r2: no empty column
-    sampled = {"probe": {"rmse": 1.1, "layer": 11, "rows": 2000}}  # the tag's head read every row, the probe not
-    assert cards.baseline_label("probe", sampled["probe"]).endswith("(layer 11, fitted on 2,000 training rows)")
+    sampled = {"rmse": 1.1, "layer": 11, "rows": 2000}  # the tag's head read every row, the probe not
+    assert cards.baseline_label("probe", sampled).endswith("(layer 11, fitted on 2,000 training rows)")
     assert not any(k.startswith("baselines") for k in cards.flat_metrics(card))  # shown apart, not as metrics
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
                   metrics={"valid": {"rmse": 1.1}})
