@@ -247,17 +247,24 @@ def cmd_evaluate(args) -> int:
 
 def _run_maybe_as_job(args, work) -> int:
     """Run ``work(progress)`` directly (tqdm) or, with --job-db/--job-id, as a tracked job."""
+    from .distributed import leave_together
+
     if int(os.environ.get("RANK", "0")):
         # A helper process under torchrun/accelerate launch: it trains its share; the main one reports.
         work(None)
+        leave_together()
         return 0
     if args.job_db:
         from .jobs import JobStore, run_job
 
         state = run_job(JobStore(Path(args.job_db)), int(args.job_id), lambda reporter: work(reporter))
-        return 0 if state == "finished" else 1
+        if state != "finished":  # the run is over: helpers still waiting fail when this process leaves
+            return 1
+        leave_together()
+        return 0
     result = work(_tqdm_progress(args.command))
     print(json.dumps(result, indent=2, default=str))
+    leave_together()
     return 0
 
 
@@ -444,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--input", action="append", required=True, metavar="SLOT=<DomainTag>",
                    help="e.g. smiles=<SMILES>, sequence=<Protein>, smiles=none, drug=none:smiles")
     f.add_argument("--column", action="append", metavar="SLOT=COLUMN")
-    f.add_argument("--label", action="append", required=True)
+    f.add_argument("--label", action="append", required=True,
+                   help="the label column; repeat it for a regression tag with several outputs")
     f.add_argument("--task", choices=["regression", "classification"], default="regression")
     f.add_argument("--template")
     f.add_argument("--what", default="property",

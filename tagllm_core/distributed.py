@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .backbone import Backbone
 
-__all__ = ["make_accelerator", "sync_grads", "from_main", "stop_if_cancelled"]
+__all__ = ["make_accelerator", "sync_grads", "from_main", "stop_if_cancelled", "leave_together"]
 
 
 def make_accelerator(backbone: Backbone, grad_accum: int = 1) -> Accelerator:
@@ -63,3 +63,16 @@ def stop_if_cancelled(accelerator: Accelerator, report: StageProgress) -> None:
     """Raise ``JobCancelled`` on every process when the main one's callback cancelled the job."""
     if accelerator.num_processes > 1 and from_main(accelerator, [float(report.cancelled)])[0]:
         raise JobCancelled("the job was cancelled")
+
+
+def leave_together() -> None:
+    """Wait for every process, then close the process group; a no-op when none is open.
+
+    Called once a command's work is done. A rank that exits while another still works (the main one
+    fits the card's baselines and the reference set alone) was seen to abort in gloo's teardown
+    ("terminate called without an active exception", 2 of 6 two-process runs), failing a run whose
+    work had finished on both ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from tagllm_core import train_fit as training  # noqa: E402  (the epoch loop's _evaluate)
+from tagllm_core.distributed import leave_together  # noqa: E402
 from tagllm_core.exceptions import JobCancelled  # noqa: E402
 from tagllm_core.tags import SlotSpec  # noqa: E402
 from tagllm_core.training import DomainTagConfig, FunctionTagConfig, train_domain_tag, train_function_tag  # noqa: E402
@@ -58,8 +59,8 @@ def _stop(bb, df, rank: int) -> dict:
     if rank == 1:  # this rank's validation gets worse every time it is asked
         real, calls = training._evaluate, [0]
 
-        def worse(task, out, y, scaler):
-            metrics, pred = real(task, out, y, scaler)
+        def worse(task, out, y, scaler, labels=None):
+            metrics, pred = real(task, out, y, scaler, labels)
             calls[0] += 1
             return {**metrics, "rmse": 1e6 * calls[0]}, pred
 
@@ -107,12 +108,7 @@ def main(out: Path, mode: str) -> None:
     rank = state.process_index
     tensors["world"] = torch.tensor([state.num_processes, rank])
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"rank{rank}.safetensors"))
-    # Leave together and close the process group: a rank that exits while the other still works (the
-    # main one fits the card's baselines alone) was seen to abort in gloo's teardown ("terminate
-    # called without an active exception"), failing the run after both had finished their work.
-    state.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    leave_together()
 
 
 if __name__ == "__main__":

@@ -104,3 +104,23 @@ def test_cli_under_torchrun_reports_and_saves_once(tmp_path):
     assert not list(home.rglob("*.tmp"))
     reference = load_file(str(files[0]))["reference.predictions"]
     assert reference.shape[0] == 6 and torch.isfinite(reference).all()
+
+
+def test_a_cli_command_closes_its_process_group_when_its_work_is_done(tmp_path, capsys):
+    """Under torchrun the CLI leaves through a barrier and closes the process group (a rank exiting while
+    another still worked aborted in gloo's teardown). One process, in-process: the group is closed."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from tagllm_core import cli
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        args = argparse.Namespace(job_db=None, job_id=None, command="train-function-tag")
+        assert cli._run_maybe_as_job(args, lambda progress: {"tag": "Done"}) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert '"tag": "Done"' in capsys.readouterr().out
