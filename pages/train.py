@@ -75,7 +75,9 @@ with tab_fn:
 
         label_options = inputs.label_candidates(df, exclude=input_cols)
         labels = st.multiselect("Label column(s)", label_options, default=label_options[:1], key="tf_labels",
-                                help="What the tag learns to predict; several columns = multi-output regression.")
+                                help="What the tag learns to predict. Several columns = multi-output regression: "
+                                     "each label gets its own prediction column, and early stopping weighs them "
+                                     "alike.")
         first = labels[0] if labels else ""
         task_guess = inputs.guess_task(df[first]) if first else "regression"
         task = st.radio("Task", ["regression", "classification"], horizontal=True, key=f"tf_task::{first}",

@@ -105,15 +105,15 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
         warm_sel, warm_cal = outputs_of(fitted.warm_state)
         assert warm_cal is not None
         warm_metrics = evaluate(cfg.task, in_split_order(warm_sel, warm_cal, holdout), rows.full_valid.y,
-                                targets.scaler)[0]
+                                targets.scaler, cfg.labels)[0]
     out, out_calib = outputs_of(fitted.best_state)
     held_out = None
     if calib is not None and holdout is not None and out_calib is not None:
-        held_out = evaluate(cfg.task, out_calib, calib.y, targets.scaler)
+        held_out = evaluate(cfg.task, out_calib, calib.y, targets.scaler, cfg.labels)
         # The validation set is whole again: the card's metrics and baselines cover all its rows.
         out = in_split_order(out, out_calib, holdout)
     valid = rows.full_valid
-    metrics, pred = evaluate(cfg.task, out, valid.y, targets.scaler)
+    metrics, pred = evaluate(cfg.task, out, valid.y, targets.scaler, cfg.labels)
     interval = None
     if cfg.task == "regression":
         resid = calib.y - held_out[1] if calib is not None and held_out is not None else valid.y - pred

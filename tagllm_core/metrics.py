@@ -21,7 +21,9 @@ __all__ = ["regression_metrics", "classification_metrics", "concordance_index", 
 PRIMARY_METRIC = {"regression": ("rmse", False), "classification": ("auroc", True)}
 # In order of preference: AUROC is undefined on a validation set that lacks a class, the log-loss
 # is not (and still ranks probabilities, unlike accuracy, which is the last resort).
-STOPPING_METRICS = {"regression": [("rmse", False)],
+# A regression tag with several labels stops on every label alike: ``mean_scaled_rmse`` (each label's RMSE
+# over its training standard deviation, averaged) is defined for those alone (``train_eval.evaluate``).
+STOPPING_METRICS = {"regression": [("mean_scaled_rmse", False), ("rmse", False)],
                     "classification": [("auroc", True), ("log_loss", False), ("accuracy", True)]}
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .backbone import Backbone
 from .exceptions import InputError
-from .prediction import PredictionRow, Predictor, domain_columns, percentile_columns
+from .prediction import PredictionRow, Predictor, domain_columns, label_columns, output_labels, percentile_columns
 from .progress import ProgressCallback, ProgressEvent
 from .tags import Tag, TagCard, TagLibrary
 
@@ -155,6 +155,8 @@ def _tag_columns(run: TagResults, r: PredictionRow) -> dict:
     rec = {label: r.prediction}
     if card.interval:
         rec[f"{label} lower"], rec[f"{label} upper"] = r.lower, r.upper
+    for key, value in label_columns(r, output_labels(card) or [], bool(card.interval)).items():
+        rec[f"{label} {key}"] = value  # "<Tox> prediction(LD50)": every label of a multi-output tag
     if card.task == "classification":
         probs: Sequence[Optional[float]] = r.outputs or [None] * len(card.classes)
         for c, p in zip(card.classes, probs):

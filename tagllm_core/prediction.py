@@ -40,14 +40,14 @@ from .prefix_cache import (
 from .progress import ProgressCallback, ProgressEvent
 from .reference import ReferenceDistribution, percentile, sorted_finite
 from .standardize import clean_standardised_smiles, length_flag, prediction_range_flag
-from .tags import Tag, TagLibrary, normalize_tag_name
+from .tags import Tag, TagCard, TagLibrary, normalize_tag_name
 from .templates import Template
 
 if TYPE_CHECKING:  # pandas loads lazily, where a table is built
     import pandas as pd
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "percentile_columns",
-           "results_frame", "predict_table"]
+           "output_labels", "label_columns", "results_frame", "predict_table"]
 
 
 @dataclass
@@ -386,20 +386,34 @@ def percentile_columns(r: PredictionRow) -> dict:
                                ("reference_percentile", r.reference_percentile))}
 
 
-def results_frame(results: list[PredictionRow], classes: Optional[list] = None) -> "pd.DataFrame":
+def output_labels(card: TagCard) -> Optional[list[str]]:
+    """The label names of a regression tag with several outputs (each gets its own prediction columns in
+    ``results_frame``); ``None`` for one label or a classification tag."""
+    labels = [str(x) for x in card.labels or []]
+    return labels if card.task == "regression" and len(labels) > 1 else None
+
+
+def results_frame(results: list[PredictionRow], classes: Optional[list] = None,
+                  labels: Optional[list[str]] = None, intervals: Optional[bool] = None) -> "pd.DataFrame":
     """Results as a table, in this order: ``row`` (and ``name``/``id``), ``prediction``, ``lower``/``upper``
-    (where the tag has intervals), class probabilities (classification), ``similarity``
+    (where the tag has intervals), class probabilities (classification) or, for a regression tag with
+    several ``labels`` (``output_labels``), ``prediction(<label>)`` (and ``lower(<label>)``/``upper(<label>)``)
+    for each, ``prediction`` being the first label's, ``similarity``
     (``similarity(<slot>)`` for each input of a tag with several; blank where unknown) and ``domain``
     (in/out/unknown), ``flags``, ``error``, ``label_percentile`` and ``reference_percentile`` (blank where
     unknown), then the inputs, ``zero_shot``, ``warnings``, ``standardised`` (the SMILES the model read;
-    ``slot: SMILES`` pairs for several) and ``changes``."""
+    ``slot: SMILES`` pairs for several) and ``changes``. ``intervals``: whether the interval columns are
+    there (default: when a row has an interval; a chunk of a stream whose rows all failed still needs them)."""
     import pandas as pd
+
+    if intervals is None:
+        intervals = any(x.lower is not None for x in results)
 
     sim_slots = list(dict.fromkeys(s for r in results for s in r.similarity))
     records = []
     for r in results:
         rec = {"row": r.row, **r.inputs, "prediction": r.prediction}
-        if any(x.lower is not None for x in results):
+        if intervals:
             rec["lower"], rec["upper"] = r.lower, r.upper
         rec.update(percentile_columns(r))
         rec.update(domain_columns(r, sim_slots))
@@ -407,6 +421,8 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
             probs: Sequence[Optional[float]] = r.outputs or [None] * len(classes)
             for c, p in zip(classes, probs):
                 rec[f"p({c})"] = p
+        if labels:
+            rec.update(label_columns(r, labels, intervals))
         rec["flags"] = "; ".join(r.flags)
         rec["zero_shot"] = r.zero_shot
         rec["error"] = r.error or ""
@@ -417,6 +433,21 @@ def results_frame(results: list[PredictionRow], classes: Optional[list] = None) 
         rec["changes"] = "; ".join(r.changes)
         records.append(rec)
     return _results_first(pd.DataFrame.from_records(records))
+
+
+def label_columns(r: PredictionRow, labels: list[str], intervals: bool) -> dict:
+    """``prediction(<label>)`` for each of a multi-output regression tag's labels, with ``lower(<label>)``
+    and ``upper(<label>)`` when ``intervals``; blank (None) for a failed row, so every row has them."""
+    out: dict = {}
+    n = len(labels)
+    values: Sequence[Optional[float]] = r.outputs if r.outputs and len(r.outputs) == n else [None] * n
+    lowers: Sequence[Optional[float]] = r.lowers if r.lowers and len(r.lowers) == n else [None] * n
+    uppers: Sequence[Optional[float]] = r.uppers if r.uppers and len(r.uppers) == n else [None] * n
+    for label, v, lo, up in zip(labels, values, lowers, uppers):
+        out[f"prediction({label})"] = v
+        if intervals:
+            out[f"lower({label})"], out[f"upper({label})"] = lo, up
+    return out
 
 
 # What a screener reads first (issue 10 item 7): the row, its name or id, the prediction, its interval and
@@ -431,8 +462,8 @@ def _results_first(frame: "pd.DataFrame") -> "pd.DataFrame":
     lead = []
     for c in _LEAD_COLUMNS:
         lead += [c] if c in cols else []
-        if c == "upper":  # class probabilities sit where an interval would
-            lead += [p for p in cols if str(p).startswith("p(")]
+        if c == "upper":  # class probabilities sit where an interval would, as do the labels of several
+            lead += [p for p in cols if str(p).startswith(("p(", "prediction(", "lower(", "upper("))]
         if c == "similarity":  # one per input for a tag with several
             lead += [p for p in cols if str(p).startswith("similarity(")]
     return frame[lead + [c for c in cols if c not in lead]]
@@ -451,7 +482,8 @@ def predict_table(predictor: Predictor, df: "pd.DataFrame", columns: Optional[di
     require_columns(df, list(columns.values()))
     rows = [{slot: df[col].iat[i] for slot, col in columns.items()} for i in range(len(df))]
     results = predictor.predict(rows, batch_size=batch_size, progress=progress)
-    out = results_frame(results, predictor.card.classes if predictor.card.task == "classification" else None)
+    out = results_frame(results, predictor.card.classes if predictor.card.task == "classification" else None,
+                        output_labels(predictor.card))
     extra = out.drop(columns=["row", *predictor.slots])
     return _side_by_side(df.reset_index(drop=True), extra)
 

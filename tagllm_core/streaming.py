@@ -393,19 +393,15 @@ class _TablePredictor:
     def table(self, chunk: Chunk, columns: dict, batch_size: int,
               progress: Optional[ProgressCallback]) -> pd.DataFrame:
         from .multi import combined_frame
-        from .prediction import _side_by_side, results_frame
+        from .prediction import _side_by_side, output_labels, results_frame
 
         df = chunk.frame
         rows = [{slot: df[col].iat[i] for slot, col in columns.items()} for i in range(len(df))]
         if self.one is not None:
             results = self.one.predict(rows, batch_size=batch_size, progress=progress, first_row=chunk.first_row)
             classes = self.card.classes if self.card.task == "classification" else None
-            out = results_frame(results, classes)
-            if self.card.interval and "lower" not in out.columns:
-                # a chunk whose rows all failed still has the interval columns of the chunks around it
-                at = list(out.columns).index("prediction") + 1
-                out.insert(at, "lower", None)
-                out.insert(at + 1, "upper", None)
+            # a chunk whose rows all failed still has the interval columns of the chunks around it
+            out = results_frame(results, classes, output_labels(self.card), intervals=bool(self.card.interval))
         else:
             assert self.many is not None  # built whenever self.one is not
             out = combined_frame(rows, self.many.predict(rows, batch_size=batch_size, progress=progress,

@@ -52,12 +52,12 @@ def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, targ
     if rf is not None:
         out["rf_descriptors"] = rf
         out["ridge_descriptors"] = evaluate(cfg.task, ridge_outputs(cfg.task, targets.n_outputs, x_tr, targets.ridge,
-                                                                    x_va), valid.y, targets.scaler)[0]
+                                                                    x_va), valid.y, targets.scaler, cfg.labels)[0]
     if warm.probe is not None:
         n_sel = len(rows.valid.inputs)
         sel, cal = warm.probe.outputs[:n_sel], warm.probe.outputs[n_sel:]
         both = in_split_order(sel, cal, rows.holdout) if rows.holdout is not None else sel
-        out["probe"] = {**evaluate(cfg.task, both, valid.y, targets.scaler)[0], "layer": warm.probe.layer}
+        out["probe"] = {**evaluate(cfg.task, both, valid.y, targets.scaler, cfg.labels)[0], "layer": warm.probe.layer}
         if warm.rows < warm.ridge_rows:  # the probe read the layer choice's sample, the head every row
             out["probe"]["rows"] = warm.rows
     return out

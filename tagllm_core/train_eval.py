@@ -3,7 +3,7 @@ metric that early stopping (and the read-out layer choice) follows."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,14 +31,27 @@ def predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list[
     return np.concatenate(outs) if outs else np.zeros((0, head.config.n_outputs))
 
 
-def evaluate(task: str, out: np.ndarray, y: np.ndarray,
-             scaler: Optional[LabelScaler]) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate(task: str, out: np.ndarray, y: np.ndarray, scaler: Optional[LabelScaler],
+             labels: Optional[Sequence[str]] = None) -> tuple[dict[str, Any], np.ndarray]:
     """(metrics, predictions) of (N, K) head outputs against labels ``y``: predictions in label units
-    (regression) or class probabilities (classification)."""
+    (regression) or class probabilities (classification).
+
+    Regression with K > 1 labels: the top-level metrics are the first label's (as for one label), and
+    ``by_label`` holds every label's (keyed by ``labels``, else "output 1", ...); ``mean_scaled_rmse``
+    averages the labels' RMSEs over their training standard deviations, so that early stopping and the
+    layer choice weigh every label alike instead of following the first one."""
     if task == "regression":
         assert scaler is not None  # regression targets are always standardised
         pred = scaler.inverse(out)
-        return regression_metrics(y[:, 0], pred[:, 0]), pred
+        metrics = regression_metrics(y[:, 0], pred[:, 0])
+        k = pred.shape[1]
+        if k > 1:
+            names = list(labels) if labels is not None and len(labels) == k else [f"output {i + 1}" for i in range(k)]
+            by_label = {name: regression_metrics(y[:, i], pred[:, i]) for i, name in enumerate(names)}
+            metrics["by_label"] = by_label
+            scaled = [m["rmse"] / sd for m, sd in zip(by_label.values(), scaler.std)]
+            metrics["mean_scaled_rmse"] = float(np.mean(scaled))
+        return metrics, pred
     probs = torch.softmax(torch.from_numpy(out), dim=-1).numpy()
     return classification_metrics(y, probs), probs
 

@@ -183,7 +183,7 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
 
     def validate() -> tuple[dict[str, Any], np.ndarray]:
         out = _predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid)
-        return _evaluate(cfg.task, out, valid.y, targets.scaler)
+        return _evaluate(cfg.task, out, valid.y, targets.scaler, cfg.labels)
 
     def check_outputs(metrics: dict[str, Any], when: str) -> None:
         if metrics.get("n_nonfinite"):
@@ -205,7 +205,7 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
         check_outputs(metrics0, "The warm start")
     # Chosen from the warm start's validation (also after a resume), so every epoch is judged alike.
     stop_metric, stop_larger = stopping_metric(cfg.task, history[0])
-    if stop_metric != PRIMARY_METRIC[cfg.task][0]:
+    if cfg.task == "classification" and stop_metric != PRIMARY_METRIC[cfg.task][0]:
         present = sorted({classes[int(i)] for i in np.unique(valid.y)}) if classes else []
         report.warn(f"AUROC is undefined on this validation set (it holds only the class(es) {present}), so early "
                     f"stopping uses the {'log-loss' if stop_metric == 'log_loss' else stop_metric} instead. "

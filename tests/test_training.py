@@ -1104,3 +1104,53 @@ def test_ridge_head_reads_every_training_row_though_the_layer_choice_samples(lla
     assert auto.metrics["baselines"]["probe"]["rows"] == 30
     full = train_function_tag(llama, None, smiles_cfg(layers="auto", **base), df, save=False).tag.card
     assert "rows" not in full.metrics["baselines"]["probe"]  # the probe read every row too
+
+
+def test_a_tag_with_several_labels_stops_on_all_of_them_and_predicts_each(llama, library_factory, molecules, tmp_path):
+    """Two labels (heavy atoms, and whether the molecule holds oxygen: a second, different scale): the card
+    scores each label, early stopping and the layer choice follow both (``mean_scaled_rmse``), and every
+    prediction table (one tag, several tags, a stream in chunks) has a column per label, not the first only."""
+    from tagllm_core.multi import predict_many
+    from tagllm_core.prediction import predict_table
+    from tagllm_core.streaming import predict_file
+
+    df = molecules.assign(oxygen=[10.0 * s.count("O") for s in molecules["smiles"]])
+    lib = library_factory(llama)
+    res = train_function_tag(llama, lib, smiles_cfg(name="Two", labels=["y", "oxygen"], epochs=1, layers="auto",
+                                                    valid_fraction=0.2), df)
+    card = res.tag.card
+    valid = card.metrics["valid"]
+    assert set(valid["by_label"]) == {"y", "oxygen"}
+    assert valid["rmse"] == pytest.approx(valid["by_label"]["y"]["rmse"])  # the top level: the first label
+    std = card.label_scaling["std"]
+    assert valid["mean_scaled_rmse"] == pytest.approx(
+        (valid["by_label"]["y"]["rmse"] / std[0] + valid["by_label"]["oxygen"]["rmse"] / std[1]) / 2)
+    assert card.training["early_stopping_metric"] == "mean_scaled_rmse"
+    assert all("valid_mean_scaled_rmse" in h for h in res.history)
+    assert "valid_mean_scaled_rmse_by_layer" in card.training["layer_choice"]
+    assert not any("AUROC" in w for w in res.warnings)
+
+    _, va_idx = random_split(len(df), 0.2, 0)
+    sub = df.iloc[va_idx].reset_index(drop=True)
+    out = predict_table(Predictor(llama, lib.get("Two"), lib), sub[["smiles"]])
+    for col in ("prediction(y)", "prediction(oxygen)", "lower(oxygen)", "upper(oxygen)"):
+        assert col in out.columns, list(out.columns)
+    np.testing.assert_allclose(out["prediction"], out["prediction(y)"])
+    np.testing.assert_allclose(out["prediction(y)"], res.valid_pred, rtol=1e-4, atol=1e-4)
+    oxygen_rmse = float(np.sqrt(np.mean((out["prediction(oxygen)"] - sub["oxygen"]) ** 2)))
+    assert oxygen_rmse == pytest.approx(valid["by_label"]["oxygen"]["rmse"], rel=1e-3)
+    assert oxygen_rmse < sub["oxygen"].std()  # the second output learned its own label
+    half = card.interval["halfwidth"][1]
+    np.testing.assert_allclose(out["upper(oxygen)"] - out["lower(oxygen)"], 2 * half, rtol=1e-5)
+
+    many = predict_many(llama, ["Two", "Two"], [{"smiles": s} for s in sub["smiles"][:3]], lib)
+    assert any(c.endswith("prediction(oxygen)") for c in many.columns), list(many.columns)
+
+    # a stream whose second chunk fails on every row keeps the per-label columns in every chunk
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"smiles": ["CCO", "CCN", "not a smiles", "C1CC("]}).to_csv(src, index=False)
+    dest = tmp_path / "out.csv"
+    predict_file(llama, [lib.get("Two")], lib, src, dest, chunk_rows=2)
+    written = pd.read_csv(dest)
+    assert len(written) == 4 and "prediction(oxygen)" in written.columns and "upper(oxygen)" in written.columns
+    assert written["prediction(oxygen)"].notna().tolist() == [True, True, False, False]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from tagllm_core.backbone import Backbone
 from tagllm_core.multi import ID_COLUMNS, combined_frame, predict_each
-from tagllm_core.prediction import Predictor, results_frame
+from tagllm_core.prediction import Predictor, output_labels, results_frame
 from tagllm_core.progress import ProgressEvent
 from tagllm_core.property_columns import property_columns, protein_columns
 from tagllm_core.tags import Tag, TagLibrary
@@ -69,7 +69,7 @@ def single_run(tag: Tag, results: list, zero_shot: bool = False, overrides: Opti
     among the training labels and against the reference set included) and a status column."""
     card = tag.card
     classes = list(card.classes) if card.task == "classification" else []
-    frame = results_frame(results, classes or None)
+    frame = results_frame(results, classes or None, output_labels(card))
     frame.insert(1, "status", [_status(e, f, w) for e, f, w in zip(frame["error"], frame["flags"], frame["warnings"])])
     return PredictionRun(tag=tag.name, task=card.task or "regression", slots=[(s.name, s.kind) for s in card.slots],
                          frame=frame, zero_shot=zero_shot, overrides=dict(overrides or {}),
