@@ -178,7 +178,8 @@ def make_function_tag(backbone: Backbone, name: str = "Func", template: Optional
                       slots=(("smiles", "smiles", "SMILES"),), task: str = "regression", n_outputs: int = 1,
                       classes: Optional[list] = None, readout: str = "last", n_tokens: int = 3,
                       domain_tokens: int = 2, label_scaling: Optional[dict] = None,
-                      interval: Optional[dict] = None, seed: int = 0, noise: float = 0.5) -> Tag:
+                      interval: Optional[dict] = None, seed: int = 0, noise: float = 0.5,
+                      labels: Optional[list] = None) -> Tag:
     """A function tag with random vectors, random head and a snapshot of its domain tags.
 
     ``slots``: (slot name, kind, domain tag or None). ``template`` may contain
@@ -211,7 +212,7 @@ def make_function_tag(backbone: Backbone, name: str = "Func", template: Optional
         name=name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=n_tokens,
         description="test function tag", template=template,
         slots=[SlotSpec(s, k, d) for s, k, d in slots], task=task,
-        labels=["y"] if task == "regression" else [], classes=list(classes or []),
+        labels=(list(labels) if labels else ["y"]) if task == "regression" else [], classes=list(classes or []),
         label_scaling=label_scaling, readout=readout,
         head={"task": task, "n_outputs": n_outputs, "in_dim": in_dim},
         metrics={"valid_rmse": 0.5}, interval=interval, label_sample=[1.0, 2.0, 3.5],

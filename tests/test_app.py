@@ -750,6 +750,24 @@ def test_predict_classification_tag_and_3d_viewer(tiny_app):
     assert frames and "3Dmol" in str(frames[0].proto)
 
 
+def test_predict_a_tag_with_several_labels_shows_each(tiny_app):
+    bb, lib = tiny_app
+    lib.save(make_function_tag(bb, "Props", n_outputs=2, labels=["logS", "logP"],
+                               interval={"level": 0.9, "halfwidth": [0.5, 0.25]}))
+    at = new_app("pages/predict.py")
+    at.selectbox(key="predict_tag").set_value("Props").run()
+    at.text_area(key="paste::smiles").input("CCO\nc1ccccc1O").run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception
+    frame = at.session_state["prediction"].frame
+    assert frame["prediction"].tolist() == frame["prediction(logS)"].tolist()
+    assert (frame["upper(logP)"] - frame["lower(logP)"]).round(6).tolist() == [0.5, 0.5]
+    assert (frame["prediction(logP)"] != frame["prediction(logS)"]).all()
+    # the row detail names both labels with their intervals
+    captions = texts(at.caption)
+    assert "logS = " in captions and "logP = " in captions, captions
+
+
 def test_example_inputs_pair_up_for_two_slots():
     from ui.inputs import example_texts, rows_from_paste
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from tagllm_core.multi import column_label
+from tagllm_core.prediction import output_labels
 from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS, PROTEIN_COLUMNS
 from tagllm_core.reference import reference_problem
 from tagllm_core.tags import TagCard
@@ -262,6 +263,10 @@ def _row_detail(run: PredictionRun, card: TagCard) -> None:
         cols[3].metric("Percentile in reference set", f"{ref:.0f}" if _known(ref) else "–", help=reference_help(card))
         for c in run.classes:
             st.caption(f"p({c}) = {format_number(rec[f'p({c})'])}")
+        for label in output_labels(card) or []:  # a regression tag with several outputs: the first is above
+            value, low, high = (rec.get(f"{k}({label})") for k in ("prediction", "lower", "upper"))
+            interval = f" ({format_number(low)} – {format_number(high)})" if _known(low) and _known(high) else ""
+            st.caption(f"{label} = {format_number(value)}{interval}")
     for flag in filter(None, str(rec.get("flags", "")).split("; ")):
         st.warning(f"🚩 {flag}")
     if rec.get("domain"):
