@@ -216,30 +216,40 @@ def cmd_evaluate(args) -> int:
 
     from .data import read_table, require_columns
     from .metrics import classification_metrics, regression_metrics
-    from .prediction import Predictor, predict_table
+    from .prediction import Predictor, output_labels, predict_table
 
     bb = _backbone(args)
     lib = _library(bb)
     tag = lib.get(args.tag)
     predictor = Predictor(bb, tag, lib)
     df = read_table(args.input)
-    require_columns(df, [args.label], "evaluation")
+    require_columns(df, args.label, "evaluation")
+    outputs = output_labels(tag.card) or []
+    if len(args.label) > max(len(outputs), 1):
+        raise InputError(f"<{tag.name}> predicts {max(len(outputs), 1)} label(s); got {len(args.label)} --label "
+                         f"columns.")
     out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size)
     ok = out["error"] == ""
     if tag.card.task == "classification":
         classes = [str(c) for c in tag.card.classes]
-        y = out.loc[ok, args.label].astype(str).map({c: i for i, c in enumerate(classes)})
+        y = out.loc[ok, args.label[0]].astype(str).map({c: i for i, c in enumerate(classes)})
         keep = y.notna()
         probs = out.loc[ok, [f"p({c})" for c in tag.card.classes]].to_numpy(float)[keep.to_numpy()]
         metrics = classification_metrics(y[keep].to_numpy(int), probs)
     else:
-        y = pd.to_numeric(out.loc[ok, args.label], errors="coerce")
-        pred = out.loc[ok, "prediction"].astype(float)
-        keep = np.isfinite(y.to_numpy())
-        metrics = regression_metrics(y.to_numpy()[keep], pred.to_numpy()[keep])
-        if "lower" in out:
-            inside = (y >= out.loc[ok, "lower"]) & (y <= out.loc[ok, "upper"])
-            metrics["interval_coverage"] = float(inside[keep].mean())
+        def scored(column: str, suffix: str) -> dict:
+            """The label ``column`` against the ``prediction{suffix}`` column (and its interval)."""
+            y = pd.to_numeric(out.loc[ok, column], errors="coerce")
+            keep = np.isfinite(y.to_numpy())
+            found = regression_metrics(y.to_numpy()[keep], out.loc[ok, f"prediction{suffix}"].astype(float)[keep])
+            if f"lower{suffix}" in out:
+                inside = (y >= out.loc[ok, f"lower{suffix}"]) & (y <= out.loc[ok, f"upper{suffix}"])
+                found["interval_coverage"] = float(inside[keep].mean())
+            return found
+
+        metrics = scored(args.label[0], "")
+        if len(args.label) > 1:  # the i-th --label column against the tag's i-th output
+            metrics["by_label"] = {name: scored(column, f"({name})") for column, name in zip(args.label, outputs)}
     metrics["rows_failed"] = int((~ok).sum())
     print(json.dumps(metrics, indent=2))
     return 0
@@ -438,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics of a function tag on a labelled CSV (JSON)")
     ev.add_argument("--tag", required=True)
     ev.add_argument("--input", required=True)
-    ev.add_argument("--label", required=True)
+    ev.add_argument("--label", action="append", required=True,
+                    help="the label column; for a tag with several outputs, one per output, in the tag's order")
     ev.add_argument("--column", action="append", metavar="SLOT=COLUMN")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=cmd_evaluate)

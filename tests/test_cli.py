@@ -355,6 +355,33 @@ def test_evaluate_prints_json_metrics(env, capsys, tmp_path, library, func_tag, 
     assert code == 2 and "solubility" in err and "['smiles', 'logS']" in err
 
 
+def test_evaluate_a_tag_with_several_labels_scores_each(env, capsys, tmp_path, library, folder_backbone):
+    library.save(make_function_tag(folder_backbone, name="Props", slots=(("smiles", "smiles", None),), n_outputs=2,
+                                   labels=["logS", "logP"], interval={"level": 0.9, "halfwidth": [1.5, 0.5]}))
+    src = tmp_path / "eval.csv"
+    smiles = ["CCO", "c1ccccc1", "CCCCN", "OCCO", "CC(=O)O"]
+    pd.DataFrame({"smiles": smiles, "s": [1.0, 2.5, 0.3, 2.0, 3.3], "p": [-0.3, 2.1, 0.8, -1.0, 0.1]}).to_csv(
+        src, index=False)
+    code, out, err = run_cli(capsys, "evaluate", "--tag", "Props", "--input", src, "--label", "s", "--label", "p")
+    assert code == 0, err
+    metrics = json.loads(out)
+    outputs = np.array([r.outputs for r in Predictor(folder_backbone, library.get("Props")).predict(
+        [{"smiles": s} for s in smiles])])
+    for i, (name, column) in enumerate((("logS", "s"), ("logP", "p"))):
+        y = pd.read_csv(src)[column].to_numpy()
+        got = metrics["by_label"][name]
+        assert got["rmse"] == pytest.approx(float(np.sqrt(np.mean((outputs[:, i] - y) ** 2))), rel=1e-5)
+        half = (1.5, 0.5)[i]
+        assert got["interval_coverage"] == pytest.approx(float(np.mean(np.abs(outputs[:, i] - y) <= half)))
+    assert metrics["rmse"] == pytest.approx(metrics["by_label"]["logS"]["rmse"])
+    # one --label: the first output, as before; three for a two-output tag: refused
+    code, out, _ = run_cli(capsys, "evaluate", "--tag", "Props", "--input", src, "--label", "s")
+    assert code == 0 and "by_label" not in json.loads(out)
+    code, _, err = run_cli(capsys, "evaluate", "--tag", "Props", "--input", src, "--label", "s", "--label", "p",
+                           "--label", "s")
+    assert code == 2 and "predicts 2 label(s)" in err
+
+
 def test_evaluate_classification(env, capsys, tmp_path, library, folder_backbone):
     library.save(make_function_tag(folder_backbone, name="Tox", slots=(("smiles", "smiles", None),),
                                    task="classification", n_outputs=2, classes=["no", "yes"]))
