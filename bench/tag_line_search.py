@@ -1,0 +1,130 @@
+"""Why tag training cannot beat its warm start: the training loss as a function of the tag alone.
+
+After the ridge warm start (head frozen), take exact full-batch steps along the steepest-descent
+direction of the training loss with respect to the tag, with a line search over step lengths given as
+fractions of the tag's norm, and print the training loss at each length. The data are those of
+``bench/descriptor_pretrain.py`` (MOSES molecules, about 100 quantile-normalised RDKit descriptors as
+labels, pure tag, a fixed read-out layer), where labels are plentiful and a linear probe reads them
+well, so a tag that can be trained at all should improve here.
+
+    .venv/bin/python bench/tag_line_search.py --rows 1500 --layer 12 --iters 2
+
+The model after the warm start is reached by running ``train_function_tag`` with its epoch loop
+(``training.fit``) replaced by this measurement, which then hands back to the real loop with 0 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from descriptor_pretrain import descriptor_labels  # noqa: E402
+
+from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
+
+FRACTIONS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+
+
+def line_search_fit(iters: int, real_fit):
+    """A stand-in for ``training.fit``: ``iters`` steepest-descent steps on the tag with a line search,
+    printed; then the tag goes back to its warm start and the real loop runs 0 epochs."""
+    from tagllm_core.prefix_cache import suffix_features
+
+    def fit(cfg, inputs, targets, valid, classes, run):
+        model, cache, head = inputs.model, inputs.cache, inputs.model.head
+        tag = model.tag(cfg.name)
+        for p in head.parameters():
+            p.requires_grad_(False)
+        keys, plans, y = inputs.train_keys, inputs.train_plans, targets.y
+        n = len(keys)
+
+        def train_loss(grad: bool = False) -> float:
+            """Mean loss over every training row (the head's loss on standardised labels)."""
+            total = 0.0
+            if grad:
+                tag.grad = None
+            for s in range(0, n, 64):
+                states = cache.get(keys[s:s + 64], plans[s:s + 64])
+                with torch.set_grad_enabled(grad):
+                    out = head(suffix_features(model, states), None)
+                    loss = head.loss(out, y[s:s + 64].to(out.device)) * (len(out) / n)
+                    if grad:
+                        loss.backward()
+                total += float(loss.detach())
+            return total
+
+        start = tag.detach().clone()
+        print(f"warm start: training loss {train_loss():.6f}; |tag| {start.norm():.3f} "
+              f"({tag.shape[0]} x {tag.shape[1]})", flush=True)
+        for it in range(iters):
+            t0 = time.perf_counter()
+            loss0 = train_loss(grad=True)
+            assert tag.grad is not None
+            g, base = tag.grad.detach().clone(), tag.detach().clone()
+            results = []
+            for f in FRACTIONS:
+                with torch.no_grad():
+                    tag.copy_(base - f * start.norm() * g / g.norm())
+                results.append((train_loss(), f))
+            best, f_best = min(results)
+            kept = f_best if best < loss0 else 0.0
+            with torch.no_grad():
+                tag.copy_(base - kept * start.norm() * g / g.norm())
+            print(f"step {it + 1}: |gradient| {g.norm():.4g}; training loss {loss0:.6f} at 0, then by step length "
+                  f"(fraction of |tag|): " + ", ".join(f"{f:g}: {v:.6f}" for v, f in results)
+                  + f"; kept {kept:g}; {time.perf_counter() - t0:.0f} s", flush=True)
+        with torch.no_grad():
+            tag.copy_(start)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        return real_fit(dataclasses.replace(cfg, epochs=0), inputs, targets, valid, classes, run)
+
+    return fit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1500, help="MOSES training molecules")
+    ap.add_argument("--layer", type=int, default=12, help="read-out layer (fixed)")
+    ap.add_argument("--iters", type=int, default=2, help="steepest-descent steps")
+    args = ap.parse_args()
+    tune_allocator()
+
+    import tagllm_core.training as training
+    from tagllm_core.backbone import load_backbone
+    from tagllm_core.data import moses_smiles_path
+    from tagllm_core.tags import SlotSpec, TagLibrary
+    from tagllm_core.training import FunctionTagConfig, train_function_tag
+
+    def sample(split: str, n: int, seed: int) -> list[str]:
+        return pd.read_csv(moses_smiles_path(split), usecols=["SMILES"])["SMILES"].sample(n, random_state=seed).tolist()
+
+    train_smiles, valid_smiles = sample("train", args.rows, 0), sample("test", 500, 1)
+    z_tr, z_va, names = descriptor_labels(train_smiles, valid_smiles)
+    labels = [f"d{i}" for i in range(len(names))]
+
+    def frame(smiles: list[str], z) -> pd.DataFrame:
+        df = pd.DataFrame(z, columns=labels).astype(str)
+        df.insert(0, "smiles", smiles)
+        return df
+
+    training.fit = line_search_fit(args.iters, training.fit)  # the measurement in place of the epoch loop
+    bb = load_backbone()
+    cfg = FunctionTagConfig(name="Descriptors", slots=[SlotSpec("smiles", "smiles", None)], labels=labels,
+                            what="chemical descriptors", epochs=1, features="none", layers=[args.layer],
+                            baselines=False, cache_budget_gb=12.0)
+    print(f"{len(names)} descriptor labels; {args.rows} training molecules; layer {args.layer}", flush=True)
+    train_function_tag(bb, TagLibrary(bb.fingerprint), cfg, frame(train_smiles, z_tr), frame(valid_smiles, z_va),
+                       save=False)
+
+
+if __name__ == "__main__":
+    main()
