@@ -768,6 +768,18 @@ def test_predict_a_tag_with_several_labels_shows_each(tiny_app):
     assert "logS = " in captions and "logP = " in captions, captions
 
 
+def test_the_training_curve_follows_what_early_stopping_follows():
+    from ui import charts
+
+    events = [{"step": s, "metrics": {"valid_rmse": 1.0 / s, "valid_mean_scaled_rmse": 0.5 / s,
+                                      "valid_by_label": {"a": {"rmse": 1.0}}}} for s in (1, 2)]
+    keys = charts.metric_keys(events)
+    assert "valid_by_label" not in keys  # a dict of per-label metrics is no curve
+    assert charts.primary_metric(keys) == "valid_mean_scaled_rmse"  # several labels: the stopping metric
+    assert charts.primary_metric(["valid_mae", "valid_rmse"]) == "valid_rmse"  # one label, as before
+    assert charts.metric_figure(events, "valid_mean_scaled_rmse") is not None
+
+
 def test_example_inputs_pair_up_for_two_slots():
     from ui.inputs import example_texts, rows_from_paste
 

@@ -112,7 +112,9 @@ def loss_figure(events: Sequence[dict]) -> Optional[go.Figure]:
     return _layout(fig, "Training loss", "step", "loss", height=260)
 
 
-PRIMARY_METRICS = ("valid_rmse", "valid_auroc", "valid_perplexity")
+# What early stopping follows, so the curve shows why an epoch was kept: a tag with several labels stops
+# on mean_scaled_rmse (its valid_rmse is the first label's alone).
+PRIMARY_METRICS = ("valid_mean_scaled_rmse", "valid_rmse", "valid_auroc", "valid_perplexity")
 
 
 def metric_keys(events: Sequence[dict]) -> list[str]:
