@@ -189,16 +189,23 @@ def cmd_predict(args) -> int:
                            batch_size=args.batch_size, resume=args.resume, progress=progress)
         return res.to_dict()
 
+    from .distributed import leave_together
+
     if int(os.environ.get("RANK", "0")):
         # a helper process under torchrun: it runs its share of the batches; process 0 writes and reports
         work(None)
+        leave_together()
         return 0
     if args.job_db:
         # a background job of the Predict page: progress and cancel through SQLite, the table in the job's folder
         from .jobs import JobStore, run_job
 
-        return 0 if run_job(JobStore(Path(args.job_db)), int(args.job_id), work) == "finished" else 1
+        if run_job(JobStore(Path(args.job_db)), int(args.job_id), work) != "finished":
+            return 1
+        leave_together()
+        return 0
     res = work(None if args.quiet else _tqdm_progress("predict"))
+    leave_together()
     kept = f"; {res['skipped']:,} rows already done were kept" if res["skipped"] else ""
     print(f"wrote {res['skipped'] + res['rows']:,} rows to {args.output} ({res['rows'] - res['errors']:,} predicted, "
           f"{res['errors']:,} with errors{kept}) at {res['rows_per_s']:.1f} rows/s")

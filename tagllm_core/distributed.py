@@ -72,7 +72,10 @@ def leave_together() -> None:
     fits the card's baselines and the reference set alone) was seen to abort in gloo's teardown
     ("terminate called without an active exception", 2 of 6 two-process runs), failing a run whose
     work had finished on both ranks."""
+    from .sharding import forget_shard
+
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     torch.distributed.barrier()
+    forget_shard()  # prediction's reference to the group: the group must be freed here, not at exit
     torch.distributed.destroy_process_group()

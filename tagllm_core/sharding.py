@@ -26,7 +26,7 @@ from .exceptions import InputError
 if TYPE_CHECKING:  # torch is imported by the functions that need it, not with the module
     from torch.distributed import ProcessGroup
 
-__all__ = ["Shard", "current_shard", "batch_runner", "shard_predictors", "main_decides"]
+__all__ = ["Shard", "current_shard", "forget_shard", "batch_runner", "shard_predictors", "main_decides"]
 
 T = TypeVar("T")
 
@@ -66,6 +66,15 @@ def current_shard() -> Optional[Shard]:
             group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         _SHARD = Shard(dist.get_rank(), dist.get_world_size(), group)
     return _SHARD
+
+
+def forget_shard() -> None:
+    """Drop the memoised ``Shard``, and with it this module's reference to the process group, so that
+    closing the group frees it now: a group still referenced is destroyed at interpreter exit, after
+    the other process may have gone, and gloo then aborted the process ("terminate called without an
+    active exception", 2 of 19 two-process runs of tests/test_sharded_predict.py)."""
+    global _SHARD
+    _SHARD = None
 
 
 def batch_runner(shard: Shard) -> Callable[[Iterator], Iterator]:

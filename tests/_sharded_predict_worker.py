@@ -24,6 +24,7 @@ os.environ.setdefault("TAGLLM_NO_MALLOC_TUNING", "1")
 
 import torch  # noqa: E402
 
+from tagllm_core.distributed import leave_together  # noqa: E402
 from tagllm_core.exceptions import InputError  # noqa: E402
 from tagllm_core.prediction import Predictor  # noqa: E402
 from tagllm_core.streaming import predict_file  # noqa: E402
@@ -65,6 +66,7 @@ def main(src: Path, out: Path) -> None:
               "results": {name: {k: v for k, v in r.to_dict().items() if k not in ("seconds", "rows_per_s", "output")}
                           for name, r in runs.items()}}
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    leave_together()  # a rank that exits while the other still writes can abort in gloo's teardown
 
 
 if __name__ == "__main__":
