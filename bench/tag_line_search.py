@@ -8,6 +8,14 @@ labels, pure tag, a fixed read-out layer), where labels are plentiful and a line
 well, so a tag that can be trained at all should improve here.
 
     .venv/bin/python bench/tag_line_search.py --rows 1500 --layer 12 --iters 2
+    .venv/bin/python bench/tag_line_search.py --rows 1500 --layer 12 --iters 2 --refit bias
+    .venv/bin/python bench/tag_line_search.py --rows 1500 --layer 12 --iters 2 --refit ridge
+
+``--refit bias`` scores every step with the head's bias moved to the mean residual (the best bias for
+that tag), ``--refit ridge`` with the whole head fitted again by ridge on the moved tag's features: if
+the loss is sharp only because a moved tag shifts every molecule's prediction alike, the bias refit
+removes the sharpness; if the tag can help at all once the head follows it, the ridge refit shows it.
+The gradient is always that of the frozen head.
 
 The model after the warm start is reached by running ``train_function_tag`` with its epoch loop
 (``training.fit``) replaced by this measurement, which then hands back to the real loop with 0 epochs.
@@ -33,10 +41,13 @@ from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 FRACTIONS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 
 
-def line_search_fit(iters: int, real_fit):
+def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
     """A stand-in for ``training.fit``: ``iters`` steepest-descent steps on the tag with a line search,
     printed; then the tag goes back to its warm start and the real loop runs 0 epochs."""
+    import copy
+
     from tagllm_core.prefix_cache import suffix_features
+    from tagllm_core.warm_start import fit_head
 
     def fit(cfg, inputs, targets, valid, classes, run):
         model, cache, head = inputs.model, inputs.cache, inputs.model.head
@@ -46,8 +57,24 @@ def line_search_fit(iters: int, real_fit):
         keys, plans, y = inputs.train_keys, inputs.train_plans, targets.y
         n = len(keys)
 
+        def refit_loss() -> float:
+            """The training loss with the bias (``refit="bias"``) or the whole head refitted to the tag."""
+            with torch.no_grad():
+                feats = torch.cat([suffix_features(model, cache.get(keys[s:s + 64], plans[s:s + 64])).float()
+                                   for s in range(0, n, 64)])
+                scorer = head
+                if refit == "ridge":
+                    scorer = copy.deepcopy(head)
+                    fit_head(scorer, feats, targets.ridge)
+                out = scorer(feats, None)
+                if refit == "bias":
+                    out = out + (y.to(out.device) - out).mean(0)
+                return float(head.loss(out, y.to(out.device)))
+
         def train_loss(grad: bool = False) -> float:
             """Mean loss over every training row (the head's loss on standardised labels)."""
+            if refit != "none" and not grad:
+                return refit_loss()
             total = 0.0
             if grad:
                 tag.grad = None
@@ -62,15 +89,16 @@ def line_search_fit(iters: int, real_fit):
             return total
 
         start = tag.detach().clone()
-        print(f"warm start: training loss {train_loss():.6f}; |tag| {start.norm():.3f} "
+        print(f"warm start: training loss {train_loss():.6f} (refit: {refit}); |tag| {start.norm():.3f} "
               f"({tag.shape[0]} x {tag.shape[1]})", flush=True)
         for it in range(iters):
             t0 = time.perf_counter()
-            loss0 = train_loss(grad=True)
+            train_loss(grad=True)
+            loss0 = train_loss()
             assert tag.grad is not None
             g, base = tag.grad.detach().clone(), tag.detach().clone()
             results = []
-            for f in FRACTIONS:
+            for f in fractions:
                 with torch.no_grad():
                     tag.copy_(base - f * start.norm() * g / g.norm())
                 results.append((train_loss(), f))
@@ -95,6 +123,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1500, help="MOSES training molecules")
     ap.add_argument("--layer", type=int, default=12, help="read-out layer (fixed)")
     ap.add_argument("--iters", type=int, default=2, help="steepest-descent steps")
+    ap.add_argument("--refit", choices=["none", "bias", "ridge"], default="none",
+                    help="score each step with the head's bias, or the whole head, fitted again to the moved tag")
+    ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
+                    help="step lengths to try, as fractions of the tag's norm (comma-separated)")
     args = ap.parse_args()
     tune_allocator()
 
@@ -116,7 +148,9 @@ def main() -> None:
         df.insert(0, "smiles", smiles)
         return df
 
-    training.fit = line_search_fit(args.iters, training.fit)  # the measurement in place of the epoch loop
+    fractions = tuple(float(f) for f in args.fractions.split(","))
+    # the measurement in place of the epoch loop
+    training.fit = line_search_fit(args.iters, args.refit, fractions, training.fit)
     bb = load_backbone()
     cfg = FunctionTagConfig(name="Descriptors", slots=[SlotSpec("smiles", "smiles", None)], labels=labels,
                             what="chemical descriptors", epochs=1, features="none", layers=[args.layer],
