@@ -15,7 +15,9 @@ well, so a tag that can be trained at all should improve here.
 that tag), ``--refit ridge`` with the whole head fitted again by ridge on the moved tag's features: if
 the loss is sharp only because a moved tag shifts every molecule's prediction alike, the bias refit
 removes the sharpness; if the tag can help at all once the head follows it, the ridge refit shows it.
-The gradient is always that of the frozen head.
+The gradient is always that of the frozen warm-start head. After each step the validation score
+(``mean_scaled_rmse`` on MOSES test molecules) is printed, with the head refitted on the training
+rows when ``--refit ridge``: whether a lower training loss carries to new molecules.
 
 The model after the warm start is reached by running ``train_function_tag`` with its epoch loop
 (``training.fit``) replaced by this measurement, which then hands back to the real loop with 0 epochs.
@@ -88,7 +90,25 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
                 total += float(loss.detach())
             return total
 
+        def valid_score() -> float:
+            """``mean_scaled_rmse`` on the validation rows, with the head refitted to the tag on the training
+            rows when ``refit="ridge"`` (the frozen head otherwise)."""
+            from tagllm_core.train_eval import evaluate
+
+            with torch.no_grad():
+                def feats_of(k: list, p: list) -> torch.Tensor:
+                    return torch.cat([suffix_features(model, cache.get(k[s:s + 64], p[s:s + 64])).float()
+                                      for s in range(0, len(k), 64)])
+
+                scorer = head
+                if refit == "ridge":
+                    scorer = copy.deepcopy(head)
+                    fit_head(scorer, feats_of(keys, plans), targets.ridge)
+                out = scorer(feats_of(inputs.valid_keys, inputs.valid_plans), None).cpu().numpy()
+            return evaluate(cfg.task, out, valid.y, targets.scaler, cfg.labels)[0]["mean_scaled_rmse"]
+
         start = tag.detach().clone()
+        print(f"validation (MOSES test, selection half): {valid_score():.4f}", flush=True)
         print(f"warm start: training loss {train_loss():.6f} (refit: {refit}); |tag| {start.norm():.3f} "
               f"({tag.shape[0]} x {tag.shape[1]})", flush=True)
         for it in range(iters):
@@ -108,7 +128,7 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
                 tag.copy_(base - kept * start.norm() * g / g.norm())
             print(f"step {it + 1}: |gradient| {g.norm():.4g}; training loss {loss0:.6f} at 0, then by step length "
                   f"(fraction of |tag|): " + ", ".join(f"{f:g}: {v:.6f}" for v, f in results)
-                  + f"; kept {kept:g}; {time.perf_counter() - t0:.0f} s", flush=True)
+                  + f"; kept {kept:g}; validation {valid_score():.4f}; {time.perf_counter() - t0:.0f} s", flush=True)
         with torch.no_grad():
             tag.copy_(start)
         for p in head.parameters():
