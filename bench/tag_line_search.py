@@ -59,11 +59,16 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
         keys, plans, y = inputs.train_keys, inputs.train_plans, targets.y
         n = len(keys)
 
+        def feats_of(k: list, p: list) -> torch.Tensor:
+            """(N, F) read-out features of the moved tag, no gradients."""
+            with torch.no_grad():
+                return torch.cat([suffix_features(model, cache.get(k[s:s + 64], p[s:s + 64])).float()
+                                  for s in range(0, len(k), 64)])
+
         def refit_loss() -> float:
             """The training loss with the bias (``refit="bias"``) or the whole head refitted to the tag."""
+            feats = feats_of(keys, plans)
             with torch.no_grad():
-                feats = torch.cat([suffix_features(model, cache.get(keys[s:s + 64], plans[s:s + 64])).float()
-                                   for s in range(0, n, 64)])
                 scorer = head
                 if refit == "ridge":
                     scorer = copy.deepcopy(head)
@@ -96,10 +101,6 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
             from tagllm_core.train_eval import evaluate
 
             with torch.no_grad():
-                def feats_of(k: list, p: list) -> torch.Tensor:
-                    return torch.cat([suffix_features(model, cache.get(k[s:s + 64], p[s:s + 64])).float()
-                                      for s in range(0, len(k), 64)])
-
                 scorer = head
                 if refit == "ridge":
                     scorer = copy.deepcopy(head)
