@@ -189,32 +189,18 @@ def cmd_predict(args) -> int:
                            batch_size=args.batch_size, resume=args.resume, progress=progress)
         return res.to_dict()
 
-    from .distributed import leave_together
+    def report(res: dict) -> None:
+        kept = f"; {res['skipped']:,} rows already done were kept" if res["skipped"] else ""
+        print(f"wrote {res['skipped'] + res['rows']:,} rows to {args.output} ({res['rows'] - res['errors']:,} "
+              f"predicted, {res['errors']:,} with errors{kept}) at {res['rows_per_s']:.1f} rows/s")
+        if res["outside"]:
+            print(f"{res['outside']:,} outside the tag's applicability domain (see the similarity, domain and "
+                  f"flags columns)")
+        for msg in res["error_examples"]:
+            print(f"  {msg}", file=sys.stderr)
 
-    if int(os.environ.get("RANK", "0")):
-        # a helper process under torchrun: it runs its share of the batches; process 0 writes and reports
-        work(None)
-        leave_together()
-        return 0
-    if args.job_db:
-        # a background job of the Predict page: progress and cancel through SQLite, the table in the job's folder
-        from .jobs import JobStore, run_job
-
-        if run_job(JobStore(Path(args.job_db)), int(args.job_id), work) != "finished":
-            return 1
-        leave_together()
-        return 0
-    res = work(None if args.quiet else _tqdm_progress("predict"))
-    leave_together()
-    kept = f"; {res['skipped']:,} rows already done were kept" if res["skipped"] else ""
-    print(f"wrote {res['skipped'] + res['rows']:,} rows to {args.output} ({res['rows'] - res['errors']:,} predicted, "
-          f"{res['errors']:,} with errors{kept}) at {res['rows_per_s']:.1f} rows/s")
-    if res["outside"]:
-        print(f"{res['outside']:,} outside the tag's applicability domain (see the similarity, domain and flags "
-              f"columns)")
-    for msg in res["error_examples"]:
-        print(f"  {msg}", file=sys.stderr)
-    return 0
+    # Under torchrun a helper process runs its share of the batches; process 0 writes the table and reports.
+    return _run_maybe_as_job(args, work, report)
 
 
 def cmd_evaluate(args) -> int:
@@ -262,12 +248,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _run_maybe_as_job(args, work) -> int:
-    """Run ``work(progress)`` directly (tqdm) or, with --job-db/--job-id, as a tracked job."""
+def _run_maybe_as_job(args, work, report=None) -> int:
+    """Run ``work(progress)`` directly (a tqdm bar unless ``--quiet``, then ``report(result)``: the
+    result as JSON by default) or, with --job-db/--job-id, as a tracked job of the app. Under torchrun
+    or accelerate launch, a helper process (RANK > 0) does its share of ``work`` and reports nothing.
+    Every path that finishes leaves the process group together (``distributed.leave_together``)."""
     from .distributed import leave_together
 
     if int(os.environ.get("RANK", "0")):
-        # A helper process under torchrun/accelerate launch: it trains its share; the main one reports.
         work(None)
         leave_together()
         return 0
@@ -279,9 +267,12 @@ def _run_maybe_as_job(args, work) -> int:
             return 1
         leave_together()
         return 0
-    result = work(_tqdm_progress(args.command))
-    print(json.dumps(result, indent=2, default=str))
+    result = work(None if getattr(args, "quiet", False) else _tqdm_progress(args.command))
     leave_together()
+    if report is None:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        report(result)
     return 0
 
 
