@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from accuracy import load  # noqa: E402
+from tag_line_search import hand_back, line_search  # noqa: E402
 
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
@@ -57,17 +57,9 @@ CHUNK = 64
 def scaffold_folds(smiles: list[str], k: int, seed: int = 0) -> list[np.ndarray]:
     """``k`` arrays of row positions, each a set of whole Bemis–Murcko scaffold groups: the groups in a
     seeded random order, each into the emptiest fold so far."""
-    from rdkit import rdBase
-    from rdkit.Chem.Scaffolds import MurckoScaffold
+    from tagllm_core.data import scaffold_groups
 
-    rdBase.DisableLog("rdApp.*")
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(smiles):
-        try:
-            key = MurckoScaffold.MurckoScaffoldSmiles(smiles=s, includeChirality=False)
-        except (ValueError, RuntimeError):
-            key = s
-        groups.setdefault(key, []).append(i)
+    groups = scaffold_groups(smiles)
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
     listed = list(groups.values())
@@ -182,27 +174,14 @@ def cv_descent_fit(make_folds, refold: bool, steps: int, fractions: tuple, calib
             if refold and it:
                 folds[:] = make_folds(it)
             loss0, g = gradient()
-            base = tag.detach().clone()
-            tried = []
-            for f in fractions:
-                with torch.no_grad():
-                    tag.copy_(base - f * start.norm() * g / g.norm())
-                tried.append((objective(), f))
-            best, f_best = min(tried)
-            kept = f_best if best < loss0 else 0.0
-            with torch.no_grad():
-                tag.copy_(base - kept * start.norm() * g / g.norm())
+            tried, kept = line_search(tag, g, objective, loss0, fractions, float(start.norm()))
             print(f"step {it + 1}: cross-validated error {loss0:.5f} at 0, then by step length (fraction of "
                   f"|tag|): " + ", ".join(f"{f:g}: {v:.5f}" for v, f in tried) + f"; kept {kept:g}; "
                   f"moved {float((tag.detach() - start).norm() / start.norm()):.3f} of |tag|; {scores()}; "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             if kept == 0.0:
                 break
-        with torch.no_grad():
-            tag.copy_(start)
-        for p in head.parameters():
-            p.requires_grad_(True)
-        return real_fit(dataclasses.replace(cfg, epochs=0), inputs, targets, valid, classes, run)
+        return hand_back(tag, start, head, real_fit, cfg, inputs, targets, valid, classes, run)
 
     return fit
 

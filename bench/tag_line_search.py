@@ -43,6 +43,34 @@ from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 FRACTIONS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 
 
+def line_search(tag: torch.Tensor, gradient: torch.Tensor, loss, loss0: float, fractions: tuple,
+                scale: float) -> tuple[list[tuple[float, float]], float]:
+    """Steps from the tag's current (p, d) value along ``-gradient``, of lengths ``fractions`` × ``scale``,
+    each scored by ``loss()``. The tag is left at the best step when it beats ``loss0`` (else where it
+    was). Returns ([(loss, fraction)] in the order tried, the kept fraction: 0 for none)."""
+    base, unit = tag.detach().clone(), gradient / gradient.norm()
+    tried = []
+    for f in fractions:
+        with torch.no_grad():
+            tag.copy_(base - f * scale * unit)
+        tried.append((loss(), f))
+    best, f_best = min(tried)
+    kept = f_best if best < loss0 else 0.0
+    with torch.no_grad():
+        tag.copy_(base - kept * scale * unit)
+    return tried, kept
+
+
+def hand_back(tag: torch.Tensor, start: torch.Tensor, head, real_fit, cfg, *fit_args):
+    """After a measurement in place of ``training.fit``: the tag back to its warm start ``start``, the
+    head trainable again, and the real loop run with 0 epochs so that ``train_function_tag`` finishes."""
+    with torch.no_grad():
+        tag.copy_(start)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return real_fit(dataclasses.replace(cfg, epochs=0), *fit_args)
+
+
 def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
     """A stand-in for ``training.fit``: ``iters`` steepest-descent steps on the tag with a line search,
     printed; then the tag goes back to its warm start and the real loop runs 0 epochs."""
@@ -117,24 +145,12 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
             train_loss(grad=True)
             loss0 = train_loss()
             assert tag.grad is not None
-            g, base = tag.grad.detach().clone(), tag.detach().clone()
-            results = []
-            for f in fractions:
-                with torch.no_grad():
-                    tag.copy_(base - f * start.norm() * g / g.norm())
-                results.append((train_loss(), f))
-            best, f_best = min(results)
-            kept = f_best if best < loss0 else 0.0
-            with torch.no_grad():
-                tag.copy_(base - kept * start.norm() * g / g.norm())
+            g = tag.grad.detach().clone()
+            results, kept = line_search(tag, g, train_loss, loss0, fractions, float(start.norm()))
             print(f"step {it + 1}: |gradient| {g.norm():.4g}; training loss {loss0:.6f} at 0, then by step length "
                   f"(fraction of |tag|): " + ", ".join(f"{f:g}: {v:.6f}" for v, f in results)
                   + f"; kept {kept:g}; validation {valid_score():.4f}; {time.perf_counter() - t0:.0f} s", flush=True)
-        with torch.no_grad():
-            tag.copy_(start)
-        for p in head.parameters():
-            p.requires_grad_(True)
-        return real_fit(dataclasses.replace(cfg, epochs=0), inputs, targets, valid, classes, run)
+        return hand_back(tag, start, head, real_fit, cfg, inputs, targets, valid, classes, run)
 
     return fit
 

@@ -22,7 +22,7 @@ from .exceptions import InputError
 from .limits import limits
 
 __all__ = ["read_table", "require_columns", "read_fasta", "read_smiles_file", "read_corpus", "moses_smiles_path",
-           "Split", "random_split", "stratified_split", "scaffold_split"]
+           "Split", "random_split", "stratified_split", "scaffold_groups", "scaffold_split"]
 
 Source = Union[str, Path, bytes, io.IOBase]
 
@@ -226,6 +226,26 @@ def stratified_split(labels, valid_fraction: float, seed: int = 0) -> tuple[np.n
     return np.sort(train), np.sort(valid)
 
 
+def scaffold_groups(smiles: list[str]) -> dict[str, list[int]]:
+    """Bemis–Murcko scaffold SMILES -> positions of the molecules that have it, in input order. A SMILES
+    RDKit cannot parse is its own group; acyclic molecules share the empty scaffold ``""``."""
+    from rdkit import rdBase
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    rdBase.DisableLog("rdApp.*")
+    groups: dict[str, list[int]] = {}
+    try:
+        for i, s in enumerate(smiles):
+            try:
+                key = MurckoScaffold.MurckoScaffoldSmiles(smiles=s, includeChirality=False)
+            except (ValueError, RuntimeError):
+                key = s
+            groups.setdefault(key, []).append(i)
+    finally:
+        rdBase.EnableLog("rdApp.*")
+    return groups
+
+
 def scaffold_split(smiles: list[str], valid_fraction: float, seed: int = 0) -> Split:
     """Bemis–Murcko scaffold split: whole scaffold groups go to one side, so validation molecules
     have scaffolds training never saw.
@@ -236,18 +256,7 @@ def scaffold_split(smiles: list[str], valid_fraction: float, seed: int = 0) -> S
     scaffold), no scaffold split comes near ``valid_fraction``: a random split is returned
     instead, with a ``warning`` saying so.
     """
-    from rdkit import rdBase
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-
-    rdBase.DisableLog("rdApp.*")
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(smiles):
-        try:
-            key = MurckoScaffold.MurckoScaffoldSmiles(smiles=s, includeChirality=False)
-        except (ValueError, RuntimeError):
-            key = s
-        groups.setdefault(key, []).append(i)
-    rdBase.EnableLog("rdApp.*")
+    groups = scaffold_groups(smiles)
     rng = np.random.default_rng(seed)
     n = len(smiles)
     n_valid_target = max(1, int(round(n * valid_fraction)))

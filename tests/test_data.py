@@ -92,6 +92,14 @@ def test_scaffold_split_keeps_scaffolds_on_one_side():
     assert 0 < len(va) <= 0.35 * len(smiles)
 
 
+def test_scaffold_groups_put_each_molecule_under_its_ring_system():
+    from tagllm_core.data import scaffold_groups
+
+    smiles = ["c1ccccc1CC", "CCO", "c1ccccc1O", "not a smiles", "C1CCCCC1N", "CCCC"]
+    groups = scaffold_groups(smiles)
+    assert groups == {"c1ccccc1": [0, 2], "": [1, 5], "not a smiles": [3], "C1CCCCC1": [4]}
+
+
 def test_scaffold_split_of_acyclic_molecules_falls_back_to_random_with_a_warning():
     # Every acyclic molecule has the empty scaffold: one group, which used to land whole in validation.
     smiles = ["C" * k + tail for k in range(1, 11) for tail in ("", "O", "N", "C(=O)O", "Cl")]
