@@ -109,7 +109,11 @@ with tab_fn:
             a1, a2 = st.columns(2)
             tag_lr = a1.number_input("Tag learning rate", min_value=1e-5, max_value=1.0,
                                      value=training.DEFAULT_TAG_LR, step=1e-4, format="%.5f", key="tf_lr")
-            n_tokens = a2.number_input("Tag tokens (p)", min_value=1, max_value=64, value=10, key="tf_ntok")
+            n_tokens = a2.number_input(
+                "Tag tokens (p)", min_value=1, max_value=64, value=training.DEFAULT_N_TOKENS, key="tf_ntok",
+                help="Learned vectors placed after the input; the paper uses 10. Fewer tokens predict faster "
+                     "(one token: about 1.5× the speed) but can cost accuracy: on ESOL one token was 0.10 RMSE "
+                     "worse at the layer where ten did best (docs/BENCHMARKS.md).")
             split = a1.selectbox("Validation split", ["auto", "random", "scaffold"], key="tf_split",
                                  help="auto: scaffold split when an input is a SMILES, else random.")
             max_rows = a2.number_input("Use at most this many rows (0 = all)", min_value=0, value=0, step=100,

@@ -27,6 +27,7 @@ DEFAULT_AUGMENT = FunctionTagConfig.__dataclass_fields__["augment"].default
 DEFAULT_LAYERS = FunctionTagConfig.__dataclass_fields__["layers"].default
 DEFAULT_EPOCHS = FunctionTagConfig.__dataclass_fields__["epochs"].default
 DEFAULT_FEATURES = FunctionTagConfig.__dataclass_fields__["features"].default
+DEFAULT_N_TOKENS = FunctionTagConfig.__dataclass_fields__["n_tokens"].default
 MIN_ROWS = FunctionTagConfig.__dataclass_fields__["min_rows"].default  # usable training rows the engine needs
 
 
@@ -51,7 +52,7 @@ class FunctionJobSpec:
     what: str = "property"
     epochs: int = DEFAULT_EPOCHS
     batch_size: int = 16
-    n_tokens: int = 10
+    n_tokens: int = DEFAULT_N_TOKENS
     tag_lr: float = DEFAULT_TAG_LR
     split: str = "auto"
     valid_fraction: float = 0.1
