@@ -46,12 +46,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from accuracy import load  # noqa: E402
-from tag_line_search import hand_back, line_search  # noqa: E402
+from tag_line_search import CHUNK, hand_back, line_search, read_out  # noqa: E402
 
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
 FRACTIONS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-CHUNK = 64
 
 
 def scaffold_folds(smiles: list[str], k: int, seed: int = 0) -> list[np.ndarray]:
@@ -112,10 +111,7 @@ def cv_descent_fit(make_folds, refold: bool, steps: int, fractions: tuple, calib
         y = targets.ridge.double()
 
         def feats_of(k: list, p: list) -> torch.Tensor:
-            """(N, F) read-out features of the current tag, no gradients."""
-            with torch.no_grad():
-                return torch.cat([suffix_features(model, cache.get(k[s:s + CHUNK], p[s:s + CHUNK])).float()
-                                  for s in range(0, len(k), CHUNK)])
+            return read_out(model, cache, k, p)
 
         # The warm start's penalty and standardisation stay fixed during the descent.
         scaler = copy.deepcopy(head)

@@ -41,6 +41,17 @@ from descriptor_pretrain import descriptor_labels  # noqa: E402
 from tagllm_core._allocator import tune as tune_allocator  # noqa: E402
 
 FRACTIONS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+CHUNK = 64  # rows per pass through the tag's tokens
+
+
+def read_out(model, cache, keys: list, plans: list) -> torch.Tensor:
+    """(N, F) read-out features of the tag as it is now, for cached rows, without gradients (the head's
+    inputs; ``train_eval.predict_std`` gives its outputs instead)."""
+    from tagllm_core.prefix_cache import suffix_features
+
+    with torch.no_grad():
+        return torch.cat([suffix_features(model, cache.get(keys[s:s + CHUNK], plans[s:s + CHUNK])).float()
+                          for s in range(0, len(keys), CHUNK)])
 
 
 def line_search(tag: torch.Tensor, gradient: torch.Tensor, loss, loss0: float, fractions: tuple,
@@ -88,10 +99,7 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
         n = len(keys)
 
         def feats_of(k: list, p: list) -> torch.Tensor:
-            """(N, F) read-out features of the moved tag, no gradients."""
-            with torch.no_grad():
-                return torch.cat([suffix_features(model, cache.get(k[s:s + 64], p[s:s + 64])).float()
-                                  for s in range(0, len(k), 64)])
+            return read_out(model, cache, k, p)
 
         def refit_loss() -> float:
             """The training loss with the bias (``refit="bias"``) or the whole head refitted to the tag."""
@@ -113,11 +121,11 @@ def line_search_fit(iters: int, refit: str, fractions: tuple, real_fit):
             total = 0.0
             if grad:
                 tag.grad = None
-            for s in range(0, n, 64):
-                states = cache.get(keys[s:s + 64], plans[s:s + 64])
+            for s in range(0, n, CHUNK):
+                states = cache.get(keys[s:s + CHUNK], plans[s:s + CHUNK])
                 with torch.set_grad_enabled(grad):
                     out = head(suffix_features(model, states), None)
-                    loss = head.loss(out, y[s:s + 64].to(out.device)) * (len(out) / n)
+                    loss = head.loss(out, y[s:s + CHUNK].to(out.device)) * (len(out) / n)
                     if grad:
                         loss.backward()
                 total += float(loss.detach())
