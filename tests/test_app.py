@@ -1049,9 +1049,19 @@ def test_predict_above_the_row_threshold_runs_as_a_background_job(tiny_app, monk
     assert not at.exception
     labels = [b.proto.label for b in at.get("download_button")]
     assert any(f"job #{job.id}" in label for label in labels), labels
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
     from tagllm_core.jobs import prediction_output
 
-    table = pd.read_csv(prediction_output(store, job.id), keep_default_na=False)
+    # the finished table is served as its bytes, under an id that a poll of the panel does not change
+    # (a deferred callable gets a new id per poll, so a click during a poll downloaded nothing)
+    path = prediction_output(store, job.id)
+    file_id = _calculate_file_id(path.read_bytes(), "text/csv", "Solubility_predictions.csv")
+    button = by_key(at.get("download_button"), f"predict-job-{job.id}")
+    assert file_id in button.proto.url, button.proto.url
+    at.run()
+    assert file_id in by_key(at.get("download_button"), f"predict-job-{job.id}").proto.url
+    table = pd.read_csv(path, keep_default_na=False)
     assert table["row"].tolist() == [1, 2, 3, 4, 5] and table["name"].tolist()[0] == "ethanol"
     assert "invalid SMILES" in table.loc[2, "error"]
 

@@ -4,7 +4,8 @@ A fragment re-runs every two seconds and only reads SQLite (the job rows and
 the chosen job's new events), so it never holds the page up while a job trains in
 its own process. When a job ends, the whole page reruns once so that the
 sidebar and the tag lists pick up the new tag. A finished predict job offers its
-table for download, read from the job's folder whenever it is asked for.
+table for download, read once from the job's folder; a running one offers the rows
+done so far, read when the button is pressed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import shlex
 import time
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -210,6 +212,13 @@ def _finished(job: Job) -> None:
     st.page_link("pages/predict.py", label="Open the Predict page", icon="🔮")
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _finished_table(path: str, mtime_ns: int, size: int) -> bytes:
+    """A finished job's table, read once per (file, version); cache_resource hands back the same bytes
+    object instead of a copy, which matters for tables of a million rows polled every 2 s."""
+    return Path(path).read_bytes()
+
+
 def _prediction(store: JobStore, job: Job) -> None:
     """A predict job's outcome and its table: all of it once finished, the rows done so far otherwise."""
     path = prediction_output(store, job.id)
@@ -225,8 +234,14 @@ def _prediction(store: JobStore, job: Job) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     done = "" if job.state == "finished" else " so far"
-    # read when the button is pressed (a callable), not on every poll of the panel
-    st.download_button(f"⬇️ Download job #{job.id}'s predictions{done} (CSV)", lambda: path.read_bytes(),
+    # A finished table is served as fixed bytes: their file id is a hash of the content, so it stays the
+    # same on every 2 s poll. A callable gets a new id on each poll and the old one is revoked, so a
+    # click that lands during a poll downloaded nothing (seen in CI). A growing table changes anyway,
+    # so it is read only when the button is pressed.
+    stat = path.stat()
+    data = _finished_table(str(path), stat.st_mtime_ns, stat.st_size) if job.state == "finished" \
+        else (lambda: path.read_bytes())
+    st.download_button(f"⬇️ Download job #{job.id}'s predictions{done} (CSV)", data,
                        file_name=f"{job.name.replace(' + ', '_')}_predictions.csv", mime="text/csv",
                        key=f"predict-job-{job.id}", on_click="ignore")
     if job.state == "finished":
