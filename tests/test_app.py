@@ -1066,6 +1066,38 @@ def test_predict_above_the_row_threshold_runs_as_a_background_job(tiny_app, monk
     assert "invalid SMILES" in table.loc[2, "error"]
 
 
+def test_running_predict_jobs_rows_so_far_download_under_an_id_that_follows_the_file(tiny_app):
+    """While a predict job runs, its rows so far are served as bytes: the same id while the file is
+    unchanged (a poll does not revoke what a click is fetching), a new one once rows are added."""
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    from tagllm_core.jobs import prediction_output
+
+    store = JobStore()
+    job = store.create("predict", "Solubility", ["predict", "--tag", "Solubility", "--input", "x.csv"])
+    assert store.set_running(job.id, os.getpid())
+    path = prediction_output(store, job.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("row,smiles,prediction,error\n1,CCO,-0.2,\n")
+
+    def served_id(at):
+        button = by_key(at.get("download_button"), f"predict-job-{job.id}")
+        assert "so far" in button.proto.label, button.proto.label
+        return button.proto.url
+
+    at = new_app("pages/predict.py")
+    assert not at.exception, [e.value for e in at.exception]
+    first = _calculate_file_id(path.read_bytes(), "text/csv", "Solubility_predictions.csv")
+    assert first in served_id(at)
+    at.run()
+    assert first in served_id(at)
+    with path.open("a") as f:
+        f.write("2,CCN,-0.1,\n")
+    at.run()
+    second = _calculate_file_id(path.read_bytes(), "text/csv", "Solubility_predictions.csv")
+    assert second != first and second in served_id(at)
+
+
 def test_predict_job_of_an_uploaded_csv_reads_the_saved_upload(tiny_app, monkeypatch):
     from ui import predict_jobs
 

@@ -5,7 +5,7 @@ the chosen job's new events), so it never holds the page up while a job trains i
 its own process. When a job ends, the whole page reruns once so that the
 sidebar and the tag lists pick up the new tag. A finished predict job offers its
 table for download, read once from the job's folder; a running one offers the rows
-done so far, read when the button is pressed.
+done so far.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .training import argv_value
 STATE_ICON = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
 KIND_TEXT = {"function-tag": "function tag", "domain-tag": "domain tag", "predict": "prediction"}
 FORCE_STOP_AFTER_S = 15
+GROWING_TABLE_READ_BYTES = 16 << 20  # a running job's table up to this size is read at each change
 
 
 def _when(ts) -> str:
@@ -213,9 +214,9 @@ def _finished(job: Job) -> None:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _finished_table(path: str, mtime_ns: int, size: int) -> bytes:
-    """A finished job's table, read once per (file, version); cache_resource hands back the same bytes
-    object instead of a copy, which matters for tables of a million rows polled every 2 s."""
+def _table_bytes(path: str, mtime_ns: int, size: int) -> bytes:
+    """A predict job's table, read once per version of the file; cache_resource hands back the same
+    bytes object instead of a copy, which matters for tables of a million rows polled every 2 s."""
     return Path(path).read_bytes()
 
 
@@ -234,13 +235,16 @@ def _prediction(store: JobStore, job: Job) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     done = "" if job.state == "finished" else " so far"
-    # A finished table is served as fixed bytes: their file id is a hash of the content, so it stays the
-    # same on every 2 s poll. A callable gets a new id on each poll and the old one is revoked, so a
-    # click that lands during a poll downloaded nothing (seen in CI). A growing table changes anyway,
-    # so it is read only when the button is pressed.
+    # The table is served as fixed bytes: their file id is a hash of the content, so it stays the same
+    # on every 2 s poll while the file does not change (and a replaced id stays served for one more
+    # poll). A callable gets a new id on each poll and the old one is revoked at once, so a click that
+    # landed during a poll downloaded nothing (seen in CI). Only a big table that is still growing is
+    # read when the button is pressed, rather than at every poll.
     stat = path.stat()
-    data = _finished_table(str(path), stat.st_mtime_ns, stat.st_size) if job.state == "finished" \
-        else (lambda: path.read_bytes())
+    if job.state == "finished" or stat.st_size <= GROWING_TABLE_READ_BYTES:
+        data = _table_bytes(str(path), stat.st_mtime_ns, stat.st_size)
+    else:
+        data = lambda: path.read_bytes()  # noqa: E731
     st.download_button(f"⬇️ Download job #{job.id}'s predictions{done} (CSV)", data,
                        file_name=f"{job.name.replace(' + ', '_')}_predictions.csv", mime="text/csv",
                        key=f"predict-job-{job.id}", on_click="ignore")
