@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
-from typing import Callable, Hashable, Iterator, Optional, Protocol, cast
+from typing import Callable, Hashable, Iterator, Optional, Protocol, Sequence, cast
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -226,18 +226,18 @@ class PrefixCache:
         self._put(key, prefix)
         return prefix
 
-    def narrow(self, position: int, depth: int, width: int) -> None:
+    def narrow(self, positions: Sequence[int], depth: int, width: int) -> None:
         """Keep what a shallower read-out needs of every stored state: the key/value states of the
         first ``depth`` layers and, of the pooled input states (layers side by side, ``width`` each),
-        the ``position``-th block. Used once the read-out layer is chosen from an all-layer pass;
-        the model's ``layers`` must then be set to the kept layer."""
-        block = slice(position * width, (position + 1) * width)
+        the blocks at the 0-based ``positions``, side by side in that order. Used once the read-out
+        layers are chosen from an all-layer pass; the model's ``layers`` must then be set to them."""
+        columns = torch.cat([torch.arange(p * width, (p + 1) * width) for p in positions])
         for key, state in list(self._store.items()):
             if isinstance(state, SharedPrefix):
-                self._store[key] = SharedPrefix(state.layers[:depth], state.length, state.input_sum[block].clone(),
+                self._store[key] = SharedPrefix(state.layers[:depth], state.length, state.input_sum[columns],
                                                 state.input_count)
             else:
-                mean = state.input_mean[block].clone() if state.input_mean is not None else None
+                mean = state.input_mean[columns] if state.input_mean is not None else None
                 self._store[key] = replace(state, keys=state.keys[:depth], values=state.values[:depth],
                                            input_mean=mean)
         self.nbytes = sum(s.nbytes for s in self._store.values())

@@ -111,7 +111,11 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
             "warnings": run.report.warnings,
             "layer_choice": ({"chosen": choice.layer, "best": choice.best, "tolerance_se": choice.tolerance,
                               "rows": warm.rows, "ridge_rows": warm.ridge_rows,
-                              f"valid_{warm.metric}_by_layer": _layer_metrics(choice.scores, warm.larger)}
+                              f"valid_{warm.metric}_by_layer": _layer_metrics(choice.scores, warm.larger),
+                              # layers="stack": each kept layer's weight in the head
+                              **({"stack_weights": {layer: round(w, 4) for layer, w in
+                                                    zip(warm.stack.layers, warm.stack.weights)}}
+                                 if warm.stack else {})}
                              if choice else None),
         },
     )

@@ -12,9 +12,10 @@ from .exceptions import TrainingError
 from .tags import SlotSpec, Tag, normalize_tag_name
 from .templates import Template, default_template
 
-__all__ = ["FunctionTagConfig", "TrainResult", "parse_layers"]
+__all__ = ["CHOSEN_LAYERS", "FunctionTagConfig", "TrainResult", "parse_layers"]
 
-Layers = Union[str, list[int]]  # "auto" | "final" | 1-based layer numbers
+Layers = Union[str, list[int]]  # "auto" | "stack" | "final" | 1-based layer numbers
+CHOSEN_LAYERS = ("auto", "stack")  # the read-out depths chosen in the warm start
 
 
 @dataclass
@@ -31,8 +32,9 @@ class FunctionTagConfig:
     what: str = "property"  # wording of the default template: "The <what> is <Tag>"
     n_tokens: int = 10
     readout: str = "last+mean"
-    # Read-out depth: "auto" (chosen by the ridge heads' validation scores), "final" (the last layer's
-    # normed state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
+    # Read-out depth: "auto" (chosen by the ridge heads' validation scores), "stack" (the same depth, and
+    # the head combines every layer up to it, warm_start.stack_layers), "final" (the last layer's normed
+    # state, as in the paper), or 1-based layer numbers such as [12] or [7, 15].
     layers: Layers = "auto"
     # With "auto": keep the shallowest layer within this many standard errors of the best validation
     # score (warm_start.one_se_layer). 0 (the default) keeps the best score: 1 made the bundled
@@ -90,21 +92,21 @@ class FunctionTagConfig:
 
 
 def parse_layers(value: Any) -> Layers:
-    """"auto" | "final" | [int, ...] from what a person typed ("auto", "final", "12", "7,15")."""
+    """"auto" | "stack" | "final" | [int, ...] from what a person typed ("auto", "final", "12", "7,15")."""
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("auto", "final"):
+        if text in (*CHOSEN_LAYERS, "final"):
             return text
         try:
             value = [int(x) for x in text.replace(" ", ",").split(",") if x]
         except ValueError:
             raise TrainingError(
-                f"Read-out layers {value!r}: use auto, final or layer numbers such as 12 or 7,15.") from None
+                f"Read-out layers {value!r}: use auto, stack, final or layer numbers such as 12 or 7,15.") from None
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value or not all(
             isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value):
-        raise TrainingError(f"Read-out layers {value!r}: use auto, final or layer numbers (1 or more).")
+        raise TrainingError(f"Read-out layers {value!r}: use auto, stack, final or layer numbers (1 or more).")
     return list(value)
 
 

@@ -27,7 +27,7 @@ from .prefix_cache import PrefixCache, row_groups
 from .standardize import clean_for_model, training_summary
 from .tags import SlotSpec, TagLibrary, init_tag_vectors
 from .templates import RowPlan, Template
-from .train_config import FunctionTagConfig
+from .train_config import CHOSEN_LAYERS, FunctionTagConfig
 
 __all__ = ["PreparedData", "prepare_supervised", "split_validation", "CALIBRATION_MIN_ROWS", "calibration_split",
            "SplitRows", "prepare_rows", "Targets", "encode_targets", "domain_vectors", "augmented_rows",
@@ -326,11 +326,11 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
     init = init_tag_vectors(backbone.embedding_matrix, cfg.n_tokens, generator=gen)
     vectors = {cfg.name: init, **domain_vecs}
     kinds = {s.name: s.kind for s in cfg.slots}
-    # With layers="auto" the model first reads every layer: the warm-start pass through the prefix
+    # With layers="auto" (or "stack") the model first reads every layer: the warm-start pass through the prefix
     # cache gives every layer's features at once, a ridge head per layer scored on validation picks
     # the read-out depth, and the cache then keeps only the states of the layers up to it.
     layers: Optional[tuple[int, ...]]
-    if cfg.layers == "auto":
+    if cfg.layers in CHOSEN_LAYERS:
         layers = tuple(range(1, backbone.n_layers + 1))
     else:
         layers = None if isinstance(cfg.layers, str) else tuple(cfg.layers)  # a string here is "final"

@@ -22,11 +22,20 @@ from . import warm_start as warm_start_lib
 from .baselines import mean_pooled, ridge_outputs
 from .heads import HeadConfig, TaskHead
 from .prefix_cache import suffix_features
-from .train_config import FunctionTagConfig
+from .train_config import CHOSEN_LAYERS, FunctionTagConfig
 from .train_eval import evaluate, stopping_metric
 from .train_prepare import ModelInputs, PreparedData, Targets
 from .train_progress import StageProgress
-from .warm_start import LayerChoice, choose_layer, fit_head, layer_slice
+from .warm_start import (
+    LayerChoice,
+    LayerStack,
+    choose_layer,
+    fit_head,
+    layer_slice,
+    layers_slice,
+    stack_layers,
+    stacked_head_state,
+)
 
 __all__ = ["WARM_BATCH", "WarmStart", "warm_rows", "warm_start_steps", "warm_start"]
 
@@ -46,13 +55,14 @@ def warm_start_steps(cfg: FunctionTagConfig, n_rows: int, n_valid: int, n_train:
     validation rows (both halves) to choose the layer and score the probe; then, for the ridge head,
     the other ``n_train - n_rows`` training rows at the chosen layer."""
     rest = math.ceil(max(n_train - n_rows, 0) / WARM_BATCH) if cfg.ridge_warm_start else 0
-    return math.ceil((n_rows + (n_valid if cfg.layers == "auto" else 0)) / WARM_BATCH) + rest
+    return math.ceil((n_rows + (n_valid if cfg.layers in CHOSEN_LAYERS else 0)) / WARM_BATCH) + rest
 
 
 @dataclass
 class WarmStart:
     """What the warm start settled: the head's shape, and the layer choice (``None`` unless
-    ``layers="auto"``) with the validation metric that scored it (``larger``: higher is better)."""
+    ``layers="auto"`` or ``"stack"``) with the validation metric that scored it (``larger``: higher is
+    better); with ``"stack"``, the layers the head combines and their weights."""
 
     head_config: HeadConfig
     rows: int  # training rows of the layer choice (and of the probe)
@@ -61,6 +71,7 @@ class WarmStart:
     larger: bool = False
     probe: Optional[ProbeBaseline] = None
     ridge_rows: int = 0  # training rows the head's ridge fit read (all of them)
+    stack: Optional[LayerStack] = None
 
 
 @dataclass
@@ -80,7 +91,7 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     model its head, fitted by ridge (or at zero without ``cfg.ridge_warm_start``)."""
     model, cache, n_extra = inputs.model, inputs.cache, inputs.n_extra
     backbone = model.backbone
-    auto = cfg.layers == "auto"
+    auto = cfg.layers in CHOSEN_LAYERS
 
     def head_config(feature_dim: int) -> HeadConfig:
         return HeadConfig(cfg.task, targets.n_outputs, feature_dim + n_extra, n_extra, standardize=True)
@@ -97,6 +108,7 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     metric: Optional[str] = None
     larger = False
     probe: Optional[ProbeBaseline] = None
+    stack: Optional[LayerStack] = None
     if auto:
         n_layers = backbone.n_layers
         n_sel = len(inputs.valid_plans)
@@ -115,15 +127,27 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
                               inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed)
         if cfg.baselines and cfg.readout == "last+mean":
             probe = _probe(cfg, targets, rows, f_train, torch.cat([f_valid, f_calib]), n_sel, n_layers, loss)
-        feats = layer_slice(f_train, n_layers, choice.layer, cfg.readout)
-        cache.narrow(choice.layer - 1, choice.layer, backbone.hidden_size)
-        model.layers = (choice.layer,)
+        if cfg.layers == "stack":
+            stack = stack_layers(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
+                                 targets.ridge[rows], n_layers, choice.layer, cfg.readout, extra_rows)
+        kept = stack.layers if stack else (choice.layer,)
+        feats = layers_slice(f_train, n_layers, kept, cfg.readout)
+        cache.narrow([layer - 1 for layer in kept], max(kept), backbone.hidden_size)
+        model.layers = kept
         del f_train, f_valid, f_calib  # every layer's features: free them before the ridge fit
-    result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe)
+    result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe, stack=stack)
     model.head = TaskHead(result.head_config)
     if cfg.ridge_warm_start:
         feats = _every_row(inputs, rows, feats, report, n_scanned)
-        fit_head(model.head, feats, targets.ridge, inputs.extra_train if extra_rows is not None else None)
+        extra = inputs.extra_train if extra_rows is not None else None
+        if stack is None:
+            fit_head(model.head, feats, targets.ridge, extra)
+        else:  # each kept layer's ridge head on every training row, combined with the stack's weights
+            k, heads = len(stack.layers), []
+            for j in range(k):
+                heads.append(TaskHead(head_config(model.feature_dim // k)))
+                fit_head(heads[-1], layer_slice(feats, k, j + 1, cfg.readout), targets.ridge, extra)
+            model.head.load_state({**model.head.state(), **stacked_head_state(heads, stack.weights, cfg.readout)})
         result.ridge_rows = len(feats)
     else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
         model.head.fit_scaling(feats if extra_rows is None else torch.cat([feats, extra_rows], 1))

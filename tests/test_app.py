@@ -424,14 +424,14 @@ def test_layers_problem_explains_what_is_accepted():
     assert training.layers_problem("12") is None and training.layers_problem(" 7,15 ") is None
     assert training.layers_problem("") is None  # blank means the default
     for bad in ("deep", "0", "7;x"):
-        assert "auto, final" in training.layers_problem(bad)
+        assert "auto, stack, final" in training.layers_problem(bad)
 
 
 def test_train_form_sends_depth_and_descriptors_to_the_job(tiny_app):
     at = _fill_function_form(new_app("pages/train.py"), "DeepLogP")
     at.text_input(key="tf_layers").input("nope").run()
     assert not at.exception and at.button(key="tf_start").disabled
-    assert "auto, final" in texts(at.error)
+    assert "auto, stack, final" in texts(at.error)
     at.text_input(key="tf_layers").input("1").run()
     at.checkbox(key="tf_features").check().run()
     assert not at.button(key="tf_start").disabled

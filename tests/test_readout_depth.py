@@ -40,7 +40,19 @@ from tagllm_core.model import readout_dim
 from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SUFFIX
 from tagllm_core.training import parse_layers, train_function_tag
-from tagllm_core.warm_start import LayerChoice, bootstrap_scores, choose_layer, one_se_layer
+from tagllm_core.warm_start import (
+    LayerChoice,
+    LayerStack,
+    bootstrap_scores,
+    choose_layer,
+    fit_head,
+    layer_slice,
+    layers_slice,
+    one_se_layer,
+    ridge_loo,
+    stack_layers,
+    stacked_head_state,
+)
 
 from conftest import count_block_calls, make_function_tag  # noqa: E402
 from test_stack import make_deep_backbone  # noqa: E402
@@ -75,7 +87,8 @@ def predict_values(bb, tag, rows, library=None, batch_size: int = 7) -> np.ndarr
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("auto", "auto"), (" Auto ", "auto"), ("final", "final"), ("FINAL", "final"),
+    ("auto", "auto"), (" Auto ", "auto"), ("stack", "stack"), (" Stack", "stack"), ("final", "final"),
+    ("FINAL", "final"),
     ("12", [12]), ("7, 15", [7, 15]), ("7,15", [7, 15]), ("7 15", [7, 15]), (3, [3]), ([2, 1], [2, 1]),
     ((4,), [4]),
 ])
@@ -85,7 +98,7 @@ def test_parse_layers_accepts(value, expected):
 
 @pytest.mark.parametrize("value", ["x", "7,x", "1.5", "-1", "0", 0, -2, [], (), [0], [1, 0], "", [1.0], True, [True]])
 def test_parse_layers_refuses(value):
-    with pytest.raises(TrainingError, match="auto, final"):
+    with pytest.raises(TrainingError, match="auto, stack, final"):
         parse_layers(value)
 
 
@@ -241,6 +254,108 @@ def test_bootstrap_scores_are_paired_and_nan_for_undefined_metrics():
 def test_layer_tolerance_is_checked():
     with pytest.raises(TrainingError, match="standard errors"):
         smiles_cfg("Tol", layer_tolerance=-1)
+
+
+# --- layers="stack" ----------------------------------------------------------------------------------------
+
+
+def test_ridge_loo_gives_each_rows_prediction_without_it():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((40, 12)), rng.standard_normal((40, 2))
+    state, alpha, loo = ridge_loo(x, y)
+    assert loo.shape == (40, 2)
+    for row in (0, 17):
+        rest = np.delete(np.arange(40), row)
+        refit = Ridge(alpha=alpha).fit(x[rest], y[rest]).predict(x[row:row + 1])[0]
+        np.testing.assert_allclose(loo[row], refit, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(state["weight"].numpy(), Ridge(alpha=alpha).fit(x, y).coef_, rtol=1e-4, atol=1e-6)
+
+
+def test_stack_layers_weights_the_informative_layers_and_drops_the_useless_one():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(300)
+    # layer 1: noise; layers 2 and 3: y with errors of their own, so averaging them beats either
+    blocks = [rng.standard_normal((300, 4))] + [y[:, None] + 0.8 * rng.standard_normal((300, 4)) for _ in range(2)]
+    feats = torch.tensor(np.hstack(blocks), dtype=torch.float32)
+    factory = lambda: TaskHead(HeadConfig("regression", 1, 4, standardize=True))  # noqa: E731
+    stack = stack_layers(factory, feats, torch.tensor(y[:, None], dtype=torch.float32), 3, 3, "last")
+    assert stack.layers == (2, 3)
+    assert sum(stack.weights) == pytest.approx(1.0) and min(stack.weights) > 0.3
+    # the depth bounds the pool: with depth 2 only layer 2 can be kept
+    assert stack_layers(factory, feats, torch.tensor(y[:, None], dtype=torch.float32), 3, 2, "last").layers == (2,)
+
+
+@pytest.mark.parametrize("readout, n_extra", [("last+mean", 0), ("last+mean", 3), ("last", 2)])
+def test_stacked_head_outputs_the_weighted_sum_of_the_layer_heads(readout, n_extra):
+    rng = np.random.default_rng(1)
+    n, width, layers, weights = 60, 5, (1, 3, 4), (0.2, 0.5, 0.3)
+    parts = 2 if readout == "last+mean" else 1
+    every = torch.tensor(rng.standard_normal((n, parts * 4 * width)) * 3 + 1, dtype=torch.float32)
+    extra = torch.tensor(rng.standard_normal((n, n_extra)) * 10, dtype=torch.float32) if n_extra else None
+    y = torch.tensor(rng.standard_normal((n, 2)), dtype=torch.float32)
+    config = lambda k: HeadConfig("regression", 2, parts * k * width + n_extra, n_extra, standardize=True)  # noqa: E731
+    heads = []
+    for layer in layers:
+        heads.append(TaskHead(config(1)))
+        fit_head(heads[-1], layer_slice(every, 4, layer, readout), y, extra)
+    combined = TaskHead(config(len(layers)))
+    combined.load_state(stacked_head_state(heads, weights, readout))
+    with torch.no_grad():
+        expected = sum(w * h(layer_slice(every, 4, layer, readout), extra)
+                       for h, w, layer in zip(heads, weights, layers))
+        got = combined(layers_slice(every, 4, layers, readout), extra)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_stack_trains_round_trips_and_prediction_reproduces_it(deep_llama, library_factory, frame):
+    lib = library_factory(deep_llama)
+    res = train_function_tag(deep_llama, lib, smiles_cfg("Stacked", layers="stack", epochs=1,
+                                                         valid_fraction=VALID_FRACTION), frame)
+    card = res.tag.card
+    choice = card.training["layer_choice"]
+    weights = {int(k): v for k, v in choice["stack_weights"].items()}
+    assert card.layers == sorted(weights) and max(card.layers) <= choice["chosen"]
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-3) and min(weights.values()) > 0
+    assert card.head["in_dim"] == readout_dim(card.readout, deep_llama.hidden_size, len(card.layers))
+    loaded = lib.get("Stacked")
+    assert loaded.card.layers == card.layers
+    deepest = max(card.layers)
+    with count_block_calls(deep_llama) as counts:
+        values = predict_values(deep_llama, loaded, valid_rows(frame), lib)
+    np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
+    assert counts[deepest:] == [0] * (deep_llama.n_layers - deepest)
+
+
+@pytest.mark.parametrize("features", ["none", "descriptors"])
+def test_a_stack_of_two_layers_warm_starts_at_its_layers_combined_and_predicts_the_same(
+        deep_llama, library_factory, frame, monkeypatch, features):
+    """Forced to layers 1 and 2 of 3 (a tiny random model may well keep one), the warm start's head is
+    the weighted sum of those layers' ridge heads (its epoch 0 scores as such), prediction reproduces
+    training and the top block never runs."""
+    monkeypatch.setattr(training, "stack_layers", lambda *a, **k: LayerStack((1, 2), (0.25, 0.75)))
+    calls = []
+    real_choose = training.choose_layer
+
+    def choose(*args, **kwargs):
+        calls.append(real_choose(*args, **kwargs))
+        return LayerChoice(3, calls[-1].scores)  # the depth bound; the stack keeps 1 and 2 below it
+
+    monkeypatch.setattr(training, "choose_layer", choose)
+    lib = library_factory(deep_llama)
+    name = f"Two{features.title()}"
+    res = train_function_tag(deep_llama, lib, smiles_cfg(name, layers="stack", epochs=1, features=features,
+                                                         valid_fraction=VALID_FRACTION), frame)
+    card = res.tag.card
+    assert card.layers == [1, 2] and card.training["layer_choice"]["stack_weights"] == {1: 0.25, 2: 0.75}
+    n_extra = card.head["n_extra"]
+    assert (n_extra > 0) == (features == "descriptors")
+    assert card.head["in_dim"] == readout_dim(card.readout, deep_llama.hidden_size, 2) + n_extra
+    with count_block_calls(deep_llama) as counts:
+        values = predict_values(deep_llama, lib.get(name), valid_rows(frame), lib)
+    np.testing.assert_allclose(values, res.valid_pred, rtol=1e-4, atol=1e-4)
+    assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
 
 
 # --- explicit layers and "final" ----------------------------------------------------------------------

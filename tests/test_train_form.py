@@ -69,7 +69,7 @@ def test_each_form_problem_is_one_sentence_in_the_forms_order():
     assert problems[1:4] == ["Choose at least one input column.", "A classification tag takes a single label column.",
                              ENTER_NAME]
     assert problems[4] == bad_template.problem and "must be exactly the mapped inputs" in problems[4]
-    assert "auto, final" in problems[5] and len(problems) == 6
+    assert "auto, stack, final" in problems[5] and len(problems) == 6
     # a refused name replaces the hint; no label is its own problem
     named = train_form.function_form_problems(form(name=None, name_problem="A tag named <Sol> already exists.",
                                                    labels=[]))

@@ -122,7 +122,7 @@ def suggest_valid_fraction(n_rows: int) -> float:
 
 
 def layers_problem(text: str) -> Optional[str]:
-    """Why ``text`` is not a read-out depth (auto, final, or layer numbers such as 12 or 7,15); None if it is.
+    """Why ``text`` is not a read-out depth (auto, stack, final, or layer numbers such as 12 or 7,15); None if it is.
     The layer numbers are checked against the backbone when the job starts."""
     try:
         parse_layers(text.strip() or "auto")
