@@ -127,7 +127,7 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
                               inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed)
         if cfg.baselines and cfg.readout == "last+mean":
             probe = _probe(cfg, targets, rows, f_train, torch.cat([f_valid, f_calib]), n_sel, n_layers, loss)
-        if cfg.layers == "stack":
+        if cfg.layers == "stack":  # weights from the layer choice's rows (every row up to select_rows)
             stack = stack_layers(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
                                  targets.ridge[rows], n_layers, choice.layer, cfg.readout, extra_rows)
         kept = stack.layers if stack else (choice.layer,)

@@ -821,6 +821,10 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
     shallow = dataclasses.replace(card, training={"layer_choice": {"chosen": 12, "best": 26}})
     assert cards.readout_text(shallow).startswith(
         "layer 12 (chosen on validation: the shallowest within one standard error of the best, layer 26)")
+    stacked = dataclasses.replace(card, layers=[4, 11], features="none", training={"layer_choice": {
+        "chosen": 12, "best": 12, "stack_weights": {"11": 0.75, "4": 0.25}}})  # as read back from JSON
+    assert cards.readout_text(stacked) == ("layers 4 (25%), 11 (75%) (stacked: every layer up to 12, weighted on "
+                                           "the training rows)")
 
 
 # --------------------------------------------------------------------------- hardening (issue 11)

@@ -81,7 +81,12 @@ def readout_text(card: TagCard) -> str:
         chosen = (card.training or {}).get("layer_choice")
         text = f"layer{'s' if len(card.layers) > 1 else ''} {', '.join(map(str, card.layers))}"
         best = (chosen or {}).get("best")
-        if chosen and best and best != chosen.get("chosen"):
+        weights = (chosen or {}).get("stack_weights")
+        if weights:  # JSON keys are strings after a save
+            text = "layers " + ", ".join(f"{layer} ({float(w):.0%})" for layer, w in
+                                         sorted(weights.items(), key=lambda kv: int(kv[0])))
+            text += f" (stacked: every layer up to {chosen.get('chosen')}, weighted on the training rows)"
+        elif chosen and best and best != chosen.get("chosen"):
             text += f" (chosen on validation: the shallowest within one standard error of the best, layer {best})"
         elif chosen:
             text += " (chosen on validation)"
