@@ -140,7 +140,7 @@ with tab_fn:
                      "the layers above it never run, so training and prediction are faster (the CLI's "
                      "--layer-tolerance trades accuracy for a shallower layer). stack: the same depth, "
                      "and the head combines every layer up to it, weighted by how well each predicts the "
-                     "training rows it did not see; it helped the pure tag on BACE and hurt with "
+                     "training rows it did not see; it helped the pure tag on BACE and hurt ESOL with "
                      "descriptors. final: the last layer, as in the paper. Or layer numbers, e.g. 12 or 7,15.")
             layers_problem = training.layers_problem(layers)
             if layers_problem:

@@ -476,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", default=from_config, metavar="auto|stack|final|N[,M…]",
                    help="read-out depth: auto (chosen by ridge heads' validation scores, see --layer-tolerance; "
                         "the layers above never run), stack (the same depth; the head combines every layer up to "
-                        "it, weighted by their leave-one-out fit: better for the pure tag on BACE, worse with "
-                        "descriptors), final (the last layer, as in the paper), or layer numbers (12 or 7,15)")
+                        "it, weighted by their leave-one-out fit: better for the pure tag on BACE, worse on ESOL "
+                        "with descriptors), final (the last layer, as in the paper), or layer numbers (12 or 7,15)")
     f.add_argument("--layer-tolerance", type=float, default=from_config, metavar="SE",
                    help="with --layers auto: keep the shallowest layer within this many standard errors of the "
                         "best validation score (faster predictions, often less accurate); 0, the default, keeps "

@@ -25,7 +25,7 @@ leave-one-out predictions of the training rows (stacked regression: Wolpert 1992
 The validation rows play no part in the weights. Layers of zero weight are dropped, and the combined
 head is one linear head over the kept layers' features side by side, so prediction runs it like any
 multi-layer read-out (``stacked_head_state``). docs/BENCHMARKS.md: on the pure tag it takes BACE from
-0.653 to 0.618 RMSE and ties on ESOL, GB1 and DAVIS; with descriptors it is worse, hence an option.
+0.653 to 0.618 RMSE and ties on ESOL, GB1 and DAVIS; with descriptors it loses on ESOL, hence an option.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 
 from .heads import TaskHead
 
-__all__ = ["LayerChoice", "LayerStack", "RIDGE_ALPHAS", "fit_ridge", "fit_head", "layer_slice", "layers_slice",
-           "bootstrap_scores", "one_se_layer", "choose_layer", "stack_layers", "stacked_head_state"]
+__all__ = ["LayerChoice", "LayerStack", "RIDGE_ALPHAS", "fit_ridge", "ridge_loo", "fit_head", "layer_slice",
+           "layers_slice", "bootstrap_scores", "one_se_layer", "choose_layer", "stack_layers", "stacked_head_state"]
 
 
 RIDGE_ALPHAS = tuple(np.logspace(-1, 5, 13))
