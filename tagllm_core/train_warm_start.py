@@ -124,12 +124,12 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
 
         choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
                               targets.ridge[rows], f_valid, loss, n_layers, cfg.readout, extra_rows,
-                              inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed)
+                              inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed,
+                              loo=cfg.layers == "stack")
         if cfg.baselines and cfg.readout == "last+mean":
             probe = _probe(cfg, targets, rows, f_train, torch.cat([f_valid, f_calib]), n_sel, n_layers, loss)
         if cfg.layers == "stack":  # weights from the layer choice's rows (every row up to select_rows)
-            stack = stack_layers(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
-                                 targets.ridge[rows], n_layers, choice.layer, cfg.readout, extra_rows)
+            stack = stack_layers(choice.loo, targets.ridge[rows], choice.layer)
         kept = stack.layers if stack else (choice.layer,)
         feats = layers_slice(f_train, n_layers, kept, cfg.readout)
         cache.narrow([layer - 1 for layer in kept], max(kept), backbone.hidden_size)

@@ -30,7 +30,7 @@ multi-layer read-out (``stacked_head_state``). docs/BENCHMARKS.md: on the pure t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -88,14 +88,20 @@ def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
              extra: Optional[torch.Tensor] = None) -> float:
     """Fit ``head`` by ridge on (N, F) features [+ (N, E) descriptors] for (N, K) targets: its
     standardisation first (if it standardises), then the weights. Returns the penalty used."""
+    return _fit_head(head, features, targets, extra, loo=False)[0]
+
+
+def _fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor, extra: Optional[torch.Tensor],
+              loo: bool) -> tuple[float, Optional[np.ndarray]]:
+    """``fit_head``, and with ``loo`` the fit's (N, K) leave-one-out predictions (``ridge_loo``)."""
     x = features.float() if extra is None else torch.cat([features.float(), extra.float()], dim=-1)
     if head.config.standardize:
         head.fit_scaling(x)
     with torch.no_grad():
         z = head.inputs(features, extra).cpu()
-    state, alpha = fit_ridge(z, targets)
+    state, alpha, out = ridge_loo(z, targets) if loo else (*fit_ridge(z, targets), None)
     head.load_state({**head.state(), **state})
-    return alpha
+    return alpha, out
 
 
 def layer_slice(features: torch.Tensor, n_layers: int, layer: int, readout: str) -> torch.Tensor:
@@ -154,36 +160,42 @@ def one_se_layer(scores: dict, replicates: dict, tolerance: float = 1.0) -> int:
 @dataclass
 class LayerChoice:
     """The chosen read-out layer, the best-scoring one, and each candidate's validation score
-    (lower is better)."""
+    (lower is better); with ``choose_layer(loo=True)``, each candidate head's leave-one-out predictions
+    of the training rows, for ``stack_layers``."""
 
     layer: int
     scores: dict[int, float]  # layer -> score
     best: int = 0
     tolerance: float = 0.0
+    loo: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> (N_train, K)
 
 
 def choose_layer(head_factory: Callable[[], TaskHead], train_features: torch.Tensor, targets: torch.Tensor,
                  valid_features: torch.Tensor, score: Callable[[np.ndarray, np.ndarray], float], n_layers: int,
                  readout: str,
                  train_extra: Optional[torch.Tensor] = None, valid_extra: Optional[torch.Tensor] = None,
-                 candidates: Optional[list] = None, tolerance: float = 0.0, seed: int = 0) -> LayerChoice:
+                 candidates: Optional[list] = None, tolerance: float = 0.0, seed: int = 0,
+                 loo: bool = False) -> LayerChoice:
     """Fit a ridge head on each candidate layer's training features, score it on the validation
     rows, and keep the shallowest layer within ``tolerance`` standard errors of the best
     (``one_se_layer``). ``score(out, rows)``: (len(rows), K) head outputs of validation ``rows`` ->
-    a loss."""
-    scores, outputs = {}, {}
+    a loss. ``loo``: also keep each head's leave-one-out predictions (the same fits)."""
+    scores, outputs, loo_by_layer = {}, {}, {}
     every = np.arange(valid_features.shape[0])
     for layer in candidates or range(1, n_layers + 1):
         head = head_factory()
-        fit_head(head, layer_slice(train_features, n_layers, layer, readout), targets, train_extra)
+        _, held_out = _fit_head(head, layer_slice(train_features, n_layers, layer, readout), targets, train_extra,
+                                loo)
+        if held_out is not None:
+            loo_by_layer[layer] = held_out
         with torch.no_grad():
             outputs[layer] = head(layer_slice(valid_features, n_layers, layer, readout), valid_extra).numpy()
         scores[layer] = float(score(outputs[layer], every))
     best = min(scores, key=lambda k: (scores[k], k))
-    if tolerance <= 0:
-        return LayerChoice(best, scores, best, tolerance)
-    replicates = bootstrap_scores(score, outputs, len(every), seed=seed)
-    return LayerChoice(one_se_layer(scores, replicates, tolerance), scores, best, tolerance)
+    chosen = best
+    if tolerance > 0:
+        chosen = one_se_layer(scores, bootstrap_scores(score, outputs, len(every), seed=seed), tolerance)
+    return LayerChoice(chosen, scores, best, tolerance, loo_by_layer)
 
 
 @dataclass
@@ -194,25 +206,17 @@ class LayerStack:
     weights: tuple[float, ...]
 
 
-def stack_layers(head_factory: Callable[[], TaskHead], train_features: torch.Tensor, targets: torch.Tensor,
-                 n_layers: int, depth: int, readout: str, train_extra: Optional[torch.Tensor] = None,
+def stack_layers(loo: dict[int, np.ndarray], targets: torch.Tensor, depth: int,
                  min_weight: float = 1e-3) -> LayerStack:
     """Weights of the ridge heads of layers 1..``depth``: non-negative least squares of the (N, K)
-    ``targets`` on the heads' leave-one-out predictions, then normalised to sum to one. A layer below
-    ``min_weight`` of the total is dropped. ``train_features``: (N, F_all) features read at layers
-    1..``n_layers``."""
+    ``targets`` on the heads' (N, K) leave-one-out predictions ``loo[layer]`` (``choose_layer(loo=True)``
+    fitted those heads), then normalised to sum to one. A layer below ``min_weight`` of the total is
+    dropped."""
     from scipy.optimize import nnls
 
     y = targets.detach().cpu().double().numpy().reshape(len(targets), -1)
-    loo = []
-    for layer in range(1, depth + 1):
-        head = head_factory()
-        x = layer_slice(train_features, n_layers, layer, readout)
-        head.fit_scaling(x if train_extra is None else torch.cat([x.float(), train_extra.float()], -1))
-        with torch.no_grad():
-            z = head.inputs(x, train_extra).cpu()
-        loo.append(ridge_loo(z, targets)[2].reshape(-1))
-    weights, _ = nnls(np.stack(loo, 1), y.reshape(-1))
+    held_out = np.stack([loo[layer].reshape(-1) for layer in range(1, depth + 1)], 1)
+    weights, _ = nnls(held_out, y.reshape(-1))
     if not np.isfinite(weights).all() or weights.sum() <= 0:  # nothing predicts: the deepest layer alone
         weights = np.eye(depth)[depth - 1]
     weights = weights / weights.sum()

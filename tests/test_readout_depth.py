@@ -280,11 +280,25 @@ def test_stack_layers_weights_the_informative_layers_and_drops_the_useless_one()
     blocks = [rng.standard_normal((300, 4))] + [y[:, None] + 0.8 * rng.standard_normal((300, 4)) for _ in range(2)]
     feats = torch.tensor(np.hstack(blocks), dtype=torch.float32)
     factory = lambda: TaskHead(HeadConfig("regression", 1, 4, standardize=True))  # noqa: E731
-    stack = stack_layers(factory, feats, torch.tensor(y[:, None], dtype=torch.float32), 3, 3, "last")
+    targets = torch.tensor(y[:, None], dtype=torch.float32)
+
+    def rmse(out, rows):
+        return float(np.sqrt(np.mean((out[:, 0] - y[rows]) ** 2)))
+
+    # the layer choice's own ridge fits give the leave-one-out predictions the stack weighs
+    choice = choose_layer(factory, feats, targets, feats, rmse, 3, "last", loo=True)
+    assert sorted(choice.loo) == [1, 2, 3] and choice.loo[2].shape == (300, 1)
+    head = factory()
+    fit_head(head, layer_slice(feats, 3, 2, "last"), targets)
+    with torch.no_grad():
+        z = head.inputs(layer_slice(feats, 3, 2, "last"))
+    np.testing.assert_allclose(choice.loo[2], ridge_loo(z, targets)[2], rtol=1e-6)
+    assert not choose_layer(factory, feats, targets, feats, rmse, 3, "last").loo  # only when asked
+    stack = stack_layers(choice.loo, targets, 3)
     assert stack.layers == (2, 3)
     assert sum(stack.weights) == pytest.approx(1.0) and min(stack.weights) > 0.3
     # the depth bounds the pool: with depth 2 only layer 2 can be kept
-    assert stack_layers(factory, feats, torch.tensor(y[:, None], dtype=torch.float32), 3, 2, "last").layers == (2,)
+    assert stack_layers(choice.loo, targets, 2).layers == (2,)
 
 
 @pytest.mark.parametrize("readout, n_extra", [("last+mean", 0), ("last+mean", 3), ("last", 2)])
