@@ -170,7 +170,7 @@ def _epoch_printer(t0: float):
 
 
 def run_dataset(bb, name, args, table):
-    from tagllm_core.metrics import regression_metrics
+    from tagllm_core.metrics import paired_difference, regression_metrics
     from tagllm_core.tags import SlotSpec, TagLibrary
     from tagllm_core.training import FunctionTagConfig, train_function_tag
 
@@ -179,7 +179,15 @@ def run_dataset(bb, name, args, table):
     ytr, yva = tr.y.to_numpy(float), va.y.to_numpy(float)
     print(f"== {name}: train {len(tr)}, valid {len(va)}", flush=True)
 
+    preds: dict = {}  # method -> (N,) valid predictions, for paired comparisons
+
+    def versus(pred, method) -> str:
+        """``tag − probe-mean@14: −0.031 (−0.052 to −0.010), better``: a paired bootstrap over the valid rows."""
+        d = paired_difference("regression", yva, pred, preds[method])
+        return f"{method}: {d.difference:+.3f} ({d.low:+.3f} to {d.high:+.3f}), {d.verdict}" if d else ""
+
     def add(method, pred, seconds=None, extra=""):
+        preds[method] = pred
         m = regression_metrics(yva, pred)
         table.append({"dataset": name, "method": method, "rmse": m["rmse"], "mae": m["mae"],
                       "pearson": m.get("pearson"), "spearman": m.get("spearman"), "ci": m.get("ci"),
@@ -234,11 +242,17 @@ def run_dataset(bb, name, args, table):
             card = res.tag.card
             probe = card.metrics.get("baselines", {}).get("probe") or {}
             held = card.metrics.get("held_out") or {}
+            # the tag against the strongest models of this run on the same rows (tag minus model, 95% interval)
+            against = [m for m in preds if m.startswith(("probe-mean@", "rf-"))]
+            vp = {k: (probe.get("versus_tag") or {}).get(k, float("nan")) for k in ("difference", "low", "high")}
+            paired = "; ".join(filter(None, [versus(np.array(res.valid_pred), m) for m in against]))
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
                 time.perf_counter() - t0, f"layers {card.layers}; best epoch {card.training['best_epoch']}; "
                 f"valid RMSE by epoch {hist}; held-out half RMSE {held.get('rmse', float('nan')):.3f}; "
                 f"same run's probe (layer {probe.get('layer')}) RMSE {probe.get('rmse', float('nan')):.3f}, "
-                f"CI {probe.get('ci', float('nan')):.3f}; seconds by phase {card.training['phase_seconds']}")
+                f"CI {probe.get('ci', float('nan')):.3f}, tag − probe {vp['difference']:+.3f} "
+                f"({vp['low']:+.3f} to {vp['high']:+.3f}); "
+                f"paired, tag − {paired or 'no other model run'}; seconds by phase {card.training['phase_seconds']}")
 
 
 def crop_arg(kv: str) -> tuple[str, int]:

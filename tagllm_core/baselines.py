@@ -35,17 +35,22 @@ def _impute(train: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return fill(train), fill(valid)
 
 
-def mean_baseline(task: str, y_train: np.ndarray, y_valid: np.ndarray, n_classes: int = 0) -> dict:
-    """Metrics of the constant prediction (training mean, or the class frequencies)."""
+def mean_baseline(task: str, y_train: np.ndarray, y_valid: np.ndarray, n_classes: int = 0
+                  ) -> tuple[dict, np.ndarray]:
+    """(metrics, predictions) of the constant prediction: the training mean, (N,), or the training
+    class frequencies, (N, C)."""
     if task == "regression":
-        return regression_metrics(y_valid[:, 0], np.full(len(y_valid), y_train[:, 0].mean()))
+        pred = np.full(len(y_valid), y_train[:, 0].mean())
+        return regression_metrics(y_valid[:, 0], pred), pred
     freq = np.bincount(y_train, minlength=n_classes) / len(y_train)
-    return classification_metrics(y_valid, np.tile(freq, (len(y_valid), 1)))
+    probs = np.tile(freq, (len(y_valid), 1))
+    return classification_metrics(y_valid, probs), probs
 
 
 def rf_descriptors(task: str, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
-                   n_classes: int = 0, seed: int = 0) -> Optional[dict]:
-    """Validation metrics of a 300-tree random forest on (N, E) descriptors; ``None`` without descriptors."""
+                   n_classes: int = 0, seed: int = 0) -> Optional[tuple[dict, np.ndarray]]:
+    """(validation metrics, predictions) of a 300-tree random forest on (N, E) descriptors: (N,)
+    predictions, or (N, C) class probabilities; ``None`` without descriptors."""
     if x_train.shape[1] == 0:
         return None
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
@@ -53,11 +58,12 @@ def rf_descriptors(task: str, x_train: np.ndarray, y_train: np.ndarray, x_valid:
     xt, xv = _impute(x_train, x_valid)
     if task == "regression":
         model = RandomForestRegressor(n_estimators=300, n_jobs=-1, random_state=seed).fit(xt, y_train[:, 0])
-        return regression_metrics(y_valid[:, 0], model.predict(xv))
+        pred = model.predict(xv)
+        return regression_metrics(y_valid[:, 0], pred), pred
     model = RandomForestClassifier(n_estimators=300, n_jobs=-1, random_state=seed).fit(xt, y_train)
     probs = np.zeros((len(xv), n_classes))
     probs[:, model.classes_] = model.predict_proba(xv)
-    return classification_metrics(y_valid, probs)
+    return classification_metrics(y_valid, probs), probs
 
 
 def ridge_outputs(task: str, n_outputs: int, x_train, targets: torch.Tensor, x_eval) -> np.ndarray:

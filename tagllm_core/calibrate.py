@@ -67,14 +67,16 @@ class FinalEvaluation:
     """The kept state on every validation row: ``metrics`` and ``pred`` ((N, K) predictions in label
     units, or (N, C) class probabilities); ``held_out``: (metrics, predictions) on the calibration
     half alone, or ``None`` without one; ``interval``: the card's (regression), ``None`` otherwise or
-    when too few rows set it; ``warm_metrics``: the warm start's metrics on every validation row,
-    when a calibration half was held out and training moved on from the warm start (``None`` else)."""
+    when too few rows set it; ``warm_metrics`` and ``warm_pred``: the warm start's metrics and
+    predictions on every validation row, when a calibration half was held out and training moved on
+    from the warm start (``None`` else)."""
 
     metrics: dict[str, Any]
     pred: np.ndarray
     held_out: Optional[tuple[dict[str, Any], np.ndarray]]
     interval: Optional[dict[str, Any]]
     warm_metrics: Optional[dict[str, Any]]
+    warm_pred: Optional[np.ndarray] = None
 
 
 def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, targets: Targets,
@@ -100,12 +102,12 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
                      if calib is not None else None)
 
     # The warm start as a baseline on every validation row (history[0] holds the selection rows only).
-    warm_metrics = None
+    warm_metrics = warm_pred = None
     if holdout is not None and fitted.warm_state is not None and fitted.best_epoch != 0:
         warm_sel, warm_cal = outputs_of(fitted.warm_state)
         assert warm_cal is not None
-        warm_metrics = evaluate(cfg.task, in_split_order(warm_sel, warm_cal, holdout), rows.full_valid.y,
-                                targets.scaler, cfg.labels)[0]
+        warm_metrics, warm_pred = evaluate(cfg.task, in_split_order(warm_sel, warm_cal, holdout), rows.full_valid.y,
+                                           targets.scaler, cfg.labels)
     out, out_calib = outputs_of(fitted.best_state)
     held_out = None
     if calib is not None and holdout is not None and out_calib is not None:
@@ -118,4 +120,4 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
     if cfg.task == "regression":
         resid = calib.y - held_out[1] if calib is not None and held_out is not None else valid.y - pred
         interval = conformal_interval(resid, cfg.interval_level, held_out=calib is not None)
-    return FinalEvaluation(metrics, pred, held_out, interval, warm_metrics)
+    return FinalEvaluation(metrics, pred, held_out, interval, warm_metrics, warm_pred)

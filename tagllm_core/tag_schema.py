@@ -238,6 +238,15 @@ def _check_metrics(c: _Checker, metrics) -> None:
     c.mapping(metrics.get("valid"), "metrics.valid", optional=True)
     for key, value in c.mapping(metrics.get("baselines"), "metrics.baselines", optional=True).items():
         c.mapping(value, f"metrics.baselines.{key}")
+        versus = c.mapping(value.get("versus_tag"), f"metrics.baselines.{key}.versus_tag", optional=True)
+        for name in ("difference", "low", "high", "level") if versus else ():
+            number = versus.get(name)
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                c.fail(f"metrics.baselines.{key}.versus_tag.{name}", "must be a number", number)
+        if versus and (not isinstance(versus.get("metric"), str) or not isinstance(versus.get("larger_is_better"), bool)
+                       or isinstance(versus.get("n_boot"), bool) or not isinstance(versus.get("n_boot"), int)):
+            c.fail(f"metrics.baselines.{key}.versus_tag", "must name its metric, its direction and its resamples",
+                   versus)
 
 
 def _check_function(c: _Checker, data: dict, hidden: int) -> None:

@@ -15,6 +15,7 @@ from .backbone import Backbone
 from .baselines import mean_baseline, rf_descriptors, ridge_outputs
 from .calibrate import FinalEvaluation, in_split_order
 from .descriptors import row_feature_names, row_features
+from .metrics import paired_difference
 from .standardize import length_ranges
 from .tags import TagCard
 from .train_config import FunctionTagConfig
@@ -35,29 +36,45 @@ def baselines(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInputs, targ
               fitted: FitResult, final: FinalEvaluation) -> dict[str, Any]:
     """The models the tag is compared with on every validation row (``baselines``): the training
     mean, the tag's own warm start, the linear probe on the same backbone (``layers="auto"``), and
-    ridge and a random forest on descriptors (when they can be computed)."""
+    ridge and a random forest on descriptors (when they can be computed).
+
+    Each baseline whose predictions are at hand also carries ``versus_tag``: the tag's primary metric
+    minus the baseline's on the same rows, with a paired bootstrap 95% interval
+    (``metrics.PairedDifference``), so the card can say whether the validation rows tell them apart."""
     train, valid = rows.train, rows.full_valid
     n_classes = len(rows.classes or [])
-    out = {"mean": mean_baseline(cfg.task, train.y, valid.y, n_classes)}
-    warm_metrics = final.warm_metrics
-    if rows.calib is not None and fitted.best_epoch == 0:
-        warm_metrics = final.metrics  # the warm start is the kept state
-    out["warm_start"] = warm_metrics if warm_metrics is not None else {
-        k[6:]: v for k, v in fitted.history[0].items() if k.startswith("valid_")}
+    out: dict[str, Any] = {}
+
+    def add(key: str, metrics: dict, pred: Optional[np.ndarray]) -> None:
+        out[key] = dict(metrics)
+        if pred is not None:
+            versus = paired_difference(cfg.task, valid.y, final.pred, pred, seed=cfg.seed)
+            if versus is not None:
+                out[key]["versus_tag"] = versus.to_dict()
+
+    add("mean", *mean_baseline(cfg.task, train.y, valid.y, n_classes))
+    if final.warm_metrics is not None:
+        add("warm_start", final.warm_metrics, final.warm_pred)
+    elif rows.calib is not None and fitted.best_epoch == 0:
+        add("warm_start", final.metrics, final.pred)  # the warm start is the kept state
+    else:  # no calibration half: history[0] scored every validation row, its predictions were not kept
+        add("warm_start", {k[6:]: v for k, v in fitted.history[0].items() if k.startswith("valid_")},
+            final.pred if fitted.best_epoch == 0 else None)
     if inputs.n_extra and inputs.extra_train is not None and inputs.extra_all_valid is not None:
         x_tr, x_va = inputs.extra_train.numpy(), inputs.extra_all_valid.numpy()
     else:
         x_tr, x_va = row_features(inputs.kinds, train.inputs), row_features(inputs.kinds, valid.inputs)
     rf = rf_descriptors(cfg.task, x_tr, train.y, x_va, valid.y, n_classes, cfg.seed)
     if rf is not None:
-        out["rf_descriptors"] = rf
-        out["ridge_descriptors"] = evaluate(cfg.task, ridge_outputs(cfg.task, targets.n_outputs, x_tr, targets.ridge,
-                                                                    x_va), valid.y, targets.scaler, cfg.labels)[0]
+        add("rf_descriptors", *rf)
+        add("ridge_descriptors", *evaluate(cfg.task, ridge_outputs(cfg.task, targets.n_outputs, x_tr, targets.ridge,
+                                                                   x_va), valid.y, targets.scaler, cfg.labels))
     if warm.probe is not None:
         n_sel = len(rows.valid.inputs)
         sel, cal = warm.probe.outputs[:n_sel], warm.probe.outputs[n_sel:]
         both = in_split_order(sel, cal, rows.holdout) if rows.holdout is not None else sel
-        out["probe"] = {**evaluate(cfg.task, both, valid.y, targets.scaler, cfg.labels)[0], "layer": warm.probe.layer}
+        metrics, pred = evaluate(cfg.task, both, valid.y, targets.scaler, cfg.labels)
+        add("probe", {**metrics, "layer": warm.probe.layer}, pred)
         if warm.rows < warm.ridge_rows:  # the probe read the layer choice's sample, the head every row
             out["probe"]["rows"] = warm.rows
     return out

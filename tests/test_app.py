@@ -827,6 +827,42 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
                                            "the training rows)")
 
 
+
+def test_card_says_whether_the_tag_beats_each_baseline_on_the_same_rows():
+    from tagllm_core.tags import SlotSpec, TagCard, TagInfo
+    from ui import cards
+
+    def versus(diff, low, high):
+        return {"metric": "rmse", "difference": diff, "low": low, "high": high, "larger_is_better": False,
+                "level": 0.95, "n_boot": 2000}
+
+    card = TagCard(name="Sol", kind="function", backbone={}, n_tokens=10, task="regression", labels=["y"],
+                   slots=[SlotSpec("smiles", "smiles", None)], layers=[12],
+                   metrics={"valid": {"rmse": 0.8},
+                            "baselines": {"mean": {"rmse": 2.2, "versus_tag": versus(-1.4, -1.6, -1.2)},
+                                          "rf_descriptors": {"rmse": 0.7, "versus_tag": versus(0.1, 0.04, 0.16)},
+                                          "probe": {"rmse": 0.82, "layer": 11,
+                                                    "versus_tag": versus(-0.02, -0.05, 0.01)},
+                                          "ridge_descriptors": {"rmse": 0.9}}})  # an entry without one
+    frame = cards.comparison_frame(card)
+    column = "tag − model, RMSE (95% CI)"
+    assert frame[column].tolist() == ["", "−1.400 (−1.600 to −1.200): tag better",
+                                      "+0.100 (+0.040 to +0.160): tag worse",
+                                      "−0.020 (−0.050 to +0.010): no clear difference", ""]
+    table = cards.card_table(TagInfo(card=card, source="user", path=Path("x"), size_bytes=1))
+    values = dict(zip(table["field"], table["value"]))
+    assert values["baseline: random forest on descriptors (rmse)"] == (
+        "0.700; tag − it: +0.100 (+0.040 to +0.160): tag worse")
+    assert values["baseline: ridge on descriptors (rmse)"] == "0.900"
+    # an older card has no comparison column; a malformed entry is left out, not shown or raised
+    old = dataclasses.replace(card, metrics={"valid": {"rmse": 0.8}, "baselines": {"mean": {"rmse": 2.2}}})
+    assert column not in cards.comparison_frame(old).columns
+    broken = dataclasses.replace(card, metrics={"valid": {"rmse": 0.8}, "baselines": {
+        "mean": {"rmse": 2.2, "versus_tag": {**versus(-1.4, -1.6, -1.2), "low": "x"}}}})
+    assert cards.versus_text(broken.metrics["baselines"]["mean"]) == ""
+    assert column not in cards.comparison_frame(broken).columns
+
+
 # --------------------------------------------------------------------------- hardening (issue 11)
 
 

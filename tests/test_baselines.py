@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tagllm_core.baselines import mean_pooled, ridge_outputs
+from tagllm_core.metrics import PairedDifference
 from tagllm_core.tags import SlotSpec
 from tagllm_core.training import FunctionTagConfig, train_function_tag
 
@@ -62,6 +63,17 @@ def test_card_carries_the_probe_and_descriptor_baselines_on_every_validation_row
     if task == "regression":
         assert res.tag.card.training["calibration_rows"] > 0
         assert np.isfinite(base["probe"]["rmse"]) and base["probe"]["rmse"] < base["mean"]["rmse"]
+    # every baseline says how the tag compares on the same rows: the metric's difference, inside its
+    # paired bootstrap interval
+    metric = "rmse" if task == "regression" else "auroc"
+    tag_metric = res.tag.card.metrics["valid"][metric]
+    for key in ("mean", "warm_start", "probe", "rf_descriptors", "ridge_descriptors"):
+        versus = PairedDifference.from_dict(base[key]["versus_tag"])
+        assert versus.metric == metric and versus.larger_is_better == (task == "classification")
+        assert versus.difference == pytest.approx(tag_metric - base[key][metric], abs=1e-9)
+        assert versus.low <= versus.difference <= versus.high
+    if res.tag.card.training["best_epoch"] == 0:  # the kept state is the warm start: nothing between them
+        assert base["warm_start"]["versus_tag"]["difference"] == 0.0
 
 
 def test_probe_reads_no_tag():
@@ -101,3 +113,19 @@ def test_training_attaches_the_reference_distribution_when_asked():
 def test_reference_rows_must_be_a_whole_number(rows):
     with pytest.raises(Exception, match="Reference rows"):
         FunctionTagConfig(name="T", slots=[SlotSpec("smiles", "smiles", None)], labels=["y"], reference_rows=rows)
+
+
+def test_a_trained_tag_is_compared_with_its_own_warm_start_on_every_validation_row():
+    """When training moves on from the warm start, the warm start's predictions on both validation
+    halves are kept for the paired comparison (they were once scored and dropped)."""
+    for seed in (2, 3, 4, 5):  # seeds whose runs keep a trained epoch on these rows
+        res = _train(seed, 44)
+        if res.tag.card.training["best_epoch"] != 0:
+            break
+    else:
+        pytest.fail("no seed kept a trained epoch: the comparison with the warm start went untested")
+    warm = res.tag.card.metrics["baselines"]["warm_start"]
+    versus = PairedDifference.from_dict(warm["versus_tag"])
+    assert warm["n"] == 44
+    assert versus.difference == pytest.approx(res.tag.card.metrics["valid"]["rmse"] - warm["rmse"], abs=1e-9)
+    assert versus.difference != 0.0

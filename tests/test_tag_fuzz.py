@@ -178,6 +178,12 @@ CARD_CASES = [
     ("solubility", "metrics", [1, 2], "metrics"),
     ("solubility", "metrics", {"valid": [1, 2]}, "metrics"),
     ("solubility", "metrics", {"baselines": {"rf": 3}}, "metrics"),
+    ("solubility", "metrics", {"baselines": {"mean": {"rmse": 1.0, "versus_tag": "better"}}}, "versus_tag"),
+    ("solubility", "metrics", {"baselines": {"mean": {"versus_tag": {
+        "metric": "rmse", "difference": "0.1", "low": 0.0, "high": 1.0, "level": 0.95, "larger_is_better": False,
+        "n_boot": 10}}}}, "versus_tag.difference"),
+    ("solubility", "metrics", {"baselines": {"mean": {"versus_tag": {
+        "difference": 0.1, "low": 0.0, "high": 1.0, "level": 0.95}}}}, "versus_tag"),
     ("solubility", "label_sample", "1,2,3", "label_sample"),
     ("solubility", "label_sample", ["a"], "label_sample"),
     ("solubility", "training", "yesterday", "training"),

@@ -12,6 +12,7 @@ import streamlit as st
 from tagllm_core.applicability import NEAREST
 from tagllm_core.backbone import BackboneFingerprint
 from tagllm_core.exceptions import TagLLMError
+from tagllm_core.metrics import PairedDifference
 from tagllm_core.reference import ReferenceDistribution, reference_problem
 from tagllm_core.tags import TagCard, TagInfo, load_tag_file
 
@@ -60,17 +61,50 @@ def flat_metrics(card: TagCard) -> dict:
     return out
 
 
+VERDICT_TEXT = {"better": "tag better", "worse": "tag worse", "tie": "no clear difference"}
+
+
+def versus(metrics: dict) -> Optional[PairedDifference]:
+    """A baseline's ``versus_tag`` comparison, or ``None`` (an older card, or a malformed entry)."""
+    raw = metrics.get("versus_tag")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        d = PairedDifference.from_dict(raw)
+        d.verdict  # noqa: B018 - compares the numbers: a malformed entry fails here, not on screen
+    except (KeyError, TypeError):
+        return None
+    return d
+
+
+def versus_text(metrics: dict) -> str:
+    """``−0.031 (−0.052 to −0.010): tag better``: the tag's metric minus the baseline's, its 95% paired
+    bootstrap interval, and what that interval says; "" when the card holds no comparison."""
+    d = versus(metrics)
+    if d is None:
+        return ""
+    signed = lambda v: f"{v:+.3f}".replace("-", "\u2212")  # noqa: E731
+    return f"{signed(d.difference)} ({signed(d.low)} to {signed(d.high)}): {VERDICT_TEXT[d.verdict]}"
+
+
 def comparison_frame(card: TagCard) -> Optional[pd.DataFrame]:
-    """The tag's validation metrics beside the baselines fitted on the same rows (None without them)."""
+    """The tag's validation metrics beside the baselines fitted on the same rows (None without them),
+    with the tag-minus-baseline difference of the main metric where the card holds it."""
     baselines = (card.metrics or {}).get("baselines") or {}
     if not baselines:
         return None
     names = ["rmse", "spearman", "r2", "ci"] if card.task == "regression" else ["auroc", "auprc", "accuracy"]
     rows = [{"model": f"<{card.name}>", **{n: (card.metrics.get("valid") or {}).get(n) for n in names}}]
+    compared = {key: versus(m) for key, m in baselines.items() if isinstance(m, dict)}
+    metric = next((d.metric for d in compared.values() if d is not None), None)
+    column = f"tag − model, {metric.upper() if metric else ''} (95% CI)"
     for key, metrics in baselines.items():
-        rows.append({"model": baseline_label(key, metrics), **{n: metrics.get(n) for n in names}})
-    frame = pd.DataFrame(rows)
-    return frame.dropna(axis=1, how="all")
+        rows.append({"model": baseline_label(key, metrics), **{n: metrics.get(n) for n in names},
+                     **({column: versus_text(metrics) or None} if metric else {})})
+    frame = pd.DataFrame(rows).dropna(axis=1, how="all")
+    if column in frame.columns:
+        frame[column] = frame[column].fillna("")
+    return frame
 
 
 def readout_text(card: TagCard) -> str:
@@ -177,7 +211,12 @@ def render_summary(info: TagInfo, current: Optional[BackboneFingerprint] = None)
             col.metric(name, format_number(value))
     comparison = comparison_frame(card)
     if comparison is not None:
-        st.caption("Validation metrics beside simple models fitted on the same rows:")
+        note = ""
+        if any(c.startswith("tag − model") for c in comparison.columns):
+            note = (" The last column is the tag's metric minus the model's, with a 95% interval from "
+                    "resampling the validation rows (paired bootstrap); where the interval spans zero, "
+                    "these rows cannot tell the two apart.")
+        st.caption("Validation metrics beside simple models fitted on the same rows." + note)
         st.dataframe(comparison, hide_index=True, width="stretch")
     if card.interval:
         level = card.interval.get("level")
@@ -216,7 +255,9 @@ def card_table(info: TagInfo, current: Optional[BackboneFingerprint] = None) -> 
     for key, metrics in ((card.metrics or {}).get("baselines") or {}).items():
         main = "rmse" if "rmse" in metrics else "auroc"
         if metrics.get(main) is not None:
-            rows.append((f"baseline: {baseline_label(key, metrics)} ({main})", format_number(metrics[main])))
+            compared = versus_text(metrics)
+            rows.append((f"baseline: {baseline_label(key, metrics)} ({main})",
+                         format_number(metrics[main]) + (f"; tag − it: {compared}" if compared else "")))
     rows.append(("created", created_text(card)))
     rows.append(("size", size_text(info.size_bytes)))
     if card.description:
