@@ -89,7 +89,7 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
     calib_keys, calib_plans = inputs.calib_keys, inputs.calib_plans
     extra_calib = None
     if calib is not None and holdout is not None and inputs.extra_all_valid is not None:
-        extra_calib = inputs.extra_all_valid[torch.from_numpy(holdout[1])]
+        extra_calib = inputs.extra_all_valid[torch.from_numpy(holdout[1])][torch.from_numpy(inputs.calib_groups)]
 
     def outputs_of(state: State) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(selection rows' outputs, calibration rows' outputs or None) of a (tag, head) state."""
@@ -97,8 +97,9 @@ def final_evaluation(cfg: FunctionTagConfig, rows: SplitRows, inputs: ModelInput
             tag_param.copy_(state[0])
         assert model.head is not None
         model.head.load_state(state[1])
-        out = predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid)
-        return out, (predict_std(model, cache, calib_keys, calib_plans, VALID_BATCH, extra_calib)
+        out = predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid,
+                          inputs.valid_groups)
+        return out, (predict_std(model, cache, calib_keys, calib_plans, VALID_BATCH, extra_calib, inputs.calib_groups)
                      if calib is not None else None)
 
     # The warm start as a baseline on every validation row (history[0] holds the selection rows only).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["KINDS", "CleanInput", "clean", "clean_smiles", "clean_protein", "clean_text", "split_entries",
-           "DEFAULT_MAX_LENGTH", "guess_kind", "randomized_smiles"]
+           "DEFAULT_MAX_LENGTH", "guess_kind", "randomized_smiles", "MAX_SPELLINGS", "spelled_rows"]
 
 KINDS = ("smiles", "protein", "text")
 STANDARD_AA = set("ACDEFGHIKLMNPQRSTVWY")
@@ -97,6 +97,29 @@ def randomized_smiles(smiles: str, n: int, seed: int = 0, max_tries: int = 5) ->
             out.append(s)
             if len(out) == n:
                 break
+    return out
+
+
+MAX_SPELLINGS = 16  # a tag's spellings per molecule at prediction: each one is another forward pass
+
+
+def spelled_rows(row: dict[str, str], kinds: dict[str, str], n: int) -> list[dict[str, str]]:
+    """``row`` first, then up to ``n`` copies with every SMILES input spelled differently (random atom
+    order), for a tag that averages its read-out over spellings. The spellings are seeded by the SMILES
+    itself, so a molecule gets the same ones in training, in validation and in every later prediction.
+    Copy j takes each SMILES input's j-th spelling (its canonical form once that input has no more:
+    small molecules have few); copies equal to ``row`` are left out."""
+    import zlib
+
+    out = [row]
+    if n <= 0:
+        return out
+    variants = {slot: randomized_smiles(row[slot], n, seed=zlib.crc32(row[slot].encode()))
+                for slot, kind in kinds.items() if kind == "smiles"}
+    for j in range(n):
+        new = {**row, **{slot: v[j] for slot, v in variants.items() if j < len(v)}}
+        if new != row:
+            out.append(new)
     return out
 
 

@@ -25,7 +25,7 @@ import torch
 from .applicability import ReferenceSet, fingerprints, outside_message
 from .backbone import Backbone
 from .descriptors import row_feature_names, row_features
-from .domains import CleanInput, clean
+from .domains import CleanInput, clean, spelled_rows
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
@@ -151,6 +151,7 @@ class Predictor:
                                  head=head, readout=card.readout,
                                  layers=tuple(card.layers) if card.layers is not None else None)
         self.descriptors = card.features == "descriptors"
+        self.spellings = card.spellings  # SMILES spellings averaged per molecule besides the canonical one
         if self.descriptors:
             names = row_feature_names(self.slot_kinds)
             if names != list(card.descriptor_names):
@@ -248,21 +249,51 @@ class Predictor:
                 cleaned_rows.append(cleaned)
                 plans.append(plan)
         self._applicability([results[i] for i in pending], cleaned_rows)
-        # With two or more inputs, rows that share the first one (one protein against many drugs)
-        # share its states: each group's common prefix runs once.
-        groups = row_groups(self.model.template, cleaned_rows)
         extra = (torch.tensor(row_features(self.slot_kinds, cleaned_rows), dtype=torch.float32)
                  if self.descriptors else None)
+        # A tag that reads several spellings of each molecule runs them all and averages the head's outputs
+        # (``domains.spelled_rows``, the same spellings as in its validation); ``owner[e]``: entry e's row.
+        entries, owner = cleaned_rows, np.arange(len(cleaned_rows))
+        if self.spellings:
+            entries, plans, owner = self._spelled(cleaned_rows, plans)
+            extra = extra[torch.from_numpy(owner)] if extra is not None else None
+        # With two or more inputs, rows that share the first one (one protein against many drugs)
+        # share its states: each group's common prefix runs once.
+        groups = row_groups(self.model.template, entries)
+        need = np.bincount(owner, minlength=len(cleaned_rows))
+        total: dict[int, np.ndarray] = {}
+        got = np.zeros(len(cleaned_rows), dtype=np.int64)
         done, t0 = 0, time.perf_counter()
         for idx, outs in self._batch_outputs(plans, groups, extra, batch_size, max_batch_tokens):
-            for j, out in zip(idx, outs):
-                self._fill(results[pending[j]], out)
-            done += len(idx)
+            for e, out in zip(idx, outs):
+                j = int(owner[e])
+                total[j] = total[j] + out.astype(np.float64) if j in total else out.astype(np.float64)
+                got[j] += 1
+                if got[j] == need[j]:
+                    self._fill(results[pending[j]], (total.pop(j) / need[j]).astype(out.dtype))
+                    done += 1
             if progress:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 progress(ProgressEvent("predict", done, len(pending), throughput=rate,
                                        eta_s=(len(pending) - done) / rate if rate else None))
         return results
+
+    def _spelled(self, rows: list[dict], plans: list) -> tuple[list[dict], list, np.ndarray]:
+        """(entries, their plans, (M,) row of each): every row followed by its spellings; a spelling too long
+        for the backbone's context is left out (the row keeps its canonical entry)."""
+        entries, entry_plans, owner = [], [], []
+        for j, (row, plan) in enumerate(zip(rows, plans)):
+            entries.append(row)
+            entry_plans.append(plan)
+            owner.append(j)
+            for variant in spelled_rows(row, self.slot_kinds, self.spellings)[1:]:
+                variant_plan = self.model.plan(variant)
+                if self.max_positions and len(variant_plan) > self.max_positions:
+                    continue
+                entries.append(variant)
+                entry_plans.append(variant_plan)
+                owner.append(j)
+        return entries, entry_plans, np.asarray(owner, dtype=np.int64)
 
     def _batch_outputs(self, plans, groups, extra, batch_size: int,
                        max_batch_tokens: int) -> Iterator[tuple[list[int], np.ndarray]]:

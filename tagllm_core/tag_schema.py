@@ -32,6 +32,7 @@ from typing import Any, Callable, NoReturn, TypeGuard
 
 import torch
 
+from .domains import MAX_SPELLINGS
 from .exceptions import TagFormatError, TagLLMError
 from .heads import TASKS
 
@@ -180,6 +181,7 @@ def check_card(data: dict, where: str) -> None:
     c.choice(data.get("task"), "task", TASKS, optional=True)
     c.choice(data.get("readout"), "readout", READOUTS, optional=True)
     c.choice(data.get("features", "none"), "features", FEATURES)
+    c.integer(data.get("spellings", 0), "spellings", 0, MAX_SPELLINGS)
     for i, label in enumerate(c.items(data.get("labels", []), "labels", MAX_OUTPUTS)):
         c.text(label, f"labels[{i}]", 1000)
     for i, name in enumerate(c.items(data.get("descriptor_names", []), "descriptor_names", MAX_EXTRA)):

@@ -111,6 +111,7 @@ class TagCard:
     layers: Optional[list[int]] = None  # 1-based read-out layers; None: the final hidden state
     features: str = "none"  # "descriptors": the head also reads descriptors of the inputs
     descriptor_names: list[str] = field(default_factory=list)  # their columns, to check at prediction time
+    spellings: int = 0  # SMILES spellings per molecule whose head outputs are averaged besides the canonical one
     head: Optional[dict[str, Any]] = None  # HeadConfig as dict
     metrics: dict[str, Any] = field(default_factory=dict)
     interval: Optional[dict[str, Any]] = None  # split-conformal: {"level": 0.9, "halfwidth": [...]}

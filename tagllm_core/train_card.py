@@ -102,7 +102,7 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
         description=cfg.description, template=inputs.template.text, slots=cfg.slots, task=cfg.task,
         labels=list(cfg.labels), classes=rows.classes, label_scaling=scaler.to_dict() if scaler else None,
         readout=cfg.readout, layers=list(model.layers) if model.layers else None, features=cfg.features,
-        descriptor_names=row_feature_names(kinds) if n_extra else [],
+        spellings=cfg.spellings, descriptor_names=row_feature_names(kinds) if n_extra else [],
         head=warm.head_config.to_dict(),
         metrics={"valid": final.metrics, **({"held_out": final.held_out[0]} if final.held_out else {}),
                  **({"baselines": compared} if compared else {})},

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .descriptors import FEATURE_SETS
+from .domains import MAX_SPELLINGS
 from .exceptions import TrainingError
 from .tags import SlotSpec, Tag, normalize_tag_name
 from .templates import Template, default_template
@@ -50,6 +51,11 @@ class FunctionTagConfig:
     head_lr: float = 1e-4
     anchor_decay: float = 1e-2  # L2 pull of the tag towards its initial value
     augment: int = 0  # randomised SMILES per training molecule; each epoch draws one spelling per molecule
+    # SMILES spellings per molecule that the tag reads besides the canonical one: the ridge warm start fits
+    # every training molecule's spellings as rows, and validation and prediction average the head's outputs
+    # over the molecule's spellings (``domains.spelled_rows``). Pure tag: better at every layer on BACE and
+    # ESOL; with descriptors worse on ESOL; prediction costs 1 + spellings passes (docs/BENCHMARKS.md).
+    spellings: int = 0
     ridge_warm_start: bool = True
     split: str = "auto"  # "auto" (scaffold for a SMILES slot, else random), "random", "scaffold"
     valid_fraction: float = 0.1
@@ -82,6 +88,11 @@ class FunctionTagConfig:
         self.layers = parse_layers(self.layers)
         if not (isinstance(self.layer_tolerance, (int, float)) and 0 <= self.layer_tolerance <= 10):
             raise TrainingError(f"Layer tolerance {self.layer_tolerance!r}: use a number of standard errors, 0-10.")
+        if not (isinstance(self.spellings, int) and not isinstance(self.spellings, bool)
+                and 0 <= self.spellings <= MAX_SPELLINGS):
+            raise TrainingError(f"Spellings {self.spellings!r}: use a whole number from 0 to {MAX_SPELLINGS}.")
+        if self.spellings and not any(s.kind == "smiles" for s in self.slots):
+            raise TrainingError("Spellings need a SMILES input: proteins and text have one spelling.")
         if not (isinstance(self.reference_rows, int) and 0 <= self.reference_rows <= 100_000):
             raise TrainingError(f"Reference rows {self.reference_rows!r}: use a whole number, 0 for none.")
 

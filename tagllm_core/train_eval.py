@@ -13,13 +13,16 @@ from .metrics import PRIMARY_METRIC, STOPPING_METRICS, classification_metrics, r
 from .model import TaggedModel
 from .prefix_cache import PrefixCache, suffix_features
 from .templates import RowPlan
+from .warm_start import group_mean
 
 __all__ = ["predict_std", "evaluate", "stopping_metric"]
 
 
 def predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list[RowPlan], batch_size: int,
-                extra: Optional[torch.Tensor] = None) -> np.ndarray:
-    """(N, n_outputs) head outputs on cached prefixes, no gradients. ``extra``: (N, E) descriptors."""
+                extra: Optional[torch.Tensor] = None, groups: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, n_outputs) head outputs on cached prefixes, no gradients. ``extra``: (N, E) descriptors.
+    ``groups``: (N,) row index of each entry (a row's spellings, ``ModelInputs.valid_groups``): the
+    outputs of a row's entries are averaged, giving (rows, n_outputs)."""
     head = model.head
     assert head is not None  # training gives the model its head before anything is predicted
     outs = []
@@ -28,7 +31,8 @@ def predict_std(model: TaggedModel, cache: PrefixCache, keys: list, plans: list[
             states = cache.get(keys[s:s + batch_size], plans[s:s + batch_size])
             ex = extra[s:s + batch_size] if extra is not None else None
             outs.append(head(suffix_features(model, states), ex).float().cpu().numpy())
-    return np.concatenate(outs) if outs else np.zeros((0, head.config.n_outputs))
+    out = np.concatenate(outs) if outs else np.zeros((0, head.config.n_outputs), np.float32)
+    return out if groups is None else group_mean(out, groups)
 
 
 def evaluate(task: str, out: np.ndarray, y: np.ndarray, scaler: Optional[LabelScaler],

@@ -68,8 +68,12 @@ class Schedule:
         return self.before_epochs + self.per_epoch * self.epochs
 
 
-def schedule(cfg: FunctionTagConfig, n_train: int, n_valid: int, n_warm_rows: int, n_calib: int = 0) -> Schedule:
-    return Schedule(warm_start_steps(cfg, n_warm_rows, n_valid + n_calib, n_train),
+def schedule(cfg: FunctionTagConfig, n_train: int, n_valid: int, n_warm_rows: int, n_calib: int = 0,
+             warm_entries: Optional[tuple[int, int]] = None) -> Schedule:
+    """The run's progress steps. ``warm_entries``: (sampled, all) training entries the warm start reads
+    when rows come with their spellings (``cfg.spellings``); the row counts otherwise."""
+    n_warm, n_all = warm_entries or (n_warm_rows, n_train)
+    return Schedule(warm_start_steps(cfg, n_warm, n_valid + n_calib, n_all),
                     math.ceil((n_train + n_valid) / PREFIX_BATCH),
                     math.ceil(n_train / cfg.batch_size), cfg.epochs)
 
@@ -182,7 +186,8 @@ def fit(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, valid: Pr
             group["lr"] /= 2
 
     def validate() -> tuple[dict[str, Any], np.ndarray]:
-        out = _predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid)
+        out = _predict_std(model, cache, inputs.valid_keys, inputs.valid_plans, VALID_BATCH, inputs.extra_valid,
+                           inputs.valid_groups)
         return _evaluate(cfg.task, out, valid.y, targets.scaler, cfg.labels)
 
     def check_outputs(metrics: dict[str, Any], when: str) -> None:

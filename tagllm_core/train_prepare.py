@@ -19,7 +19,7 @@ import torch
 from .backbone import Backbone
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
 from .descriptors import row_feature_names, row_features
-from .domains import randomized_smiles
+from .domains import randomized_smiles, spelled_rows
 from .exceptions import TrainingError
 from .heads import LabelScaler
 from .model import TaggedModel
@@ -233,13 +233,15 @@ def domain_vectors(library: Optional[TagLibrary], slots: list[SlotSpec]) -> dict
 
 
 def augmented_rows(row: dict[str, str], cfg: FunctionTagConfig, index: int) -> list[dict[str, str]]:
-    """Up to ``cfg.augment`` copies of ``row`` with every SMILES input spelled differently."""
-    if not cfg.augment:
+    """Up to ``cfg.augment`` (or ``cfg.spellings``, the larger) copies of ``row`` with every SMILES input
+    spelled differently."""
+    n = max(cfg.augment, cfg.spellings)
+    if not n:
         return []
     smiles_slots = [s.name for s in cfg.slots if s.kind == "smiles"]
-    variants = {s: randomized_smiles(row[s], cfg.augment, seed=cfg.seed * 1_000_003 + index) for s in smiles_slots}
+    variants = {s: randomized_smiles(row[s], n, seed=cfg.seed * 1_000_003 + index) for s in smiles_slots}
     rows = []
-    for j in range(cfg.augment):
+    for j in range(n):
         new = {**row, **{s: v[j] for s, v in variants.items() if j < len(v)}}
         if new != row:
             rows.append(new)
@@ -293,7 +295,12 @@ class ModelInputs:
     """The model and what it reads. ``spellings[i]``: (key, plan) of every SMILES spelling of training
     row i, the canonical one first. ``extra_*``: (N, E) descriptors, ``None`` when the head reads none;
     ``extra_valid`` covers the selection rows, ``extra_all_valid`` every validation row; ``calib_*``:
-    the calibration half's rows (empty without one)."""
+    the calibration half's rows (empty without one).
+
+    With ``cfg.spellings`` the validation and calibration lists hold every spelling of each row, row by
+    row, the canonical one first (``domains.spelled_rows``); ``valid_groups``/``calib_groups`` map each
+    entry to its row (``arange`` without spellings), and predictions average the entries of a row
+    (``train_eval.predict_std``). ``extra_valid`` follows the entries."""
 
     model: TaggedModel
     template: Template
@@ -311,6 +318,9 @@ class ModelInputs:
     extra_all_valid: Optional[torch.Tensor]
     calib_keys: list[Key]
     calib_plans: list[RowPlan]
+    valid_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    calib_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    valid_rows: list[dict[str, str]] = field(default_factory=list)  # the spelled validation entries, for sharing
 
     @property
     def n_extra(self) -> int:
@@ -338,17 +348,22 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
                         readout=cfg.readout, layers=layers)
     train, valid = rows.train, rows.valid
     train_plans = [model.plan(r) for r in train.inputs]
-    valid_plans = [model.plan(r) for r in valid.inputs]
+    # validation rows, each followed by its spellings when the tag reads several (``cfg.spellings``)
+    valid_rows, valid_groups = spelled(valid.inputs, kinds, cfg.spellings)
+    valid_plans = [model.plan(r) for r in valid_rows]
     extra_train = row_descriptors(cfg, kinds, train.inputs)
     # every validation row's descriptors once; the selection half is a slice of them
     extra_all_valid = row_descriptors(cfg, kinds, rows.full_valid.inputs)
     extra_valid = extra_all_valid
     if extra_all_valid is not None and rows.holdout is not None:
         extra_valid = extra_all_valid[torch.from_numpy(rows.holdout[0])]
+    if extra_valid is not None:
+        extra_valid = extra_valid[torch.from_numpy(valid_groups)]
 
     train_keys: list[Key] = [("t", i) for i in range(len(train_plans))]
     valid_keys: list[Key] = [("v", i) for i in range(len(valid_plans))]
-    calib_plans = [model.plan(r) for r in rows.calib.inputs] if rows.calib is not None else []
+    calib_rows, calib_groups = spelled(rows.calib.inputs if rows.calib is not None else [], kinds, cfg.spellings)
+    calib_plans = [model.plan(r) for r in calib_rows]
     calib_keys: list[Key] = [("c", i) for i in range(len(calib_plans))]
     spellings: list[list[tuple[Key, RowPlan]]] = [[(k, p)] for k, p in zip(train_keys, train_plans)]
     augmented = []
@@ -358,7 +373,18 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
             augmented.append(variant)
     cache = PrefixCache(model, int(cfg.cache_budget_gb * (1 << 30)))  # empty until ``share_prefixes``
     return ModelInputs(model, template, kinds, domain_vecs, cache, train_keys, train_plans, valid_keys, valid_plans,
-                       spellings, augmented, extra_train, extra_valid, extra_all_valid, calib_keys, calib_plans)
+                       spellings, augmented, extra_train, extra_valid, extra_all_valid, calib_keys, calib_plans,
+                       valid_groups, calib_groups, valid_rows)
+
+
+def spelled(inputs: list[dict[str, str]], kinds: dict[str, str], n: int) -> tuple[list[dict[str, str]], np.ndarray]:
+    """(every row followed by its up to ``n`` spellings, the (M,) row index of each entry)."""
+    out, groups = [], []
+    for i, row in enumerate(inputs):
+        variants = spelled_rows(row, kinds, n)
+        out += variants
+        groups += [i] * len(variants)
+    return out, np.asarray(groups, dtype=np.int64)
 
 
 def share_prefixes(inputs: ModelInputs, rows: SplitRows) -> None:
@@ -366,6 +392,6 @@ def share_prefixes(inputs: ModelInputs, rows: SplitRows) -> None:
     extra = [kp for sp in inputs.spellings for kp in sp[1:]]
     # Rows share their template opening; in stage 3, rows with the same first input (one protein,
     # many drugs) share everything up to the second input: those states are stored once.
-    groups = row_groups(inputs.template, rows.train.inputs + rows.valid.inputs + inputs.augmented)
+    groups = row_groups(inputs.template, rows.train.inputs + inputs.valid_rows + inputs.augmented)
     inputs.cache.share(inputs.train_keys + inputs.valid_keys + [k for k, _ in extra],
                        inputs.train_plans + inputs.valid_plans + [p for _, p in extra], groups)

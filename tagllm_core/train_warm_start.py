@@ -97,13 +97,16 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         return HeadConfig(cfg.task, targets.n_outputs, feature_dim + n_extra, n_extra, standardize=True)
 
     # The calibration rows are read too (only for the probe baseline, scored on every validation row like
-    # the other baselines); their states stay cached for the final evaluation.
-    scan_keys = [inputs.train_keys[i] for i in rows] + (inputs.valid_keys + inputs.calib_keys if auto else [])
-    scan_plans = [inputs.train_plans[i] for i in rows] + (inputs.valid_plans + inputs.calib_plans if auto else [])
+    # the other baselines); their states stay cached for the final evaluation. With spellings every
+    # training row's entries are its spellings (``entries``), and ``groups`` maps each to its row.
+    train_keys, train_plans, groups = entries(inputs, rows, cfg.spellings)
+    scan_keys = train_keys + (inputs.valid_keys + inputs.calib_keys if auto else [])
+    scan_plans = train_plans + (inputs.valid_plans + inputs.calib_plans if auto else [])
     feats = _features(model, cache, scan_keys, scan_plans, report, 0,
                       "warm start: read-out features of the untrained tag")
     n_scanned = math.ceil(len(scan_keys) / WARM_BATCH)
-    extra_rows = inputs.extra_train[rows] if inputs.extra_train is not None and n_extra else None
+    spelled = cfg.spellings > 0
+    extra_rows = inputs.extra_train[groups] if inputs.extra_train is not None and n_extra else None
     choice: Optional[LayerChoice] = None
     metric: Optional[str] = None
     larger = False
@@ -112,7 +115,8 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     if auto:
         n_layers = backbone.n_layers
         n_sel = len(inputs.valid_plans)
-        f_train, f_valid, f_calib = feats[: len(rows)], feats[len(rows):len(rows) + n_sel], feats[len(rows) + n_sel:]
+        n_tr = len(train_keys)
+        f_train, f_valid, f_calib = feats[:n_tr], feats[n_tr:n_tr + n_sel], feats[n_tr + n_sel:]
         # the early-stopping metric's fallback order: AUROC is undefined on a fold that lacks a class
         defined = evaluate(cfg.task, np.zeros((len(valid.y), targets.n_outputs), np.float32), valid.y,
                            targets.scaler)[0]
@@ -123,13 +127,18 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
             return math.inf if value is None or not np.isfinite(value) else (-value if larger else value)
 
         choice = choose_layer(lambda: TaskHead(head_config(model.feature_dim // n_layers)), f_train,
-                              targets.ridge[rows], f_valid, loss, n_layers, cfg.readout, extra_rows,
+                              targets.ridge[groups], f_valid, loss, n_layers, cfg.readout, extra_rows,
                               inputs.extra_valid, tolerance=cfg.layer_tolerance, seed=cfg.seed,
-                              loo=cfg.layers == "stack")
+                              loo=cfg.layers == "stack", train_groups=groups if spelled else None,
+                              valid_groups=inputs.valid_groups if spelled else None)
         if cfg.baselines and cfg.readout == "last+mean":
-            probe = _probe(cfg, targets, rows, f_train, torch.cat([f_valid, f_calib]), n_sel, n_layers, loss)
+            # the probe reads the canonical SMILES alone: each row's first entry
+            sel = first_entries(inputs.valid_groups)
+            probe = _probe(cfg, targets, rows, f_train[first_entries(groups)],
+                           torch.cat([f_valid[sel], f_calib[first_entries(inputs.calib_groups)]]), len(sel),
+                           n_layers, loss)
         if cfg.layers == "stack":  # weights from the layer choice's rows (every row up to select_rows)
-            stack = stack_layers(choice.loo, targets.ridge[rows], choice.layer)
+            stack = stack_layers(choice.loo, targets.ridge[groups], choice.layer)
         kept = stack.layers if stack else (choice.layer,)
         feats = layers_slice(f_train, n_layers, kept, cfg.readout)
         cache.narrow([layer - 1 for layer in kept], max(kept), backbone.hidden_size)
@@ -138,17 +147,19 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     result = WarmStart(head_config(model.feature_dim), len(rows), choice, metric, larger, probe, stack=stack)
     model.head = TaskHead(result.head_config)
     if cfg.ridge_warm_start:
-        feats = _every_row(inputs, rows, feats, report, n_scanned)
-        extra = inputs.extra_train if extra_rows is not None else None
+        feats, groups = _every_row(inputs, rows, feats, groups, cfg.spellings, report, n_scanned)
+        extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
+        fit_groups = groups if spelled else None
         if stack is None:
-            fit_head(model.head, feats, targets.ridge, extra)
+            fit_head(model.head, feats, targets.ridge[groups], extra, fit_groups)
         else:  # each kept layer's ridge head on every training row, combined with the stack's weights
             k, heads = len(stack.layers), []
             for j in range(k):
                 heads.append(TaskHead(head_config(model.feature_dim // k)))
-                fit_head(heads[-1], layer_slice(feats, k, j + 1, cfg.readout), targets.ridge, extra)
+                fit_head(heads[-1], layer_slice(feats, k, j + 1, cfg.readout), targets.ridge[groups], extra,
+                         fit_groups)
             model.head.load_state({**model.head.state(), **stacked_head_state(heads, stack.weights, cfg.readout)})
-        result.ridge_rows = len(feats)
+        result.ridge_rows = len(np.unique(groups))
     else:  # the head starts at zero (the training mean), standardising with the training rows' statistics
         model.head.fit_scaling(feats if extra_rows is None else torch.cat([feats, extra_rows], 1))
         with torch.no_grad():
@@ -170,20 +181,37 @@ def _features(model, cache, keys: list, plans: list, report: StageProgress, step
     return torch.cat(batches)
 
 
-def _every_row(inputs: ModelInputs, rows: np.ndarray, feats: torch.Tensor, report: StageProgress,
-               step: int) -> torch.Tensor:
-    """(N_train, F) features of every training row at the chosen layer, in row order: ``feats``
-    (those of the sorted sample ``rows``) completed by a pass over the others."""
+def entries(inputs: ModelInputs, rows: np.ndarray, spellings: int) -> tuple[list, list, np.ndarray]:
+    """(keys, plans, (M,) training row of each) of the training ``rows``' entries: each row alone, or with
+    ``spellings`` it followed by up to that many of its spellings (``ModelInputs.spellings``)."""
+    keys, plans, groups = [], [], []
+    for i in rows:
+        for key, plan in inputs.spellings[i][:1 + spellings]:
+            keys.append(key)
+            plans.append(plan)
+            groups.append(int(i))
+    return keys, plans, np.asarray(groups, dtype=np.int64)
+
+
+def first_entries(groups: np.ndarray) -> torch.Tensor:
+    """Indices of each group's first entry (the canonical spelling) in row-major ``groups``."""
+    keep = np.ones(len(groups), dtype=bool)
+    keep[1:] = groups[1:] != groups[:-1]
+    return torch.from_numpy(np.flatnonzero(keep))
+
+
+def _every_row(inputs: ModelInputs, rows: np.ndarray, feats: torch.Tensor, groups: np.ndarray, spellings: int,
+               report: StageProgress, step: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(features, (M,) training row of each) of every training row's entries at the chosen layer:
+    ``feats`` (those of the sample ``rows``, in ``groups``) completed by a pass over the other rows."""
     n = len(inputs.train_plans)
     rest = np.setdiff1d(np.arange(n), rows)
     if not len(rest):  # the sample is every row (``warm_rows``: sorted, without repeats)
-        return feats
-    every = torch.empty((n, feats.shape[1]), dtype=feats.dtype)
-    every[torch.from_numpy(rows)] = feats
-    every[torch.from_numpy(rest)] = _features(
-        inputs.model, inputs.cache, [inputs.train_keys[i] for i in rest], [inputs.train_plans[i] for i in rest],
-        report, step, "warm start: features of the other training rows for the ridge head")
-    return every
+        return feats, groups
+    keys, plans, rest_groups = entries(inputs, rest, spellings)
+    more = _features(inputs.model, inputs.cache, keys, plans, report, step,
+                     "warm start: features of the other training rows for the ridge head")
+    return torch.cat([feats, more]), np.concatenate([groups, rest_groups])
 
 
 def _probe(cfg: FunctionTagConfig, targets: Targets, rows: np.ndarray, f_train: torch.Tensor, f_valid: torch.Tensor,

@@ -101,7 +101,10 @@ def train_function_tag(backbone: Backbone, library: Optional[TagLibrary], cfg: F
     # reports and writes. One process (CPU, one GPU) is the same loop with a world of one.
     accelerator = make_accelerator(backbone)
     warm_idx = warm_rows(len(inputs.train_plans), cfg.select_rows, cfg.seed)  # rows of the layer choice / warm start
-    steps = schedule(cfg, len(inputs.train_plans), len(inputs.valid_plans), len(warm_idx), len(inputs.calib_keys))
+    spelled = (sum(len(inputs.spellings[i][:1 + cfg.spellings]) for i in warm_idx),
+               sum(len(sp[:1 + cfg.spellings]) for sp in inputs.spellings)) if cfg.spellings else None
+    steps = schedule(cfg, len(inputs.train_plans), len(inputs.valid_plans), len(warm_idx), len(inputs.calib_keys),
+                     spelled)
     report = StageProgress(progress if accelerator.is_main_process else None,
                            "stage3" if len(cfg.slots) > 1 else "stage2", steps.total,
                            defer_cancel=accelerator.num_processes > 1)

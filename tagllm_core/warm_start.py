@@ -38,7 +38,8 @@ import torch
 
 from .heads import TaskHead
 
-__all__ = ["LayerChoice", "LayerStack", "RIDGE_ALPHAS", "fit_ridge", "ridge_loo", "fit_head", "layer_slice",
+__all__ = ["LayerChoice", "LayerStack", "RIDGE_ALPHAS", "fit_ridge", "ridge_loo", "ridge_grouped", "group_mean",
+           "fit_head", "layer_slice",
            "layers_slice", "bootstrap_scores", "one_se_layer", "choose_layer", "stack_layers", "stacked_head_state"]
 
 
@@ -84,22 +85,96 @@ def _ridge(features, targets, alphas: Sequence[float], loo: bool) -> tuple[dict,
     return state, float(model.alpha_), out
 
 
+GROUP_FOLDS = 5
+
+
+def ridge_grouped(features, targets, groups: np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS,
+                  folds: int = GROUP_FOLDS) -> tuple[dict, float, np.ndarray]:
+    """``ridge_loo`` for rows that come in groups (a molecule's spellings): the penalty by ``folds``-fold
+    cross-validation that keeps each group in one fold, since leaving out one spelling while its twins
+    stay in would reward fitting the molecule. Returns the head state on every row, the penalty, and the
+    (N, K) out-of-fold predictions at that penalty. (N, F) features, (N, K) or (N,) targets, (N,) groups.
+
+    Each fold's fit is one eigendecomposition of the smaller of Xᵀ X and X Xᵀ, which gives every penalty at
+    once (the bias is not penalised: features and targets are centred)."""
+    from sklearn.model_selection import GroupKFold
+
+    x = (features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)).astype(
+        np.float64)
+    y = (targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)).astype(
+        np.float64).reshape(len(x), -1)
+    alphas = list(alphas)
+    n_folds = min(folds, len(np.unique(groups)))
+    oof = np.zeros((len(alphas),) + y.shape)
+    for a_idx, b_idx in GroupKFold(n_folds).split(x, y, groups):
+        predict, _ = _ridge_path(x[a_idx], y[a_idx])
+        for i, alpha in enumerate(alphas):
+            oof[i, b_idx] = predict(x[b_idx], alpha)
+    best = int(np.argmin(((oof - y) ** 2).mean(axis=(1, 2))))
+    _, coef = _ridge_path(x, y)
+    weight, bias = coef(alphas[best])
+    state = {"weight": torch.from_numpy(weight.T.astype(np.float32).copy()),
+             "bias": torch.from_numpy(bias.astype(np.float32).copy())}
+    return state, float(alphas[best]), oof[best]
+
+
+def _ridge_path(x: np.ndarray, y: np.ndarray):
+    """(predict(x_new, alpha) -> (M, K), coef(alpha) -> ((F, K) weight, (K,) bias)) of ridge on centred
+    (N, F) ``x`` and (N, K) ``y``, from one eigendecomposition (the primal one when F <= N, else the dual)."""
+    mu, ym = x.mean(0), y.mean(0)
+    xc, yc = x - mu, y - ym
+    if x.shape[1] <= x.shape[0]:
+        s2, v = np.linalg.eigh(xc.T @ xc)
+        basis, proj = v, v.T @ (xc.T @ yc)  # weight = V diag(1/(s2+a)) Vᵀ Xᵀ y
+    else:
+        s2, u = np.linalg.eigh(xc @ xc.T)
+        basis, proj = xc.T @ u, u.T @ yc  # weight = Xᵀ U diag(1/(s2+a)) Uᵀ y
+    s2 = np.clip(s2, 0, None)[:, None]
+
+    def coef(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        weight = basis @ (proj / (s2 + alpha))
+        return weight, ym - mu @ weight
+
+    def predict(x_new: np.ndarray, alpha: float) -> np.ndarray:
+        weight, bias = coef(alpha)
+        return x_new @ weight + bias
+
+    return predict, coef
+
+
+def group_mean(out: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(G, K) means of the (N, K) rows ``out`` by their (N,) group index (0..G-1, every group present)."""
+    if len(groups) == len(out) and (len(groups) == 0 or groups[-1] == len(groups) - 1):
+        return out  # one entry per group (in order): nothing to average
+    n = int(groups.max()) + 1
+    total = np.zeros((n, out.shape[1]), dtype=np.float64)
+    np.add.at(total, groups, out)
+    return (total / np.bincount(groups, minlength=n)[:, None]).astype(out.dtype)
+
+
 def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
-             extra: Optional[torch.Tensor] = None) -> float:
+             extra: Optional[torch.Tensor] = None, groups: Optional[np.ndarray] = None) -> float:
     """Fit ``head`` by ridge on (N, F) features [+ (N, E) descriptors] for (N, K) targets: its
-    standardisation first (if it standardises), then the weights. Returns the penalty used."""
-    return _fit_head(head, features, targets, extra, loo=False)[0]
+    standardisation first (if it standardises), then the weights. ``groups``: (N,) group of each row
+    (a molecule's spellings), for the penalty's cross-validation (``ridge_grouped``); ``None``: one
+    row per molecule, leave-one-out. Returns the penalty used."""
+    return _fit_head(head, features, targets, extra, loo=False, groups=groups)[0]
 
 
 def _fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor, extra: Optional[torch.Tensor],
-              loo: bool) -> tuple[float, Optional[np.ndarray]]:
-    """``fit_head``, and with ``loo`` the fit's (N, K) leave-one-out predictions (``ridge_loo``)."""
+              loo: bool, groups: Optional[np.ndarray] = None) -> tuple[float, Optional[np.ndarray]]:
+    """``fit_head``, and with ``loo`` the fit's (N, K) leave-one-out predictions (``ridge_loo``; out of
+    fold with ``groups``)."""
     x = features.float() if extra is None else torch.cat([features.float(), extra.float()], dim=-1)
     if head.config.standardize:
         head.fit_scaling(x)
     with torch.no_grad():
         z = head.inputs(features, extra).cpu()
-    state, alpha, out = ridge_loo(z, targets) if loo else (*fit_ridge(z, targets), None)
+    if groups is not None and len(np.unique(groups)) < len(groups):
+        state, alpha, oof = ridge_grouped(z, targets, groups)
+        out = oof if loo else None
+    else:
+        state, alpha, out = ridge_loo(z, targets) if loo else (*fit_ridge(z, targets), None)
     head.load_state({**head.state(), **state})
     return alpha, out
 
@@ -175,21 +250,27 @@ def choose_layer(head_factory: Callable[[], TaskHead], train_features: torch.Ten
                  readout: str,
                  train_extra: Optional[torch.Tensor] = None, valid_extra: Optional[torch.Tensor] = None,
                  candidates: Optional[list] = None, tolerance: float = 0.0, seed: int = 0,
-                 loo: bool = False) -> LayerChoice:
+                 loo: bool = False, train_groups: Optional[np.ndarray] = None,
+                 valid_groups: Optional[np.ndarray] = None) -> LayerChoice:
     """Fit a ridge head on each candidate layer's training features, score it on the validation
     rows, and keep the shallowest layer within ``tolerance`` standard errors of the best
     (``one_se_layer``). ``score(out, rows)``: (len(rows), K) head outputs of validation ``rows`` ->
-    a loss. ``loo``: also keep each head's leave-one-out predictions (the same fits)."""
+    a loss. ``loo``: also keep each head's leave-one-out predictions (the same fits). With spellings,
+    ``train_groups`` / ``valid_groups`` give each training / validation entry's molecule: the penalty is
+    cross-validated by molecule (``fit_head``) and a validation row's output is its entries' mean."""
     scores, outputs, loo_by_layer = {}, {}, {}
-    every = np.arange(valid_features.shape[0])
+    n_valid = valid_features.shape[0] if valid_groups is None else int(valid_groups.max()) + 1
+    every = np.arange(n_valid)
     for layer in candidates or range(1, n_layers + 1):
         head = head_factory()
         _, held_out = _fit_head(head, layer_slice(train_features, n_layers, layer, readout), targets, train_extra,
-                                loo)
+                                loo, train_groups)
         if held_out is not None:
             loo_by_layer[layer] = held_out
         with torch.no_grad():
             outputs[layer] = head(layer_slice(valid_features, n_layers, layer, readout), valid_extra).numpy()
+        if valid_groups is not None:
+            outputs[layer] = group_mean(outputs[layer], valid_groups)
         scores[layer] = float(score(outputs[layer], every))
     best = min(scores, key=lambda k: (scores[k], k))
     chosen = best

@@ -128,6 +128,8 @@ def readout_text(card: TagCard) -> str:
         text = "the final layer"
     if card.features == "descriptors":
         text += " + classic descriptors of the inputs"
+    if card.spellings:
+        text += f", averaged over {card.spellings + 1} spellings of each SMILES"
     return text
 
 

@@ -103,6 +103,7 @@ class FunctionForm:
     descriptors: bool
     train_file: Optional[Path] = None  # the bundled example; an upload is saved (and set) when Start is pressed
     reference: bool = False  # predict the MOSES reference sample for percentiles (single-molecule tags)
+    spellings: int = 0  # SMILES spellings per molecule read and averaged (training and prediction)
     max_length: dict[str, int] = field(init=False)
 
     def __post_init__(self):
@@ -143,6 +144,7 @@ def function_spec(form: FunctionForm) -> FunctionJobSpec:
         template=form.template.template, what=form.what or "property", epochs=int(form.epochs),
         batch_size=int(form.batch_size), n_tokens=int(form.n_tokens), tag_lr=float(form.tag_lr), split=form.split,
         valid_fraction=float(form.valid_fraction), max_rows=int(form.max_rows) or None, augment=int(form.augment),
+        spellings=int(form.spellings),
         max_length=dict(form.max_length), layers=form.layers.strip() or "auto",
         features="descriptors" if form.descriptors else "none",
         reference_rows=REFERENCE_ROWS if form.reference and {s.kind for s in form.slots} == {"smiles"} else 0)

@@ -24,6 +24,7 @@ from .inputs import guess_task
 # The engine's defaults, so the form and the CLI train the same way unless the user changes them.
 DEFAULT_TAG_LR = FunctionTagConfig.__dataclass_fields__["tag_lr"].default
 DEFAULT_AUGMENT = FunctionTagConfig.__dataclass_fields__["augment"].default
+DEFAULT_SPELLINGS = FunctionTagConfig.__dataclass_fields__["spellings"].default
 DEFAULT_LAYERS = FunctionTagConfig.__dataclass_fields__["layers"].default
 DEFAULT_EPOCHS = FunctionTagConfig.__dataclass_fields__["epochs"].default
 DEFAULT_FEATURES = FunctionTagConfig.__dataclass_fields__["features"].default
@@ -59,6 +60,7 @@ class FunctionJobSpec:
     max_rows: Optional[int] = None
     valid_file: Optional[Path] = None
     augment: int = DEFAULT_AUGMENT  # randomised SMILES spellings per molecule
+    spellings: int = DEFAULT_SPELLINGS  # spellings read and averaged per molecule, in training and prediction
     max_length: dict[str, int] = field(default_factory=dict)  # kind -> crop length
     layers: str = DEFAULT_LAYERS  # read-out depth: auto | final | layer numbers ("12", "7,15")
     features: str = DEFAULT_FEATURES  # none | descriptors
@@ -170,6 +172,7 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
         argv.append(_opt("--max-rows", int(spec.max_rows)))
     if any(s.kind == "smiles" for s in spec.slots):
         argv.append(_opt("--augment", int(spec.augment)))
+        argv.append(_opt("--spellings", int(spec.spellings)))
     for kind, n in spec.max_length.items():
         argv.append(_opt("--max-length", f"{kind}={int(n)}"))
     argv += [_opt("--layers", spec.layers), _opt("--features", spec.features)]
