@@ -391,16 +391,17 @@ def test_function_job_argv_carries_augmentation_and_protein_crop(tmp_path):
     slots = [training.SlotChoice("target", "sequence", "protein", "Protein"),
              training.SlotChoice("drug", "smiles", "smiles", None)]
     spec = training.FunctionJobSpec(name="Aff", train_file=tmp_path / "t.csv", slots=slots, labels=["pkd"],
-                                    augment=3, max_length={"protein": 512})
+                                    augment=3, max_length={"protein": 512}, spellings=2)
     argv = training.function_tag_argv(spec)
-    assert training.argv_value(argv, "--augment") == "3"
+    assert training.argv_value(argv, "--augment") == "3" and training.argv_value(argv, "--spellings") == "2"
     assert training.argv_value(argv, "--max-length") == "protein=512"
     from tagllm_core.cli import build_parser
 
     args = build_parser().parse_args(argv)  # the job's command line is one the CLI accepts
-    assert args.augment == 3 and args.max_length == ["protein=512"]
+    assert args.augment == 3 and args.max_length == ["protein=512"] and args.spellings == 2
     protein_only = training.FunctionJobSpec(name="P", train_file=tmp_path / "t.csv", slots=slots[:1], labels=["y"])
     assert training.argv_value(training.function_tag_argv(protein_only), "--augment") is None
+    assert training.argv_value(training.function_tag_argv(protein_only), "--spellings") is None
 
 
 def test_function_job_argv_carries_readout_depth_and_descriptors(tmp_path):
@@ -825,6 +826,8 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
         "chosen": 12, "best": 12, "stack_weights": {"11": 0.75, "4": 0.25}}})  # as read back from JSON
     assert cards.readout_text(stacked) == ("layers 4 (25%), 11 (75%) (stacked: every layer up to 12, weighted on "
                                            "the training rows)")
+    spelled = dataclasses.replace(card, spellings=3)
+    assert cards.readout_text(spelled).endswith("descriptors of the inputs, averaged over 4 spellings of each SMILES")
 
 
 

@@ -423,10 +423,11 @@ def test_train_function_tag_command(env, capsys, tmp_path, library):
     code, out, err = run_cli(capsys, "train-function-tag", "--name", "Aug", "--train", csv, "--input", "smiles",
                              "--column", "smiles=mol", "--label", "heavy", "--epochs", "1", "--n-tokens", "4",
                              "--split", "random", "--valid-fraction", "0.3", "--augment", "2",
-                             "--max-length", "smiles=60")
+                             "--max-length", "smiles=60", "--spellings", "1")
     assert code == 0, err
     config = library.get("Aug").card.training["config"]
-    assert config["augment"] == 2 and config["max_length"] == {"smiles": 60}
+    assert config["augment"] == 2 and config["max_length"] == {"smiles": 60} and config["spellings"] == 1
+    assert library.get("Aug").card.spellings == 1
     code, out, err = run_cli(capsys, "train-function-tag", "--name", "Bad", "--train", csv, "--input", "smiles",
                              "--column", "smiles=mol", "--label", "heavy", "--max-length", "protein=many")
     assert code == 2 and "--max-length expects KIND=N" in err

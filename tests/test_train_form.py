@@ -23,7 +23,7 @@ def form(**changes) -> FunctionForm:
                   task="regression", name="Sol", name_problem=None, what="solubility",
                   template=train_form.preview_template("", [SMILES], "Sol", "solubility"), epochs=3, batch_size=16,
                   tag_lr=1e-3, n_tokens=10, split="auto", valid_fraction=0.1, max_rows=0, augment=2, crop=0,
-                  layers="auto", descriptors=False, train_file=Path("/data/data.csv"))
+                  layers="auto", descriptors=False, train_file=Path("/data/data.csv"), spellings=3)
     values.update(changes)
     return FunctionForm(**values)
 
@@ -34,7 +34,7 @@ def test_a_complete_form_has_no_problems_and_becomes_the_jobs_command_line():
     argv = training.function_tag_argv(train_form.function_spec(f))
     assert argv[:3] == ["train-function-tag", "--name=Sol", "--train=/data/data.csv"]
     assert "--input=smiles=<SMILES>:smiles" in argv and "--column=smiles=mol" in argv and "--label=logS" in argv
-    assert "--what=solubility" in argv and "--epochs=3" in argv and "--augment=2" in argv
+    assert "--what=solubility" in argv and "--epochs=3" in argv and "--augment=2" in argv and "--spellings=3" in argv
     assert "--layers=auto" in argv and "--features=none" in argv and "--valid-fraction=0.100" in argv
     # the default template is the engine's own: nothing on the command line; "0 = all" rows: no cap
     assert training.argv_value(argv, "--template") is None and training.argv_value(argv, "--max-rows") is None
