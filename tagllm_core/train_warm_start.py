@@ -132,11 +132,12 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
                               loo=cfg.layers == "stack", train_groups=groups if spelled else None,
                               valid_groups=inputs.valid_groups if spelled else None)
         if cfg.baselines and cfg.readout == "last+mean":
-            # the probe reads the canonical SMILES alone: each row's first entry
-            sel = first_entries(inputs.valid_groups)
-            probe = _probe(cfg, targets, rows, f_train[first_entries(groups)],
-                           torch.cat([f_valid[sel], f_calib[first_entries(inputs.calib_groups)]]), len(sel),
-                           n_layers, loss)
+            # the probe reads the canonical SMILES alone: each row's first entry (every layer's features are
+            # large: copied only when there are spellings to leave out)
+            canon = (lambda f, g: f[first_entries(g)]) if spelled else (lambda f, g: f)  # noqa: E731
+            p_valid = canon(f_valid, inputs.valid_groups)
+            probe = _probe(cfg, targets, rows, canon(f_train, groups),
+                           torch.cat([p_valid, canon(f_calib, inputs.calib_groups)]), len(p_valid), n_layers, loss)
         if cfg.layers == "stack":  # weights from the layer choice's rows (every row up to select_rows)
             stack = stack_layers(choice.loo, targets.ridge[groups], choice.layer)
         kept = stack.layers if stack else (choice.layer,)
