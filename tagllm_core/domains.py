@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["KINDS", "CleanInput", "clean", "clean_smiles", "clean_protein", "clean_text", "split_entries",
-           "DEFAULT_MAX_LENGTH", "guess_kind", "randomized_smiles", "MAX_SPELLINGS", "spelled_rows"]
+           "DEFAULT_MAX_LENGTH", "guess_kind", "randomized_smiles", "MAX_SPELLINGS", "spelled_rows",
+           "spelled_entries"]
 
 KINDS = ("smiles", "protein", "text")
 STANDARD_AA = set("ACDEFGHIKLMNPQRSTVWY")
@@ -121,6 +122,18 @@ def spelled_rows(row: dict[str, str], kinds: dict[str, str], n: int) -> list[dic
         if new != row:
             out.append(new)
     return out
+
+
+def spelled_entries(rows: list[dict[str, str]], kinds: dict[str, str],
+                    n: int) -> tuple[list[dict[str, str]], list[int]]:
+    """(every row followed by its up to ``n`` spellings (``spelled_rows``), the index of each entry's row)."""
+    entries: list[dict[str, str]] = []
+    owner: list[int] = []
+    for i, row in enumerate(rows):
+        variants = spelled_rows(row, kinds, n)
+        entries += variants
+        owner += [i] * len(variants)
+    return entries, owner
 
 
 def clean_protein(text, max_length: Optional[int] = None) -> CleanInput:

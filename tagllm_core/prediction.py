@@ -25,7 +25,7 @@ import torch
 from .applicability import ReferenceSet, fingerprints, outside_message
 from .backbone import Backbone
 from .descriptors import row_feature_names, row_features
-from .domains import CleanInput, clean, spelled_rows
+from .domains import CleanInput, clean, spelled_entries
 from .exceptions import TagLLMError, TemplateError
 from .heads import HeadConfig, LabelScaler, build_head
 from .model import TaggedModel
@@ -281,18 +281,16 @@ class Predictor:
     def _spelled(self, rows: list[dict], plans: list) -> tuple[list[dict], list, np.ndarray]:
         """(entries, their plans, (M,) row of each): every row followed by its spellings; a spelling too long
         for the backbone's context is left out (the row keeps its canonical entry)."""
+        every, rows_of = spelled_entries(rows, self.slot_kinds, self.spellings)
         entries, entry_plans, owner = [], [], []
-        for j, (row, plan) in enumerate(zip(rows, plans)):
-            entries.append(row)
+        for k, (entry, j) in enumerate(zip(every, rows_of)):
+            first = k == 0 or rows_of[k - 1] != j  # the row itself, already planned and checked
+            plan = plans[j] if first else self.model.plan(entry)
+            if not first and self.max_positions and len(plan) > self.max_positions:
+                continue
+            entries.append(entry)
             entry_plans.append(plan)
             owner.append(j)
-            for variant in spelled_rows(row, self.slot_kinds, self.spellings)[1:]:
-                variant_plan = self.model.plan(variant)
-                if self.max_positions and len(variant_plan) > self.max_positions:
-                    continue
-                entries.append(variant)
-                entry_plans.append(variant_plan)
-                owner.append(j)
         return entries, entry_plans, np.asarray(owner, dtype=np.int64)
 
     def _batch_outputs(self, plans, groups, extra, batch_size: int,

@@ -19,7 +19,7 @@ import torch
 from .backbone import Backbone
 from .data import Split, random_split, require_columns, scaffold_split, stratified_split
 from .descriptors import row_feature_names, row_features
-from .domains import randomized_smiles, spelled_rows
+from .domains import randomized_smiles, spelled_entries
 from .exceptions import TrainingError
 from .heads import LabelScaler
 from .model import TaggedModel
@@ -379,12 +379,8 @@ def prepare_inputs(backbone: Backbone, library: Optional[TagLibrary], cfg: Funct
 
 def spelled(inputs: list[dict[str, str]], kinds: dict[str, str], n: int) -> tuple[list[dict[str, str]], np.ndarray]:
     """(every row followed by its up to ``n`` spellings, the (M,) row index of each entry)."""
-    out, groups = [], []
-    for i, row in enumerate(inputs):
-        variants = spelled_rows(row, kinds, n)
-        out += variants
-        groups += [i] * len(variants)
-    return out, np.asarray(groups, dtype=np.int64)
+    entries, owner = spelled_entries(inputs, kinds, n)
+    return entries, np.asarray(owner, dtype=np.int64)
 
 
 def share_prefixes(inputs: ModelInputs, rows: SplitRows) -> None:
