@@ -204,47 +204,28 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-    import pandas as pd
-
     from .data import read_table, require_columns
-    from .metrics import classification_metrics, regression_metrics
-    from .prediction import Predictor, output_labels, predict_table
+    from .evaluation import classic_baselines, score_predictions
+    from .prediction import Predictor, output_labels, results_frame
 
     bb = _backbone(args)
     lib = _library(bb)
     tag = lib.get(args.tag)
     predictor = Predictor(bb, tag, lib)
     df = read_table(args.input)
-    require_columns(df, args.label, "evaluation")
-    outputs = output_labels(tag.card) or []
-    if len(args.label) > max(len(outputs), 1):
-        raise InputError(f"<{tag.name}> predicts {max(len(outputs), 1)} label(s); got {len(args.label)} --label "
-                         f"columns.")
-    out = predict_table(predictor, df, _pairs(args.column, "--column"), batch_size=args.batch_size)
-    ok = out["error"] == ""
-    if tag.card.task == "classification":
-        classes = [str(c) for c in tag.card.classes]
-        y = out.loc[ok, args.label[0]].astype(str).map({c: i for i, c in enumerate(classes)})
-        keep = y.notna()
-        probs = out.loc[ok, [f"p({c})" for c in tag.card.classes]].to_numpy(float)[keep.to_numpy()]
-        metrics = classification_metrics(y[keep].to_numpy(int), probs)
-    else:
-        def scored(column: str, suffix: str) -> dict:
-            """The label ``column`` against the ``prediction{suffix}`` column (and its interval)."""
-            y = pd.to_numeric(out.loc[ok, column], errors="coerce")
-            keep = np.isfinite(y.to_numpy())
-            found = regression_metrics(y.to_numpy()[keep], out.loc[ok, f"prediction{suffix}"].astype(float)[keep])
-            if f"lower{suffix}" in out:
-                inside = (y >= out.loc[ok, f"lower{suffix}"]) & (y <= out.loc[ok, f"upper{suffix}"])
-                found["interval_coverage"] = float(inside[keep].mean())
-            return found
-
-        metrics = scored(args.label[0], "")
-        if len(args.label) > 1:  # the i-th --label column against the tag's i-th output
-            metrics["by_label"] = {name: scored(column, f"({name})") for column, name in zip(args.label, outputs)}
-    metrics["rows_failed"] = int((~ok).sum())
-    print(json.dumps(metrics, indent=2))
+    columns = {s: _pairs(args.column, "--column").get(s, s) for s in predictor.slots}
+    require_columns(df, [*columns.values(), *args.label], "evaluation")
+    train = read_table(args.baselines_from) if args.baselines_from else None
+    if train is not None:  # a wrong training file fails before the model runs, not after
+        require_columns(train, [*columns.values(), args.train_label or args.label[0]], "baseline training")
+    rows = [{slot: df[col].iat[i] for slot, col in columns.items()} for i in range(len(df))]
+    results = predictor.predict(rows, batch_size=args.batch_size)
+    frame = results_frame(results, tag.card.classes if tag.card.task == "classification" else None,
+                          output_labels(tag.card))
+    evaluation = score_predictions(tag.card, frame, df, args.label)
+    if train is not None:
+        classic_baselines(tag.card, evaluation, rows, train, columns, args.train_label or args.label[0])
+    print(json.dumps(evaluation.to_dict(), indent=2))
     return 0
 
 
@@ -451,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", action="append", required=True,
                     help="the label column; for a tag with several outputs, one per output, in the tag's order")
     ev.add_argument("--column", action="append", metavar="SLOT=COLUMN")
+    ev.add_argument("--baselines-from", metavar="TRAIN_CSV",
+                    help="also fit the classic baselines (training mean, ridge and random forest on descriptors) "
+                         "on this labelled file, with the same input columns, and compare the tag with each on "
+                         "the evaluated rows (paired bootstrap 95%% interval)")
+    ev.add_argument("--train-label", help="the label column of --baselines-from (default: the first --label)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=cmd_evaluate)
 

@@ -355,6 +355,26 @@ def test_evaluate_prints_json_metrics(env, capsys, tmp_path, library, func_tag, 
     assert code == 2 and "solubility" in err and "['smiles', 'logS']" in err
 
 
+def test_evaluate_against_baselines_from_a_training_file(env, capsys, tmp_path, library, func_tag):
+    from tagllm_core.metrics import PairedDifference
+
+    test = tmp_path / "test.csv"
+    pd.DataFrame({"mol": SMILES, "y": np.linspace(0, 3, len(SMILES))}).to_csv(test, index=False)
+    train = _train_csv(tmp_path / "train.csv")  # columns mol, heavy
+    code, out, err = run_cli(capsys, "evaluate", "--tag", "LogS", "--input", test, "--label", "y",
+                             "--column", "smiles=mol", "--baselines-from", train, "--train-label", "heavy")
+    assert code == 0, err
+    got = json.loads(out)
+    assert set(got["baselines"]) == {"mean", "ridge_descriptors", "rf_descriptors"}
+    for b in got["baselines"].values():
+        assert b["n"] == got["n"] and b["train_rows"] == 32
+        assert PairedDifference.from_dict(b["versus_tag"]).difference == pytest.approx(got["rmse"] - b["rmse"])
+    # the training file must carry the label: a clear error, exit code 2
+    code, _, err = run_cli(capsys, "evaluate", "--tag", "LogS", "--input", test, "--label", "y",
+                           "--column", "smiles=mol", "--baselines-from", train)
+    assert code == 2 and "'y'" in err and "baseline training" in err
+
+
 def test_evaluate_a_tag_with_several_labels_scores_each(env, capsys, tmp_path, library, folder_backbone):
     library.save(make_function_tag(folder_backbone, name="Props", slots=(("smiles", "smiles", None),), n_outputs=2,
                                    labels=["logS", "logP"], interval={"level": 0.9, "halfwidth": [1.5, 0.5]}))
