@@ -54,6 +54,7 @@ class Evaluation:
     rows_failed: int  # rows the tag could not predict
     rows_unlabelled: int  # predicted rows without a usable value in the first measured column
     baselines: dict[str, dict] = field(default_factory=dict)  # classic_baselines: name -> metrics, versus_tag
+    compared: dict = field(default_factory=dict)  # the tag's metrics on the rows the baselines were scored on
 
     @property
     def first(self) -> LabelScore:
@@ -69,6 +70,8 @@ class Evaluation:
         out["rows_unlabelled"] = self.rows_unlabelled
         if self.baselines:
             out["baselines"] = self.baselines
+            if self.compared.get("n") != self.first.metrics.get("n"):
+                out["tag_on_compared_rows"] = self.compared
         return out
 
 
@@ -190,8 +193,9 @@ def classic_baselines(card: TagCard, evaluation: Evaluation, inputs: Sequence[di
     on them. Each entry holds the baseline's metrics on the rows of ``evaluation.first`` and
     ``versus_tag``: the tag's primary metric minus the baseline's, with a paired bootstrap interval. A
     regression tag with several outputs is compared on its first. Training rows that do not clean or
-    lack a label are skipped (``train_rows`` says how many were used); the result is also stored as
-    ``evaluation.baselines``."""
+    lack a label are skipped (``train_rows`` says how many were used). The result is also stored as
+    ``evaluation.baselines``, and the tag's metrics on the compared rows as ``evaluation.compared`` (an
+    evaluated row whose inputs yield no descriptors is left out of the comparison)."""
     first = evaluation.first
     columns = {s.name: (columns or {}).get(s.name, s.name) for s in card.slots}
     label = label or first.column
@@ -241,8 +245,8 @@ def classic_baselines(card: TagCard, evaluation: Evaluation, inputs: Sequence[di
         versus = paired_difference(str(card.task), y_eval, tag_pred, pred, seed=seed)
         if versus is not None:
             result[name]["versus_tag"] = versus.to_dict()
-    if len(ok) < len(first.rows):  # the tag's own figure on the rows the baselines could read
-        tag_metrics = regression_metrics(y_eval, tag_pred) if regression else classification_metrics(y_eval, tag_pred)
-        result["tag_on_compared_rows"] = tag_metrics
     evaluation.baselines = result
+    evaluation.compared = (first.metrics if len(ok) == len(first.rows) else
+                           regression_metrics(y_eval, tag_pred) if regression else
+                           classification_metrics(y_eval, tag_pred))
     return result

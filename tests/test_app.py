@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -188,6 +189,47 @@ def test_predict_csv_upload_with_column_picker(tiny_app):
     out = download_frame(run)
     assert list(out.columns[:3]) == ["id", "structure", "note"]  # the uploaded columns come first
     assert "prediction" in out.columns and len(out) == 3
+
+
+def test_predictions_of_a_file_with_measured_values_are_scored_and_compared(tiny_app):
+    from tagllm_core.metrics import regression_metrics
+
+    at = new_app("pages/predict.py")
+    at.radio(key="predict_mode").set_value("Upload a CSV").run()
+    smiles = ["CCO", "c1ccccc1", "CCCCN", "OCCO", "CC(=O)O", "CCCCCCO", "c1ccccc1CC", "bad(", "CN", "CCCl"]
+    y = ["1.0", "2.5", "0.3", "", "3.3", "1.1", "2.2", "0.5", "0.9", "1.7"]
+    csv = ("smiles,y,name\n" + "".join(f"{s},{v},m{i}\n" for i, (s, v) in enumerate(zip(smiles, y)))).encode()
+    at.file_uploader(key="predict_upload").set_value(("measured.csv", csv, "text/csv")).run()
+    at.button(key="predict_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    run = at.session_state["prediction"]
+    # the column named like the tag's label is picked; the name column holds no numbers and is not offered
+    picker = at.selectbox(key="measured_column")
+    assert picker.value == "y" and picker.options == ["(none)", "y"]
+    keep = [i for i in range(10) if i not in (3, 7)]  # no value; not predicted
+    expected = regression_metrics(np.array(y, dtype=object)[keep].astype(float),
+                                  run.frame["prediction"].to_numpy(float)[keep])
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["RMSE"] == f"{expected['rmse']:.3f}" and tiles["Spearman"] == f"{expected['spearman']:.3f}"
+    assert "Scored on 8 row(s); 1 without a measured value; 1 not predicted." in texts(at.caption)
+
+    train = pd.DataFrame({"mol": [s for s in smiles if s != "bad("] * 3 + ["CCC", "CCCC", "c1ccncc1"],
+                          "logS": np.arange(30) % 7 * 0.5})
+    at.file_uploader(key="measured_train").set_value(("train.csv", train.to_csv(index=False).encode(),
+                                                      "text/csv")).run()
+    assert at.selectbox(key="measured_train::smiles").value == "mol"
+    at.selectbox(key="measured_train_label").set_value("logS").run()
+    at.button(key="measured_fit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "model" in d.value.columns)
+    assert list(table["model"]) == ["<Solubility>", "predict the training mean", "ridge on descriptors",
+                                    "random forest on descriptors"]
+    column = "tag − model, RMSE (95% CI)"
+    assert table.loc[0, "rmse"] == pytest.approx(expected["rmse"]) and all(table[column][1:].str.contains(" to "))
+    assert "Fitted on 30 training row(s)" in texts(at.caption)
+    # another measured column (none here): the comparison is not shown for rows it was not made on
+    at.selectbox(key="measured_column").set_value("(none)").run()
+    assert not any(column in d.value.columns for d in at.dataframe)
 
 
 def test_predict_example_csv(tiny_app):

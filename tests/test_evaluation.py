@@ -132,7 +132,8 @@ def test_baselines_are_fitted_on_the_training_file_and_paired_with_the_tag():
     # heavy-atom count is a descriptor: the ridge on descriptors predicts it almost exactly
     assert found["ridge_descriptors"]["rmse"] < 0.1
     assert PairedDifference.from_dict(found["ridge_descriptors"]["versus_tag"]).verdict == "worse"
-    assert "baselines" in ev.to_dict()
+    assert "baselines" in ev.to_dict() and "tag_on_compared_rows" not in ev.to_dict()
+    assert ev.compared == ev.first.metrics
 
 
 def test_baselines_default_to_the_evaluated_columns_and_refuse_too_few_rows():
@@ -166,10 +167,11 @@ def test_classification_baselines():
 
 def test_rows_the_baselines_cannot_read_are_compared_without_them():
     ev, rows, y, pred = _evaluated()
-    rows[3] = {"smiles": "C1CC"}  # the tag predicted it (from some other spelling); descriptors cannot
+    rows[3] = {"smiles": "C1CC"}  # an input the descriptors cannot read (unclosed ring): out of the comparison
     found = classic_baselines(card(), ev, rows, pd.DataFrame({"smiles": molecules(40), "logS": heavy(molecules(40))}))
     keep = [i for i in range(len(y)) if i != 3]
-    assert found["mean"]["n"] == len(keep)
-    assert found["tag_on_compared_rows"]["rmse"] == pytest.approx(regression_metrics(y[keep], pred[keep])["rmse"])
+    assert found["mean"]["n"] == len(keep) == ev.compared["n"]
+    assert ev.compared["rmse"] == pytest.approx(regression_metrics(y[keep], pred[keep])["rmse"])
+    assert ev.to_dict()["tag_on_compared_rows"] == ev.compared
     d = PairedDifference.from_dict(found["mean"]["versus_tag"])
-    assert d.difference == pytest.approx(found["tag_on_compared_rows"]["rmse"] - found["mean"]["rmse"])
+    assert d.difference == pytest.approx(ev.compared["rmse"] - found["mean"]["rmse"])

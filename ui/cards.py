@@ -93,8 +93,14 @@ def comparison_frame(card: TagCard) -> Optional[pd.DataFrame]:
     baselines = (card.metrics or {}).get("baselines") or {}
     if not baselines:
         return None
-    names = ["rmse", "spearman", "r2", "ci"] if card.task == "regression" else ["auroc", "auprc", "accuracy"]
-    rows = [{"model": f"<{card.name}>", **{n: (card.metrics.get("valid") or {}).get(n) for n in names}}]
+    return baselines_frame(card.name, str(card.task), card.metrics.get("valid") or {}, baselines)
+
+
+def baselines_frame(tag: str, task: str, tag_metrics: dict, baselines: dict) -> pd.DataFrame:
+    """One row for the tag (``tag_metrics``) and one per baseline ({key: metrics}), scored on the same
+    rows, with the tag-minus-baseline column where the baselines carry ``versus_tag``."""
+    names = ["rmse", "spearman", "r2", "ci"] if task == "regression" else ["auroc", "auprc", "accuracy"]
+    rows = [{"model": f"<{tag}>", **{n: tag_metrics.get(n) for n in names}}]
     compared = {key: versus(m) for key, m in baselines.items() if isinstance(m, dict)}
     metric = next((d.metric for d in compared.values() if d is not None), None)
     column = f"tag − model, {metric.upper() if metric else ''} (95% CI)"

@@ -78,24 +78,26 @@ def class_bars(predicted: Sequence, label_sample: Sequence, classes: Sequence) -
     return _layout(fig, "Predicted classes against the training labels", "class", "share of rows")
 
 
-def parity_figure(true: Sequence[float], pred: Sequence[float], task: str = "regression") -> go.Figure:
-    """Validation set: predicted against true, with the y = x line (regression) or per class (classification)."""
+def parity_figure(true: Sequence[float], pred: Sequence[float], task: str = "regression",
+                  rows: str = "validation", true_label: str = "true") -> go.Figure:
+    """Predicted against true for ``rows`` (the validation set, or the measured rows of a file), with the
+    y = x line (regression) or per class (classification)."""
     true = [float(t) for t in true]
     pred = [float(p) for p in pred]
     fig = go.Figure()
     if task == "classification":
         fig.add_box(x=[str(int(t)) for t in true], y=pred, boxpoints="all", jitter=0.4, marker_color=_PRED_COLOUR,
-                    name="validation")
-        return _layout(fig, "Validation: predicted probability by true class", "true class index",
-                       "predicted probability (last class)")
-    fig.add_scatter(x=true, y=pred, mode="markers", name="validation rows",
+                    name=rows)
+        return _layout(fig, f"{rows.capitalize()}: predicted probability by {true_label} class",
+                       f"{true_label} class index", "predicted probability (last class)")
+    fig.add_scatter(x=true, y=pred, mode="markers", name=f"{rows} rows",
                     marker=dict(color=_PRED_COLOUR, size=7, opacity=0.75))
     if true:
         lo, hi = min(true + pred), max(true + pred)
         pad = 0.05 * (hi - lo or 1.0)
         fig.add_scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x",
                         line=dict(color="#888", dash="dash"))
-    fig = _layout(fig, "Validation parity", "true", "predicted", height=380)
+    fig = _layout(fig, f"{rows.capitalize()} parity", true_label, "predicted", height=380)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
 

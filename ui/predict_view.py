@@ -12,7 +12,7 @@ from tagllm_core.property_columns import ALERT_COLUMNS, DESCRIPTOR_COLUMNS, PROT
 from tagllm_core.reference import reference_problem
 from tagllm_core.tags import TagCard
 
-from . import charts, detail
+from . import charts, detail, measured
 from .cards import format_number
 from .results import (
     TRUNCATE_AT,
@@ -198,6 +198,7 @@ def render(run: PredictionRun, card: TagCard) -> None:
         st.plotly_chart(fig, width="stretch", key="predict_hist")
         if not card.label_sample:
             st.caption("This tag stores no training labels, so there is nothing to compare with.")
+    measured.render(run, card)
     _row_detail(run, card)
 
 
