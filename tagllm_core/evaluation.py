@@ -21,7 +21,7 @@ from .descriptors import row_features
 from .exceptions import InputError
 from .heads import LabelScaler
 from .metrics import classification_metrics, paired_difference, regression_metrics
-from .prediction import output_labels
+from .prediction import output_labels, trained_max_length
 from .standardize import clean_for_model
 from .tags import TagCard
 from .train_eval import evaluate
@@ -167,12 +167,14 @@ def measured_columns(card: TagCard, table: pd.DataFrame, inputs: Sequence[str] =
 
 
 def _clean_rows(card: TagCard, rows: Sequence[dict]) -> tuple[list[dict], np.ndarray]:
-    """The rows as the model reads them (SMILES standardised) and the (M,) positions of those that clean."""
+    """The rows as the model reads them (SMILES standardised, proteins cropped as in training) and the (M,)
+    positions of those that clean."""
+    crop = trained_max_length(card)
     out, keep = [], []
     for i, row in enumerate(rows):
         cleaned = {}
         for slot in card.slots:
-            c, _, _ = clean_for_model(slot.kind, row.get(slot.name))
+            c, _, _ = clean_for_model(slot.kind, row.get(slot.name), crop.get(slot.kind))
             if not c.ok:
                 break
             cleaned[slot.name] = c.value

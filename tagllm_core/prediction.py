@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pandas loads lazily, where a table is built
     import pandas as pd
 
 __all__ = ["PredictionRow", "Predictor", "predict", "rows_from_columns", "domain_columns", "percentile_columns",
+           "trained_max_length",
            "output_labels", "label_columns", "results_frame", "predict_table"]
 
 
@@ -123,8 +124,7 @@ class Predictor:
         assert card.template is not None and card.head is not None and card.readout is not None
         self.backbone, self.tag, self.card = backbone, tag, card
         # Crop inputs as the tag's training data was cropped, unless told otherwise.
-        trained_crop = (card.training or {}).get("config", {}).get("max_length") or {}
-        self.max_length = {**trained_crop, **(max_length or {})}
+        self.max_length = {**trained_max_length(card), **(max_length or {})}
         template = Template.parse(card.template)
         vectors = {tag.name: tag.vectors}
         vectors.update(tag.domain_vectors)
@@ -413,6 +413,11 @@ def percentile_columns(r: PredictionRow) -> dict:
     return {key: math.nan if value is None else value
             for key, value in (("label_percentile", r.label_percentile),
                                ("reference_percentile", r.reference_percentile))}
+
+
+def trained_max_length(card: TagCard) -> dict:
+    """{kind: length} the tag's training inputs were cropped to (``max_length`` of its config)."""
+    return dict((card.training or {}).get("config", {}).get("max_length") or {})
 
 
 def output_labels(card: TagCard) -> Optional[list[str]]:

@@ -175,3 +175,12 @@ def test_rows_the_baselines_cannot_read_are_compared_without_them():
     assert ev.to_dict()["tag_on_compared_rows"] == ev.compared
     d = PairedDifference.from_dict(found["mean"]["versus_tag"])
     assert d.difference == pytest.approx(ev.compared["rmse"] - found["mean"]["rmse"])
+
+
+def test_proteins_are_cropped_for_the_baselines_as_the_tag_was_trained():
+    from tagllm_core.evaluation import _clean_rows
+
+    c = TagCard(name="P", kind="function", backbone={}, n_tokens=1, task="regression", labels=["y"],
+                slots=[SlotSpec("sequence", "protein")], training={"config": {"max_length": {"protein": 6}}})
+    rows, kept = _clean_rows(c, [{"sequence": "ACDEFGHIKL"}, {"sequence": "AC1"}, {"sequence": "MKV"}])
+    assert [r["sequence"] for r in rows] == ["ACDEFG", "MKV"] and list(kept) == [0, 2]
