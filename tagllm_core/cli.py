@@ -290,7 +290,7 @@ def cmd_train_function_tag(args) -> int:
             patience=args.patience, seed=args.seed, max_rows=args.max_rows, augment=args.augment,
             spellings=args.spellings, max_length=_lengths(args.max_length), layers=args.layers,
             layer_tolerance=args.layer_tolerance,
-            features=args.features, reference_rows=args.reference_rows,
+            features=args.features, forest=args.forest, reference_rows=args.reference_rows,
             description=args.description or "",
         )
         if args.split_column:
@@ -350,8 +350,8 @@ def cmd_train_domain_tag(args) -> int:
 # Options of train-function-tag whose defaults are FunctionTagConfig's (one source of defaults). The config
 # lives with the training code, which imports torch: ``_Parser`` reads the defaults only once such a command
 # line has parsed, so ``--help`` and a mistyped option are answered without loading it.
-_CONFIG_DEFAULTS = ("epochs", "batch_size", "n_tokens", "readout", "layers", "layer_tolerance", "features", "tag_lr",
-                    "head_lr", "anchor_decay", "augment", "spellings", "split", "valid_fraction", "patience",
+_CONFIG_DEFAULTS = ("epochs", "batch_size", "n_tokens", "readout", "layers", "layer_tolerance", "features", "forest",
+                    "tag_lr", "head_lr", "anchor_decay", "augment", "spellings", "split", "valid_fraction", "patience",
                     "reference_rows")
 
 
@@ -473,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--features", choices=list(FEATURE_SETS), default=from_config,
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
+    f.add_argument("--forest", action=argparse.BooleanOptionalAction, default=from_config,
+                   help="with --features descriptors (regression): blend the ridge head with a random forest on the "
+                        "descriptors, weighted by their out-of-sample fit on the training rows (docs/BENCHMARKS.md)")
     f.add_argument("--reference-rows", type=int, default=from_config, metavar="N",
                    help="predict N molecules of the shipped MOSES reference sample (up to 2,000) with the finished "
                         "tag, so every later prediction shows its percentile among drug-like molecules; costs N "

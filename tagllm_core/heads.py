@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from .exceptions import TrainingError
+from .forest import FOREST_KEYS, forest_outputs
 
-__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "CLIP"]
+__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "forest_shapes", "CLIP"]
 
 TASKS = ("regression", "classification")
 CLIP = 8.0  # standard deviations
@@ -41,12 +42,18 @@ class HeadConfig:
     in_dim: int
     n_extra: int = 0
     standardize: bool = False
+    # a random forest on the descriptor columns, blended with the linear head (``forest``); 0: none
+    forest_trees: int = 0
+    forest_nodes: int = 0
+    forest_depth: int = 0
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise TrainingError(f"Unknown task {self.task!r}; use one of {TASKS}.")
         if self.task == "classification" and self.n_outputs < 2:
             raise TrainingError("A classification head needs at least two classes.")
+        if self.forest_nodes and (self.task != "regression" or not self.n_extra):
+            raise TrainingError("A forest blends into a regression head that reads descriptors.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,10 +61,12 @@ class HeadConfig:
 
 class TaskHead(nn.Module):
     """(B, F) read-out features [+ (B, n_extra) descriptors] -> (B, n_outputs) predictions
-    (standardised) or logits."""
+    (standardised) or logits. With a forest (``HeadConfig.forest_nodes``), a regression head's output is
+    ``blend[0] * linear + blend[1] * forest(descriptors)``; only the linear part has parameters."""
 
     x_mean: torch.Tensor  # (in_dim,) buffers, registered in __init__
     x_std: torch.Tensor
+    blend: torch.Tensor  # (2, n_outputs), with a forest
 
     def __init__(self, config: HeadConfig):
         super().__init__()
@@ -65,6 +74,13 @@ class TaskHead(nn.Module):
         self.linear = nn.Linear(config.in_dim, config.n_outputs)
         self.register_buffer("x_mean", torch.zeros(config.in_dim))
         self.register_buffer("x_std", torch.ones(config.in_dim))
+        if config.forest_nodes:
+            for key, shape in forest_shapes(config).items():
+                self.register_buffer(key, torch.zeros(shape))
+            self.register_buffer("blend", torch.tensor([[1.0] * config.n_outputs, [0.0] * config.n_outputs]))
+
+    def forest_state(self) -> dict[str, torch.Tensor]:
+        return {key: getattr(self, key) for key in FOREST_KEYS} if self.config.forest_nodes else {}
 
     def inputs(self, features: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, in_dim) float32 head input: features and descriptors side by side, standardised
@@ -81,7 +97,13 @@ class TaskHead(nn.Module):
         return ((x - self.x_mean) / self.x_std).clamp(-CLIP, CLIP)
 
     def forward(self, features: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.linear(self.inputs(features, extra))
+        out = self.linear(self.inputs(features, extra))
+        if not self.config.forest_nodes:
+            return out
+        assert extra is not None  # ``inputs`` refused a head reading descriptors without them
+        trees = forest_outputs(self.forest_state(), self.config.forest_depth,
+                               extra.to(device=out.device, dtype=torch.float32))
+        return self.blend[0] * out + self.blend[1] * trees
 
     def fit_scaling(self, x: torch.Tensor) -> None:
         """Set the standardisation from (N, in_dim) training inputs (NaN and inf ignored; a constant
@@ -107,6 +129,9 @@ class TaskHead(nn.Module):
         out = {"weight": self.linear.weight.detach().clone(), "bias": self.linear.bias.detach().clone()}
         if self.config.standardize:
             out.update(x_mean=self.x_mean.detach().clone(), x_std=self.x_std.detach().clone())
+        if self.config.forest_nodes:
+            out.update({k: v.detach().clone() for k, v in self.forest_state().items()},
+                       blend=self.blend.detach().clone())
         return out
 
     def load_state(self, state: dict) -> None:
@@ -118,6 +143,22 @@ class TaskHead(nn.Module):
                     raise TrainingError("The head standardises its input but its state has no statistics.")
                 self.x_mean.copy_(state["x_mean"])
                 self.x_std.copy_(state["x_std"])
+            if self.config.forest_nodes:
+                missing = [k for k in (*FOREST_KEYS, "blend") if k not in state]
+                if missing:
+                    raise TrainingError(f"The head blends a forest but its state lacks {missing}.")
+                for key in (*FOREST_KEYS, "blend"):
+                    getattr(self, key).copy_(state[key])
+
+
+def forest_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of a head's forest tensors (``forest.FOREST_KEYS``) and of its ``blend``."""
+    if not config.forest_nodes:
+        return {}
+    nodes = (config.forest_nodes,)
+    return {"forest_left": nodes, "forest_right": nodes, "forest_feature": nodes, "forest_threshold": nodes,
+            "forest_value": (config.forest_nodes, config.n_outputs), "forest_roots": (config.forest_trees,),
+            "forest_fill": (config.n_extra,)}
 
 
 def build_head(config: HeadConfig, state: Optional[dict] = None) -> TaskHead:

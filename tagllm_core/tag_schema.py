@@ -58,7 +58,10 @@ MAX_DEPTH = 16  # nesting of free-form dicts (metrics, training)
 KINDS = ("domain", "function")
 FEATURES = ("none", "descriptors")
 FUNCTION_ONLY = ("template", "task", "readout", "layers", "head", "label_scaling", "interval")
-HEAD_KEYS = ("task", "n_outputs", "in_dim", "n_extra", "standardize")
+HEAD_KEYS = ("task", "n_outputs", "in_dim", "n_extra", "standardize", "forest_trees", "forest_nodes", "forest_depth")
+MAX_FOREST_TREES = 10_000
+MAX_FOREST_NODES = 1 << 23  # forest.MAX_NODES: node numbers stay exact in float32
+MAX_FOREST_DEPTH = 1024
 DTYPE = "F32"  # what save_tag_file writes; the docs promise CPU float32
 _SHA_RE = re.compile(r"^[0-9a-f]{1,128}$")
 _MISSING = object()
@@ -277,6 +280,14 @@ def _check_function(c: _Checker, data: dict, hidden: int) -> None:
     n_extra = c.integer(head.get("n_extra", 0), "head.n_extra", 0, MAX_EXTRA)
     if type(head.get("standardize", False)) is not bool:
         c.fail("head.standardize", "must be true or false", head.get("standardize"))
+    trees = c.integer(head.get("forest_trees", 0), "head.forest_trees", 0, MAX_FOREST_TREES)
+    nodes = c.integer(head.get("forest_nodes", 0), "head.forest_nodes", 0, MAX_FOREST_NODES)
+    c.integer(head.get("forest_depth", 0), "head.forest_depth", 0, MAX_FOREST_DEPTH)
+    if nodes and (task != "regression" or not n_extra or not 1 <= trees <= nodes):
+        c.fail("head.forest_nodes", "a forest needs a regression head that reads descriptors, and at least one "
+                                    "node per tree", nodes)
+    if trees and not nodes:
+        c.fail("head.forest_trees", "must be 0 without forest nodes", trees)
     layers = data.get("layers")
     if layers is not None:
         c.items(layers, "layers", MAX_READ_LAYERS)
@@ -370,6 +381,12 @@ def check_tensor_specs(card, specs: dict, where: str) -> None:
         expected["head.bias"] = (head["n_outputs"],)
         if head.get("standardize"):
             expected["head.x_mean"] = expected["head.x_std"] = (head["in_dim"],)
+        if head.get("forest_nodes"):
+            from .heads import HeadConfig, forest_shapes
+
+            shapes = forest_shapes(HeadConfig(**head))
+            expected.update({f"head.{k}": v for k, v in shapes.items()})
+            expected["head.blend"] = (2, head["n_outputs"])
         if card.reference_set:
             expected[REFERENCE_TENSOR] = (card.reference_set["n"], card.reference_set["n_outputs"])
     _check_applicability_specs(card, specs, fail)
@@ -416,6 +433,27 @@ def check_tensor_values(tensors: dict, where: str) -> None:
     std = tensors.get("head.x_std")
     if std is not None and not (std > 0).all():
         raise TagFormatError(f"{where}: tensor 'head.x_std' has a standard deviation that is not positive.")
+    if "head.forest_left" in tensors:
+        _check_forest_values(tensors, where)
+
+
+def _check_forest_values(tensors: dict, where: str) -> None:
+    """A forest's node arrays must point inside the forest: children and roots are node numbers (or -1 for
+    a leaf's children), features are descriptor columns, and the blend's weights are not negative."""
+    nodes = len(tensors["head.forest_left"])
+    n_extra = len(tensors["head.forest_fill"])
+
+    def whole(name: str, low: int, high: int) -> None:
+        value = tensors[f"head.{name}"]
+        if not ((value == value.round()) & (value >= low) & (value < high)).all():
+            raise TagFormatError(f"{where}: tensor 'head.{name}' must hold whole numbers from {low} to {high - 1}.")
+
+    whole("forest_left", -1, nodes)
+    whole("forest_right", -1, nodes)
+    whole("forest_feature", -1, n_extra)
+    whole("forest_roots", 0, nodes)
+    if not (tensors["head.blend"] >= 0).all():
+        raise TagFormatError(f"{where}: tensor 'head.blend' holds a negative weight.")
 
 
 # --- applicability domain (``applicability``): packed training fingerprints and their threshold ---------

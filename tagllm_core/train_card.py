@@ -126,6 +126,8 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("slots", "name", "description")},
             "history": fitted.history,
             "warnings": run.report.warnings,
+            # forest=True: the forest's size and its blend with the ridge head (weights per output)
+            **({"forest": asdict(warm.forest)} if warm.forest else {}),
             "layer_choice": ({"chosen": choice.layer, "best": choice.best, "tolerance_se": choice.tolerance,
                               "rows": warm.rows, "ridge_rows": warm.ridge_rows,
                               f"valid_{warm.metric}_by_layer": _layer_metrics(choice.scores, warm.larger),

@@ -44,6 +44,9 @@ class FunctionTagConfig:
     # "descriptors": the head also reads RDKit / ProtParam descriptors beside the tag (the default: ESOL
     # and BACE, docs/BENCHMARKS.md); "none": the tag alone, the paper's method.
     features: str = "descriptors"
+    # With descriptors (regression): a random forest on them beside the ridge head, the two blended with
+    # weights fitted on the training rows' out-of-sample predictions (``forest``, docs/BENCHMARKS.md).
+    forest: bool = False
     select_rows: int = 2000  # training rows (at most) in the layer choice and the probe; the ridge head reads all
     epochs: int = 4  # tag training rarely beats the warm start after epoch 2 (docs/BENCHMARKS.md)
     batch_size: int = 16
@@ -93,6 +96,14 @@ class FunctionTagConfig:
             raise TrainingError(f"Spellings {self.spellings!r}: use a whole number from 0 to {MAX_SPELLINGS}.")
         if self.spellings and not any(s.kind == "smiles" for s in self.slots):
             raise TrainingError("Spellings need a SMILES input: proteins and text have one spelling.")
+        if self.forest:
+            problem = ("it reads the descriptors: use features='descriptors'" if self.features != "descriptors"
+                       else "it is fitted for regression" if self.task != "regression"
+                       else "its weights come from the ridge warm start" if not self.ridge_warm_start
+                       else "it is not combined with layers='stack'" if self.layers == "stack"
+                       else "it is not combined with SMILES spellings" if self.spellings else "")
+            if problem:
+                raise TrainingError(f"The random forest blend cannot be used here: {problem}.")
         if not (isinstance(self.reference_rows, int) and 0 <= self.reference_rows <= 100_000):
             raise TrainingError(f"Reference rows {self.reference_rows!r}: use a whole number, 0 for none.")
 

@@ -12,7 +12,7 @@ prefixes are what the prefix pass computes next anyway, so reading them here cos
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 
 from . import warm_start as warm_start_lib
 from .baselines import mean_pooled, ridge_outputs
+from .forest import blend_weights, fit_forest, min_leaf
 from .heads import HeadConfig, TaskHead
 from .prefix_cache import suffix_features
 from .train_config import CHOSEN_LAYERS, FunctionTagConfig
@@ -37,7 +38,7 @@ from .warm_start import (
     stacked_head_state,
 )
 
-__all__ = ["WARM_BATCH", "WarmStart", "warm_rows", "warm_start_steps", "warm_start"]
+__all__ = ["WARM_BATCH", "WarmStart", "ForestBlend", "warm_rows", "warm_start_steps", "warm_start"]
 
 WARM_BATCH = 16  # rows per batch of the feature pass
 
@@ -72,6 +73,23 @@ class WarmStart:
     probe: Optional[ProbeBaseline] = None
     ridge_rows: int = 0  # training rows the head's ridge fit read (all of them)
     stack: Optional[LayerStack] = None
+    forest: Optional[ForestBlend] = None
+
+
+@dataclass
+class ForestBlend:
+    """The random forest beside the ridge head (``FunctionTagConfig.forest``): its size, and the blend's
+    weights per output fitted on the training rows' out-of-sample predictions, with the RMSE (standardised
+    labels) of the head's leave-one-out, the forest's out-of-bag and the blend's predictions there."""
+
+    trees: int
+    nodes: int
+    depth: int
+    min_leaf: int
+    weights: list[list[float]]  # [head, forest] per output
+    head_loo_rmse: float
+    forest_oob_rmse: float
+    blend_rmse: float
 
 
 @dataclass
@@ -151,7 +169,11 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         feats, groups = _every_row(inputs, rows, feats, groups, cfg.spellings, report, n_scanned)
         extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
         fit_groups = groups if spelled else None
-        if stack is None:
+        if stack is None and cfg.forest:
+            assert extra is not None  # the config asks for descriptors with a forest
+            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.seed)
+            result.head_config = model.head.config
+        elif stack is None:
             fit_head(model.head, feats, targets.ridge[groups], extra, fit_groups)
         else:  # each kept layer's ridge head on every training row, combined with the stack's weights
             k, heads = len(stack.layers), []
@@ -168,6 +190,24 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
             model.head.linear.bias.zero_()
     model.head.to(backbone.device)
     return result
+
+
+def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: torch.Tensor, seed: int) -> ForestBlend:
+    """Fit the ridge head (keeping its leave-one-out predictions) and a forest on the (N, E) descriptors
+    for the (N, K) standardised labels ``y``, and give the model a head that blends the two."""
+    loo = warm_start_lib.fit_head_loo(model.head, feats, y, extra)
+    fit = fit_forest(extra.numpy(), y.numpy(), seed)
+    weights = blend_weights(loo, fit.oob, y.numpy())
+    config = replace(model.head.config, forest_trees=fit.n_trees, forest_nodes=fit.n_nodes, forest_depth=fit.depth)
+    head = TaskHead(config)
+    head.load_state({**model.head.state(), **fit.state, "blend": torch.tensor(weights, dtype=torch.float32)})
+    model.head = head
+    target = y.numpy().astype(np.float64)
+    ok = np.isfinite(fit.oob).all(1)
+    rmse = lambda p: float(np.sqrt(np.mean((p[ok] - target[ok]) ** 2)))  # noqa: E731
+    return ForestBlend(fit.n_trees, fit.n_nodes, fit.depth, min_leaf(len(target)),
+                       [[round(float(w), 4) for w in row] for row in weights.T], rmse(loo), rmse(fit.oob),
+                       rmse(weights[0] * loo + weights[1] * fit.oob))
 
 
 def _features(model, cache, keys: list, plans: list, report: StageProgress, step: int, message: str) -> torch.Tensor:

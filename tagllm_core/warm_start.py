@@ -39,7 +39,7 @@ import torch
 from .heads import TaskHead
 
 __all__ = ["LayerChoice", "LayerStack", "RIDGE_ALPHAS", "fit_ridge", "ridge_loo", "ridge_grouped", "group_mean",
-           "fit_head", "layer_slice",
+           "fit_head", "fit_head_loo", "layer_slice",
            "layers_slice", "bootstrap_scores", "one_se_layer", "choose_layer", "stack_layers", "stacked_head_state"]
 
 
@@ -159,6 +159,14 @@ def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
     (a molecule's spellings), for the penalty's cross-validation (``ridge_grouped``); ``None``: one
     row per molecule, leave-one-out. Returns the penalty used."""
     return _fit_head(head, features, targets, extra, loo=False, groups=groups)[0]
+
+
+def fit_head_loo(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
+                 extra: Optional[torch.Tensor] = None) -> np.ndarray:
+    """``fit_head`` (one row per molecule), returning the fit's (N, K) leave-one-out predictions."""
+    out = _fit_head(head, features, targets, extra, loo=True)[1]
+    assert out is not None
+    return out
 
 
 def _fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor, extra: Optional[torch.Tensor],
