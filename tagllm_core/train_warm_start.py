@@ -169,7 +169,7 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         feats, groups = _every_row(inputs, rows, feats, groups, cfg.spellings, report, n_scanned)
         extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
         fit_groups = groups if spelled else None
-        if stack is None and cfg.forest:
+        if stack is None and cfg.blends_forest:
             assert extra is not None  # the config asks for descriptors with a forest
             result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.seed)
             result.head_config = model.head.config

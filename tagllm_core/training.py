@@ -50,7 +50,7 @@ from .reference import attach_reference, reference_problem
 from .tags import Tag, TagLibrary
 from .train_card import function_card
 from .train_checkpoint import Checkpoint, run_identity
-from .train_config import FunctionTagConfig, TrainResult, parse_layers
+from .train_config import FunctionTagConfig, TrainResult, forest_problem, parse_layers
 from .train_fit import TrainingRun, fit, prefix_pass, schedule
 from .train_prepare import (
     PreparedData,
@@ -66,6 +66,7 @@ from .train_warm_start import warm_rows, warm_start
 
 __all__ = [
     "parse_layers",
+    "forest_problem",
     "FunctionTagConfig",
     "DomainTagConfig",
     "PreparedData",

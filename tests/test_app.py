@@ -462,6 +462,23 @@ def test_function_job_argv_carries_readout_depth_and_descriptors(tmp_path):
     assert f"--layers={training.DEFAULT_LAYERS}" in default and f"--features={training.DEFAULT_FEATURES}" in default
 
 
+def test_function_job_argv_asks_for_the_forest_only_where_it_applies(tmp_path):
+    from tagllm_core.cli import build_parser
+
+    slots = [training.SlotChoice("drug", "smiles", "smiles", None)]
+
+    def argv(**kw):
+        spec = training.FunctionJobSpec(name="Sol", train_file=tmp_path / "t.csv", slots=slots, labels=["y"], **kw)
+        return training.function_tag_argv(spec)
+
+    assert "--forest" in argv(features="descriptors", forest=True)
+    assert build_parser().parse_args(argv(features="descriptors", forest=True)).forest is True
+    for kw in ({"features": "none"}, {"task": "classification"}, {"layers": "stack"}, {"spellings": 2}):
+        line = argv(forest=True, **{"features": "descriptors", **kw})
+        assert "--no-forest" in line and build_parser().parse_args(line).forest is False, kw
+    assert "--no-forest" in argv(features="descriptors", forest=False)
+
+
 def test_layers_problem_explains_what_is_accepted():
     assert training.layers_problem("auto") is None and training.layers_problem("final") is None
     assert training.layers_problem("12") is None and training.layers_problem(" 7,15 ") is None
@@ -868,6 +885,11 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
         "chosen": 12, "best": 12, "stack_weights": {"11": 0.75, "4": 0.25}}})  # as read back from JSON
     assert cards.readout_text(stacked) == ("layers 4 (25%), 11 (75%) (stacked: every layer up to 12, weighted on "
                                            "the training rows)")
+    blended = dataclasses.replace(card, head={"forest_nodes": 900},
+                                  training={"forest": {"weights": [[0.62, 0.38]]}})
+    assert cards.readout_text(blended).endswith(
+        "descriptors of the inputs, blended with a random forest on the descriptors (62% head, 38% forest, "
+        "weighted on the training rows)")
     spelled = dataclasses.replace(card, spellings=3)
     assert cards.readout_text(spelled).endswith("descriptors of the inputs, averaged over 4 spellings of each SMILES")
 

@@ -132,6 +132,9 @@ def test_train_function_tag_options_left_out_take_the_configs_defaults():
         name: defaults[name] for name in cli._CONFIG_DEFAULTS}
     given = build_parser().parse_args(base + ["--epochs", "3", "--layers", "final", "--features", "none"])
     assert (given.epochs, given.layers, given.features, given.patience) == (3, "final", "none", defaults["patience"])
+    assert args.forest is None  # left out: wherever the forest applies
+    assert build_parser().parse_args(base + ["--no-forest"]).forest is False
+    assert build_parser().parse_args(base + ["--forest"]).forest is True
     # every option whose default is left to the config is one that _Parser fills in
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     deferred = {a.dest for a in sub.choices["train-function-tag"]._actions

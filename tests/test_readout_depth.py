@@ -35,6 +35,7 @@ from tagllm_core.data import random_split
 from tagllm_core.descriptors import feature_names
 from tagllm_core.domains import clean
 from tagllm_core.exceptions import TemplateError, TrainingError
+from tagllm_core.forest import FOREST_KEYS, forest_outputs
 from tagllm_core.heads import CLIP, HeadConfig, TaskHead, build_head
 from tagllm_core.model import readout_dim
 from tagllm_core.prediction import Predictor
@@ -421,7 +422,8 @@ def test_descriptors_train_and_prediction_reproduces_validation(llama, library_f
     feature_dim = readout_dim(card.readout, llama.hidden_size, len(card.layers))
     assert card.head["n_extra"] == len(names) and card.head["standardize"] is True
     assert card.head["in_dim"] == feature_dim + len(names)
-    assert set(res.tag.head_state) == {"weight", "bias", "x_mean", "x_std"}
+    # the default blends a forest on the descriptors into the head (tests/test_forest.py)
+    assert set(res.tag.head_state) == {"weight", "bias", "x_mean", "x_std", "blend", *FOREST_KEYS}
     assert res.tag.head_state["x_mean"].shape == (feature_dim + len(names),)
     assert torch.isfinite(res.tag.head_state["x_mean"]).all() and (res.tag.head_state["x_std"] > 0).all()
     assert card.training["config"]["features"] == "descriptors"
@@ -461,11 +463,16 @@ def test_undefined_descriptors_still_give_a_finite_prediction(llama, monkeypatch
     assert after[0].prediction == pytest.approx(before[0].prediction, abs=1e-6)
     assert after[2].prediction == pytest.approx(before[2].prediction, abs=1e-6)
 
-    # exactly what the head gives with the training mean in place of every descriptor
+    # exactly what the head gives with the training mean in place of every descriptor in its linear part,
+    # and the training median in its forest's
     model, n_extra = predictor.model, predictor.model.head.config.n_extra
+    head = model.head
+    assert head.config.forest_nodes  # the default blends one in
     with torch.no_grad():
         features = model.features([model.plan({"smiles": "CCCCCCN"})])
-        out = model.head(features, model.head.x_mean[-n_extra:].unsqueeze(0))
+        linear = head.linear(head.inputs(features, head.x_mean[-n_extra:].unsqueeze(0)))
+        trees = forest_outputs(head.forest_state(), head.config.forest_depth, head.forest_fill.unsqueeze(0))
+        out = head.blend[0] * linear + head.blend[1] * trees
     expected = predictor.scaler.inverse(out.numpy())[0, 0]
     assert after[1].prediction == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
@@ -477,7 +484,7 @@ def test_undefined_descriptors_still_give_a_finite_prediction(llama, monkeypatch
     x = torch.cat([features, model.head.x_mean[-n_extra:].unsqueeze(0)], 1)
     x[:, -n_extra:] = 1e30
     with torch.no_grad():
-        bound = model.head.linear(model.head.inputs(x[:, :-n_extra], x[:, -n_extra:]))
+        bound = model.head(x[:, :-n_extra], x[:, -n_extra:])  # clipped inputs; the forest's last branches
     assert huge.prediction == pytest.approx(predictor.scaler.inverse(bound.numpy())[0, 0], rel=1e-4, abs=1e-4)
 
 

@@ -134,6 +134,11 @@ def readout_text(card: TagCard) -> str:
         text = "the final layer"
     if card.features == "descriptors":
         text += " + classic descriptors of the inputs"
+    blend = (card.training or {}).get("forest")
+    if (card.head or {}).get("forest_nodes") and isinstance(blend, dict) and blend.get("weights"):
+        w_head, w_forest = blend["weights"][0]
+        text += (f", blended with a random forest on the descriptors ({float(w_head):.0%} head, "
+                 f"{float(w_forest):.0%} forest, weighted on the training rows)")
     if card.spellings:
         text += f", averaged over {card.spellings + 1} spellings of each SMILES"
     return text

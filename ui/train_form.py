@@ -104,6 +104,7 @@ class FunctionForm:
     train_file: Optional[Path] = None  # the bundled example; an upload is saved (and set) when Start is pressed
     reference: bool = False  # predict the MOSES reference sample for percentiles (single-molecule tags)
     spellings: int = 0  # SMILES spellings per molecule read and averaged (training and prediction)
+    forest: bool = False  # blend a random forest on the descriptors into the head
     max_length: dict[str, int] = field(init=False)
 
     def __post_init__(self):
@@ -146,7 +147,7 @@ def function_spec(form: FunctionForm) -> FunctionJobSpec:
         valid_fraction=float(form.valid_fraction), max_rows=int(form.max_rows) or None, augment=int(form.augment),
         spellings=int(form.spellings),
         max_length=dict(form.max_length), layers=form.layers.strip() or "auto",
-        features="descriptors" if form.descriptors else "none",
+        features="descriptors" if form.descriptors else "none", forest=bool(form.forest),
         reference_rows=REFERENCE_ROWS if form.reference and {s.kind for s in form.slots} == {"smiles"} else 0)
 
 

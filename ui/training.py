@@ -17,7 +17,7 @@ from tagllm_core.exceptions import TagLLMError, TemplateError
 from tagllm_core.jobs import Job, JobStore, launch
 from tagllm_core.tags import SlotSpec, TagLibrary, normalize_tag_name
 from tagllm_core.templates import Template, default_template
-from tagllm_core.training import FunctionTagConfig, parse_layers, prepare_supervised
+from tagllm_core.training import FunctionTagConfig, forest_problem, parse_layers, prepare_supervised
 
 from .inputs import guess_task
 
@@ -28,6 +28,7 @@ DEFAULT_SPELLINGS = FunctionTagConfig.__dataclass_fields__["spellings"].default
 DEFAULT_LAYERS = FunctionTagConfig.__dataclass_fields__["layers"].default
 DEFAULT_EPOCHS = FunctionTagConfig.__dataclass_fields__["epochs"].default
 DEFAULT_FEATURES = FunctionTagConfig.__dataclass_fields__["features"].default
+DEFAULT_FOREST = FunctionTagConfig.__dataclass_fields__["forest"].default
 DEFAULT_N_TOKENS = FunctionTagConfig.__dataclass_fields__["n_tokens"].default
 MIN_ROWS = FunctionTagConfig.__dataclass_fields__["min_rows"].default  # usable training rows the engine needs
 
@@ -64,6 +65,7 @@ class FunctionJobSpec:
     max_length: dict[str, int] = field(default_factory=dict)  # kind -> crop length
     layers: str = DEFAULT_LAYERS  # read-out depth: auto | final | layer numbers ("12", "7,15")
     features: str = DEFAULT_FEATURES  # none | descriptors
+    forest: Optional[bool] = DEFAULT_FOREST  # a random forest blended into the head; None: wherever it applies
     reference_rows: int = 0  # MOSES reference molecules predicted for percentiles (0: none)
     extra: list[str] = field(default_factory=list)  # more CLI arguments, appended as given
 
@@ -176,9 +178,18 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     for kind, n in spec.max_length.items():
         argv.append(_opt("--max-length", f"{kind}={int(n)}"))
     argv += [_opt("--layers", spec.layers), _opt("--features", spec.features)]
+    # the forest needs descriptors and a regression; elsewhere the job says no rather than fail
+    if spec.forest is not None:  # None: the engine's default, wherever the forest applies
+        applies = forest_applies(spec.task, spec.features, spec.layers, spec.spellings)
+        argv.append("--forest" if spec.forest and applies else "--no-forest")
     if spec.reference_rows:
         argv.append(_opt("--reference-rows", int(spec.reference_rows)))
     return argv + list(spec.extra)
+
+
+def forest_applies(task: str, features: str, layers: str, spellings: int = 0) -> bool:
+    """Whether a forest can blend into the head these settings give (``FunctionTagConfig.forest``)."""
+    return not forest_problem(task, features, layers, spellings)
 
 
 def domain_tag_argv(spec: DomainJobSpec) -> list[str]:
