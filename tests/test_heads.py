@@ -142,7 +142,8 @@ def test_head_config_validation():
     with pytest.raises(TrainingError, match="two classes"):
         HeadConfig("classification", 1, 8)
     cfg = HeadConfig("classification", 3, 8)
-    assert cfg.to_dict() == {"task": "classification", "n_outputs": 3, "in_dim": 8, "n_extra": 0, "standardize": False}
+    assert cfg.to_dict() == {"task": "classification", "n_outputs": 3, "in_dim": 8, "n_extra": 0, "standardize": False,
+                             "forest_trees": 0, "forest_nodes": 0, "forest_depth": 0}
     assert HeadConfig(**cfg.to_dict()) == cfg
 
 
