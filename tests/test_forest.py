@@ -216,3 +216,13 @@ def test_a_tag_without_the_forest_has_the_plain_head(tiny_backbones):
     res = train_function_tag(bb, None, cfg, small_frame(8), save=False)
     assert not res.tag.card.head.get("forest_nodes") and "forest" not in res.tag.card.training
     assert not any(k.startswith("forest") for k in res.tag.head_state)
+
+
+def test_a_forest_for_several_outputs():
+    x, y = data()
+    y2 = np.concatenate([y, -2 * y + x[:, :1]], 1)
+    fit = fit_forest(x, y2)
+    twin = RandomForestRegressor(n_estimators=100, min_samples_leaf=min_leaf(len(x)), random_state=0).fit(x, y2)
+    got = forest_outputs(fit.state, fit.depth, torch.from_numpy(x[:40])).numpy()
+    assert got.shape == (40, 2) and np.allclose(got, twin.predict(x[:40]), atol=1e-5)
+    assert fit.oob.shape == (len(x), 2) and blend_weights(y2, fit.oob, y2).shape == (2, 2)
