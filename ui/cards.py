@@ -31,7 +31,7 @@ def slot_summary(card: TagCard) -> str:
     return "; ".join(parts)
 
 
-BASELINE_LABEL = {"mean": "predict the training mean", "warm_start": "the tag's ridge head before training",
+BASELINE_LABEL = {"mean": "predict the training mean", "warm_start": "the tag's head before training (its warm start)",
                   "probe": "linear probe: ridge on the backbone's mean-pooled states",
                   "rf_descriptors": "random forest on descriptors", "ridge_descriptors": "ridge on descriptors"}
 
