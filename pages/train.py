@@ -158,7 +158,8 @@ with tab_fn:
                 help="Beside the tag, the head reads RDKit 2D descriptors of each SMILES and composition/"
                      "ProtParam features of each protein. Often more accurate with little data; off is the "
                      "paper's pure-tag method.")
-            forest_ok = training.forest_applies(task, "descriptors" if descriptors else "none", layers, spellings)
+            forest_ok = training.forest_applies(task, "descriptors" if descriptors else "none", layers, spellings,
+                                                kinds)
             forest = a2.checkbox(
                 "Blend with a random forest on the descriptors", value=training.DEFAULT_FOREST is not False,
                 key="tf_forest",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
-from .descriptors import FEATURE_SETS
+from .descriptors import FEATURE_SETS, feature_names
 from .domains import MAX_SPELLINGS
 from .exceptions import TrainingError
 from .tags import SlotSpec, Tag, normalize_tag_name
@@ -99,7 +99,8 @@ class FunctionTagConfig:
             raise TrainingError("Spellings need a SMILES input: proteins and text have one spelling.")
         if self.forest not in (None, True, False):
             raise TrainingError(f"Forest {self.forest!r}: use true, false or leave it out (wherever it applies).")
-        problem = forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start)
+        problem = forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
+                                 [s.kind for s in self.slots])
         if self.forest and problem:
             raise TrainingError(f"The random forest blend cannot be used here: {problem}.")
         if not (isinstance(self.reference_rows, int) and 0 <= self.reference_rows <= 100_000):
@@ -110,7 +111,8 @@ class FunctionTagConfig:
         """Whether the head blends in a forest: as asked, or (``forest=None``) wherever it applies."""
         if self.forest is not None:
             return self.forest
-        return not forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start)
+        return not forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
+                                  [s.kind for s in self.slots])
 
     def template_text(self) -> str:
         if self.template:
@@ -118,10 +120,13 @@ class FunctionTagConfig:
         return default_template([(s.name, s.kind, s.domain_tag) for s in self.slots], self.name, self.what)
 
 
-def forest_problem(task: str, features: str, layers: Any, spellings: int = 0, ridge_warm_start: bool = True) -> str:
-    """Why a forest cannot blend into the head these settings give ("" when it can)."""
+def forest_problem(task: str, features: str, layers: Any, spellings: int = 0, ridge_warm_start: bool = True,
+                   kinds: Sequence[str] = ("smiles",)) -> str:
+    """Why a forest cannot blend into the head these settings give ("" when it can); ``kinds``: the inputs'."""
     if features != "descriptors":
         return "it reads the descriptors: use features='descriptors'"
+    if not any(feature_names(kind) for kind in kinds):
+        return "it reads the descriptors, and text inputs have none"
     if task != "regression":
         return "it is fitted for regression"
     if not ridge_warm_start:

@@ -206,6 +206,12 @@ def test_by_default_the_forest_blends_in_wherever_it_applies():
     assert make(forest=False).blends_forest is False
     for kw in ({"features": "none"}, {"task": "classification"}, {"layers": "stack"}, {"spellings": 1}):
         assert make(**kw).blends_forest is False, kw
+    text = FunctionTagConfig(name="F", slots=[SlotSpec("note", "text")], labels=["y"])
+    assert not text.blends_forest  # text has no descriptors to grow trees on
+    with pytest.raises(TrainingError, match="text inputs have none"):
+        FunctionTagConfig(name="F", slots=[SlotSpec("note", "text")], labels=["y"], forest=True)
+    assert FunctionTagConfig(name="F", slots=[SlotSpec("note", "text"), SlotSpec("seq", "protein")],
+                             labels=["y"]).blends_forest
     with pytest.raises(TrainingError, match="true, false"):
         make(forest="yes")
 
