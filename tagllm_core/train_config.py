@@ -99,8 +99,7 @@ class FunctionTagConfig:
             raise TrainingError("Spellings need a SMILES input: proteins and text have one spelling.")
         if self.forest not in (None, True, False):
             raise TrainingError(f"Forest {self.forest!r}: use true, false or leave it out (wherever it applies).")
-        problem = forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
-                                 [s.kind for s in self.slots])
+        problem = self._forest_problem()
         if self.forest and problem:
             raise TrainingError(f"The random forest blend cannot be used here: {problem}.")
         if not (isinstance(self.reference_rows, int) and 0 <= self.reference_rows <= 100_000):
@@ -111,8 +110,11 @@ class FunctionTagConfig:
         """Whether the head blends in a forest: as asked, or (``forest=None``) wherever it applies."""
         if self.forest is not None:
             return self.forest
-        return not forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
-                                  [s.kind for s in self.slots])
+        return not self._forest_problem()
+
+    def _forest_problem(self) -> str:
+        return forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
+                              [s.kind for s in self.slots])
 
     def template_text(self) -> str:
         if self.template:

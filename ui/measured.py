@@ -46,10 +46,8 @@ def counts_text(ev: Evaluation) -> str:
     return "; ".join(parts) + "."
 
 
-def _score(run: PredictionRun, card: TagCard) -> Optional[Evaluation]:
-    found = options(run, card)
-    if not found:
-        return None
+def _score(run: PredictionRun, card: TagCard, found: list[str]) -> Optional[Evaluation]:
+    """The evaluation against the measured column(s) the user picks among ``found`` (``options``)."""
     outputs = output_labels(card)
     names = {str(x).strip().lower() for x in card.labels or []}
     if outputs:
@@ -129,12 +127,13 @@ def _baselines(run: PredictionRun, card: TagCard, ev: Evaluation) -> None:
 
 def render(run: PredictionRun, card: TagCard) -> None:
     """The section under a finished prediction; nothing when the input had no column of measured values."""
-    if not options(run, card):
+    found = options(run, card)
+    if not found:
         return
     with st.expander("📏 Compare with measured values", expanded=False):
         st.caption("Your file has columns that may hold measured values. Score the predictions against one: "
                    "rows the tag could not predict and rows without a value are counted, not scored.")
-        ev = _score(run, card)
+        ev = _score(run, card, found)
         if ev is None:
             return
         _show_scores(ev, run.task)
