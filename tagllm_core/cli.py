@@ -474,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="descriptors: the head also reads RDKit 2D descriptors (SMILES) and composition/ProtParam "
                         "features (proteins) beside the tag; none: the tag alone (the paper's method)")
     f.add_argument("--forest", action=argparse.BooleanOptionalAction, default=from_config,
-                   help="with --features descriptors (regression): blend the ridge head with a random forest on the "
-                        "descriptors, weighted by their out-of-sample fit on the training rows (docs/BENCHMARKS.md)")
+                   help="regression: blend the ridge head with a random forest on the descriptors (or, with "
+                        "--features none, on the tag's read-out features), weighted by their out-of-sample fit on "
+                        "the training rows; on wherever it applies unless --no-forest (docs/BENCHMARKS.md)")
     f.add_argument("--reference-rows", type=int, default=from_config, metavar="N",
                    help="predict N molecules of the shipped MOSES reference sample (up to 2,000) with the finished "
                         "tag, so every later prediction shows its percentile among drug-like molecules; costs N "

@@ -1,8 +1,10 @@
-"""A random forest on a head's descriptor columns, kept as float32 tensors and run in torch, and its blend
-with the ridge head (``FunctionTagConfig.forest``).
+"""A random forest beside a head, kept as float32 tensors and run in torch, and its blend with the ridge
+head (``FunctionTagConfig.forest``).
 
-The head stays the paper's linear read-out of the tag; beside it, a forest on the same descriptors
-(scikit-learn's ``RandomForestRegressor``, fitted once at the warm start) gives a second prediction, and
+The head stays the paper's linear read-out of the tag; beside it, a forest (scikit-learn's
+``RandomForestRegressor``, fitted once at the warm start) gives a second prediction from the head's
+descriptor columns or, for a tag without descriptors (the pure tag), from the tag's read-out features
+themselves (``FOREST_INPUTS``), and
 the two are averaged with non-negative weights that sum to one, fitted by least squares to the training
 labels on the head's leave-one-out and the forest's out-of-bag predictions (stacked regression, as
 ``warm_start.stack_layers``). The validation rows play no part in the weights. A forest catches what a
@@ -22,13 +24,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["FOREST_TREES", "FOREST_KEYS", "ForestFit", "fit_forest", "forest_outputs", "blend_weights",
-           "min_leaf"]
+__all__ = ["FOREST_TREES", "FOREST_KEYS", "FOREST_INPUTS", "ForestFit", "fit_forest", "forest_outputs",
+           "blend_weights", "min_leaf", "max_features"]
 
 FOREST_TREES = 100
 MIN_LEAF = 3  # rows per leaf: 100 trees of leaves of 3 score as 300 fully grown ones (BENCHMARKS) at 1/10 the size
 LEAF_ROWS = 2000  # larger training sets get larger leaves, so a forest stays near 250,000 nodes (6 MB)
 MAX_NODES = 1 << 23  # float32 holds every integer up to 2**24
+# what a forest reads: the head's descriptor columns, or the read-out features (a tag without descriptors)
+FOREST_INPUTS = ("descriptors", "readout")
+# Columns tried per split. Descriptors: all (scikit-learn's regression default, as measured). Read-out
+# features (about 1,152 hidden-state columns): a third, the classic regression forest's share, which fits in
+# a third of the time and scored as well offline (docs/BENCHMARKS.md).
+READOUT_MAX_FEATURES = 1 / 3
 # the head's state entries of a forest: flat node arrays, tree roots, the fill of missing descriptors
 FOREST_KEYS = ("forest_left", "forest_right", "forest_feature", "forest_threshold", "forest_value", "forest_roots",
                "forest_fill")
@@ -62,9 +70,14 @@ def _fill(x: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(med), med, 0.0).astype(np.float32)
 
 
-def fit_forest(x, y, seed: int = 0, n_trees: int = FOREST_TREES) -> ForestFit:
-    """A regression forest on (N, E) descriptors ``x`` (NaN filled with the column medians) for (N, K)
-    targets ``y``."""
+def max_features(reads: str) -> float:
+    """The share of columns a split tries for a forest reading ``reads`` (``FOREST_INPUTS``)."""
+    return READOUT_MAX_FEATURES if reads == "readout" else 1.0
+
+
+def fit_forest(x, y, seed: int = 0, n_trees: int = FOREST_TREES, features: float = 1.0) -> ForestFit:
+    """A regression forest on (N, E) columns ``x`` (NaN filled with the column medians) for (N, K)
+    targets ``y``, each split trying a share ``features`` of the columns."""
     import warnings
 
     from sklearn.ensemble import RandomForestRegressor
@@ -74,7 +87,7 @@ def fit_forest(x, y, seed: int = 0, n_trees: int = FOREST_TREES) -> ForestFit:
     fill = _fill(x)
     x = np.where(np.isfinite(x), x, fill)
     model = RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=min_leaf(len(x)), oob_score=True,
-                                  n_jobs=-1, random_state=seed)
+                                  max_features=features, n_jobs=-1, random_state=seed)
     with warnings.catch_warnings():  # a row in every bootstrap has no out-of-bag prediction: handled below
         warnings.simplefilter("ignore", UserWarning)
         model.fit(x, y if y.shape[1] > 1 else y[:, 0])
@@ -105,7 +118,7 @@ def fit_forest(x, y, seed: int = 0, n_trees: int = FOREST_TREES) -> ForestFit:
 
 
 def forest_outputs(state: dict[str, torch.Tensor], depth: int, x: torch.Tensor) -> torch.Tensor:
-    """(B, K) mean of the trees' leaf values for (B, E) descriptors ``x`` (NaN filled as in training).
+    """(B, K) mean of the trees' leaf values for (B, E) columns ``x`` (NaN filled as in training).
     Every row walks every tree at once, one level per step, for at most ``depth`` steps."""
     fill = state["forest_fill"]
     x = torch.where(torch.isnan(x), fill.to(x.device), x.float())

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .exceptions import TrainingError
-from .forest import FOREST_KEYS, forest_outputs
+from .forest import FOREST_INPUTS, FOREST_KEYS, forest_outputs
 
 __all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "forest_shapes", "CLIP"]
 
@@ -42,18 +42,28 @@ class HeadConfig:
     in_dim: int
     n_extra: int = 0
     standardize: bool = False
-    # a random forest on the descriptor columns, blended with the linear head (``forest``); 0: none
+    # a random forest blended with the linear head (``forest``); 0: none. It reads the descriptor columns,
+    # or the read-out features before them (``forest.FOREST_INPUTS``)
     forest_trees: int = 0
     forest_nodes: int = 0
     forest_depth: int = 0
+    forest_input: str = "descriptors"
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise TrainingError(f"Unknown task {self.task!r}; use one of {TASKS}.")
         if self.task == "classification" and self.n_outputs < 2:
             raise TrainingError("A classification head needs at least two classes.")
-        if self.forest_nodes and (self.task != "regression" or not self.n_extra):
-            raise TrainingError("A forest blends into a regression head that reads descriptors.")
+        if self.forest_input not in FOREST_INPUTS:
+            raise TrainingError(f"A forest reads one of {FOREST_INPUTS}, not {self.forest_input!r}.")
+        if self.forest_nodes and (self.task != "regression" or not self.forest_width):
+            raise TrainingError("A forest blends into a regression head, and reads its descriptors or read-out "
+                                "features.")
+
+    @property
+    def forest_width(self) -> int:
+        """Columns the forest reads: the descriptors, or the read-out features."""
+        return self.n_extra if self.forest_input == "descriptors" else self.in_dim - self.n_extra
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +72,8 @@ class HeadConfig:
 class TaskHead(nn.Module):
     """(B, F) read-out features [+ (B, n_extra) descriptors] -> (B, n_outputs) predictions
     (standardised) or logits. With a forest (``HeadConfig.forest_nodes``), a regression head's output is
-    ``blend[0] * linear + blend[1] * forest(descriptors)``; only the linear part has parameters."""
+    ``blend[0] * linear + blend[1] * forest(x)``, x the descriptors or the read-out features as they come
+    (``HeadConfig.forest_input``); only the linear part has parameters."""
 
     x_mean: torch.Tensor  # (in_dim,) buffers, registered in __init__
     x_std: torch.Tensor
@@ -100,9 +111,14 @@ class TaskHead(nn.Module):
         out = self.linear(self.inputs(features, extra))
         if not self.config.forest_nodes:
             return out
-        assert extra is not None  # ``inputs`` refused a head reading descriptors without them
+        if self.config.forest_input == "readout":
+            x = features
+        else:
+            assert extra is not None  # ``inputs`` refused a head reading descriptors without them
+            x = extra
+        # no gradient flows through the trees: training moves the tag through the linear part alone
         trees = forest_outputs(self.forest_state(), self.config.forest_depth,
-                               extra.to(device=out.device, dtype=torch.float32))
+                               x.detach().to(device=out.device, dtype=torch.float32))
         return self.blend[0] * out + self.blend[1] * trees
 
     def fit_scaling(self, x: torch.Tensor) -> None:
@@ -158,7 +174,7 @@ def forest_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
     nodes = (config.forest_nodes,)
     return {"forest_left": nodes, "forest_right": nodes, "forest_feature": nodes, "forest_threshold": nodes,
             "forest_value": (config.forest_nodes, config.n_outputs), "forest_roots": (config.forest_trees,),
-            "forest_fill": (config.n_extra,)}
+            "forest_fill": (config.forest_width,)}
 
 
 def build_head(config: HeadConfig, state: Optional[dict] = None) -> TaskHead:

@@ -34,6 +34,7 @@ import torch
 
 from .domains import MAX_SPELLINGS
 from .exceptions import TagFormatError, TagLLMError
+from .forest import FOREST_INPUTS
 from .heads import TASKS
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_CARD_CHARS", "MAX_TOKENS", "MAX_OUTPUTS", "check_header_length",
@@ -58,7 +59,8 @@ MAX_DEPTH = 16  # nesting of free-form dicts (metrics, training)
 KINDS = ("domain", "function")
 FEATURES = ("none", "descriptors")
 FUNCTION_ONLY = ("template", "task", "readout", "layers", "head", "label_scaling", "interval")
-HEAD_KEYS = ("task", "n_outputs", "in_dim", "n_extra", "standardize", "forest_trees", "forest_nodes", "forest_depth")
+HEAD_KEYS = ("task", "n_outputs", "in_dim", "n_extra", "standardize", "forest_trees", "forest_nodes", "forest_depth",
+             "forest_input")
 MAX_FOREST_TREES = 10_000
 MAX_FOREST_NODES = 1 << 23  # forest.MAX_NODES: node numbers stay exact in float32
 MAX_FOREST_DEPTH = 1024
@@ -283,9 +285,12 @@ def _check_function(c: _Checker, data: dict, hidden: int) -> None:
     trees = c.integer(head.get("forest_trees", 0), "head.forest_trees", 0, MAX_FOREST_TREES)
     nodes = c.integer(head.get("forest_nodes", 0), "head.forest_nodes", 0, MAX_FOREST_NODES)
     c.integer(head.get("forest_depth", 0), "head.forest_depth", 0, MAX_FOREST_DEPTH)
-    if nodes and (task != "regression" or not n_extra or not 1 <= trees <= nodes):
-        c.fail("head.forest_nodes", "a forest needs a regression head that reads descriptors, and at least one "
-                                    "node per tree", nodes)
+    reads = head.get("forest_input", "descriptors")
+    if reads not in FOREST_INPUTS:
+        c.fail("head.forest_input", f"must be one of {', '.join(FOREST_INPUTS)}", reads)
+    if nodes and (task != "regression" or (reads == "descriptors" and not n_extra) or not 1 <= trees <= nodes):
+        c.fail("head.forest_nodes", "a forest needs a regression head, descriptors if it reads them, and at least "
+                                    "one node per tree", nodes)
     if trees and not nodes:
         c.fail("head.forest_trees", "must be 0 without forest nodes", trees)
     layers = data.get("layers")
@@ -439,9 +444,9 @@ def check_tensor_values(tensors: dict, where: str) -> None:
 
 def _check_forest_values(tensors: dict, where: str) -> None:
     """A forest's node arrays must point inside the forest: children and roots are node numbers (or -1 for
-    a leaf's children), features are descriptor columns, and the blend's weights are not negative."""
+    a leaf's children), features are columns the forest reads, and the blend's weights are not negative."""
     nodes = len(tensors["head.forest_left"])
-    n_extra = len(tensors["head.forest_fill"])
+    width = len(tensors["head.forest_fill"])  # its shape was checked against the head's
 
     def whole(name: str, low: int, high: int) -> None:
         value = tensors[f"head.{name}"]
@@ -450,7 +455,7 @@ def _check_forest_values(tensors: dict, where: str) -> None:
 
     whole("forest_left", -1, nodes)
     whole("forest_right", -1, nodes)
-    whole("forest_feature", -1, n_extra)
+    whole("forest_feature", -1, width)
     whole("forest_roots", 0, nodes)
     if not (tensors["head.blend"] >= 0).all():
         raise TagFormatError(f"{where}: tensor 'head.blend' holds a negative weight.")

@@ -13,7 +13,7 @@ from .exceptions import TrainingError
 from .tags import SlotSpec, Tag, normalize_tag_name
 from .templates import Template, default_template
 
-__all__ = ["CHOSEN_LAYERS", "FunctionTagConfig", "TrainResult", "forest_problem", "parse_layers"]
+__all__ = ["CHOSEN_LAYERS", "FunctionTagConfig", "TrainResult", "forest_input", "forest_problem", "parse_layers"]
 
 Layers = Union[str, list[int]]  # "auto" | "stack" | "final" | 1-based layer numbers
 CHOSEN_LAYERS = ("auto", "stack")  # the read-out depths chosen in the warm start
@@ -112,9 +112,13 @@ class FunctionTagConfig:
             return self.forest
         return not self._forest_problem()
 
+    @property
+    def forest_input(self) -> str:
+        """What the forest reads, if the head blends one in (``forest_input``)."""
+        return forest_input(self.features, [s.kind for s in self.slots])
+
     def _forest_problem(self) -> str:
-        return forest_problem(self.task, self.features, self.layers, self.spellings, self.ridge_warm_start,
-                              [s.kind for s in self.slots])
+        return forest_problem(self.task, self.layers, self.spellings, self.ridge_warm_start)
 
     def template_text(self) -> str:
         if self.template:
@@ -122,13 +126,8 @@ class FunctionTagConfig:
         return default_template([(s.name, s.kind, s.domain_tag) for s in self.slots], self.name, self.what)
 
 
-def forest_problem(task: str, features: str, layers: Any, spellings: int = 0, ridge_warm_start: bool = True,
-                   kinds: Sequence[str] = ("smiles",)) -> str:
-    """Why a forest cannot blend into the head these settings give ("" when it can); ``kinds``: the inputs'."""
-    if features != "descriptors":
-        return "it reads the descriptors: use features='descriptors'"
-    if not any(feature_names(kind) for kind in kinds):
-        return "it reads the descriptors, and text inputs have none"
+def forest_problem(task: str, layers: Any, spellings: int = 0, ridge_warm_start: bool = True) -> str:
+    """Why a forest cannot blend into the head these settings give ("" when it can)."""
     if task != "regression":
         return "it is fitted for regression"
     if not ridge_warm_start:
@@ -138,6 +137,12 @@ def forest_problem(task: str, features: str, layers: Any, spellings: int = 0, ri
     if spellings:
         return "it is not combined with SMILES spellings"
     return ""
+
+
+def forest_input(features: str, kinds: Sequence[str]) -> str:
+    """What a forest beside the head reads (``forest.FOREST_INPUTS``): the descriptors when the head reads
+    any, else the tag's read-out features (the pure tag, or inputs without descriptors such as text)."""
+    return "descriptors" if features == "descriptors" and any(feature_names(k) for k in kinds) else "readout"
 
 
 def parse_layers(value: Any) -> Layers:

@@ -20,7 +20,7 @@ import torch
 
 from . import warm_start as warm_start_lib
 from .baselines import mean_pooled, ridge_outputs
-from .forest import blend_weights, fit_forest, min_leaf
+from .forest import blend_weights, fit_forest, max_features, min_leaf
 from .heads import HeadConfig, TaskHead
 from .prefix_cache import suffix_features
 from .train_config import CHOSEN_LAYERS, FunctionTagConfig
@@ -78,9 +78,10 @@ class WarmStart:
 
 @dataclass
 class ForestBlend:
-    """The random forest beside the ridge head (``FunctionTagConfig.forest``): its size, and the blend's
-    weights per output fitted on the training rows' out-of-sample predictions, with the RMSE (standardised
-    labels) of the head's leave-one-out, the forest's out-of-bag and the blend's predictions there."""
+    """The random forest beside the ridge head (``FunctionTagConfig.forest``): what it reads, its size, and
+    the blend's weights per output fitted on the training rows' out-of-sample predictions, with the RMSE
+    (standardised labels) of the head's leave-one-out, the forest's out-of-bag and the blend's predictions
+    there."""
 
     trees: int
     nodes: int
@@ -90,6 +91,7 @@ class ForestBlend:
     head_loo_rmse: float
     forest_oob_rmse: float
     blend_rmse: float
+    reads: str = "descriptors"  # forest.FOREST_INPUTS: the descriptors, or the tag's read-out features
 
 
 @dataclass
@@ -170,8 +172,8 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
         fit_groups = groups if spelled else None
         if stack is None and cfg.blends_forest:
-            assert extra is not None  # the config asks for descriptors with a forest
-            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.seed)
+            reads = cfg.forest_input if extra is not None else "readout"
+            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, reads, cfg.seed)
             result.head_config = model.head.config
         elif stack is None:
             fit_head(model.head, feats, targets.ridge[groups], extra, fit_groups)
@@ -192,13 +194,18 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
     return result
 
 
-def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: torch.Tensor, seed: int) -> ForestBlend:
-    """Fit the ridge head (keeping its leave-one-out predictions) and a forest on the (N, E) descriptors
-    for the (N, K) standardised labels ``y``, and give the model a head that blends the two."""
+def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: Optional[torch.Tensor], reads: str,
+                  seed: int) -> ForestBlend:
+    """Fit the ridge head (keeping its leave-one-out predictions) and a forest for the (N, K) standardised
+    labels ``y`` on the (N, E) descriptors ``extra`` or the (N, F) read-out features ``feats`` (``reads``),
+    and give the model a head that blends the two."""
     loo = warm_start_lib.fit_head_loo(model.head, feats, y, extra)
-    fit = fit_forest(extra.numpy(), y.numpy(), seed)
+    x = feats if reads == "readout" else extra
+    assert x is not None  # a forest on descriptors comes with them (``FunctionTagConfig.forest_input``)
+    fit = fit_forest(x.float().numpy(), y.numpy(), seed, features=max_features(reads))
     weights = blend_weights(loo, fit.oob, y.numpy())
-    config = replace(model.head.config, forest_trees=fit.n_trees, forest_nodes=fit.n_nodes, forest_depth=fit.depth)
+    config = replace(model.head.config, forest_trees=fit.n_trees, forest_nodes=fit.n_nodes, forest_depth=fit.depth,
+                     forest_input=reads)
     head = TaskHead(config)
     head.load_state({**model.head.state(), **fit.state, "blend": torch.tensor(weights, dtype=torch.float32)})
     model.head = head
@@ -207,7 +214,7 @@ def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: torch.Tens
     rmse = lambda p: float(np.sqrt(np.mean((p[ok] - target[ok]) ** 2)))  # noqa: E731
     return ForestBlend(fit.n_trees, fit.n_nodes, fit.depth, min_leaf(len(target)),
                        [[round(float(w), 4) for w in row] for row in weights.T], rmse(loo), rmse(fit.oob),
-                       rmse(weights[0] * loo + weights[1] * fit.oob))
+                       rmse(weights[0] * loo + weights[1] * fit.oob), reads)
 
 
 def _features(model, cache, keys: list, plans: list, report: StageProgress, step: int, message: str) -> torch.Tensor:

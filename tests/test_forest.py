@@ -11,7 +11,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from tagllm_core.exceptions import TagFormatError, TrainingError
 from tagllm_core.forest import blend_weights, fit_forest, forest_outputs, min_leaf
-from tagllm_core.heads import HeadConfig, TaskHead, build_head
+from tagllm_core.heads import HeadConfig, TaskHead, build_head, forest_shapes
 from tagllm_core.tags import SlotSpec, load_tag_file, save_tag_file
 from tagllm_core.training import FunctionTagConfig, train_function_tag
 
@@ -120,15 +120,40 @@ def test_the_head_blends_its_linear_part_with_the_forest():
     assert [n for n, _ in head.named_parameters()] == ["linear.weight", "linear.bias"]  # the forest is fixed
     with pytest.raises(TrainingError, match="lacks"):
         build_head(HeadConfig(**head.config.to_dict()), {k: v for k, v in head.state().items() if k != "blend"})
-    with pytest.raises(TrainingError, match="regression head that reads descriptors"):
+    with pytest.raises(TrainingError, match="reads its descriptors or read-out"):
         HeadConfig("regression", 1, 8, 0, forest_trees=1, forest_nodes=3, forest_depth=1)
+    with pytest.raises(TrainingError, match="reads one of"):
+        HeadConfig("regression", 1, 8, 0, forest_input="tokens")
+
+
+def test_a_forest_on_the_read_out_reads_the_features_as_they_come():
+    """The pure tag's forest: it reads the head's read-out features before standardisation, not descriptors."""
+    x, y = data()
+    fit = fit_forest(x, y, features=1 / 3)
+    config = HeadConfig("regression", 1, x.shape[1], 0, standardize=True, forest_trees=fit.n_trees,
+                        forest_nodes=fit.n_nodes, forest_depth=fit.depth, forest_input="readout")
+    head = TaskHead(config)
+    head.fit_scaling(torch.from_numpy(x))
+    head.load_state({**head.state(), **fit.state, "blend": torch.tensor([[0.4], [0.6]])})
+    feats = torch.from_numpy(x[:30])
+    with torch.no_grad():
+        linear = head.linear(head.inputs(feats))
+        trees = forest_outputs(head.forest_state(), head.config.forest_depth, feats)
+        assert torch.allclose(head(feats), 0.4 * linear + 0.6 * trees)
+    twin = RandomForestRegressor(n_estimators=100, min_samples_leaf=min_leaf(len(x)), max_features=1 / 3,
+                                 random_state=0).fit(x, y[:, 0])
+    assert np.allclose(trees[:, 0].numpy(), twin.predict(x[:30]), atol=1e-5)
+    assert forest_shapes(config)["forest_fill"] == (x.shape[1],)
+    feats.requires_grad_(True)
+    head(feats).sum().backward()  # the gradient reaches the features through the linear part only
+    assert torch.allclose(feats.grad, (0.4 * head.linear.weight[0] / head.x_std).expand_as(feats), atol=1e-5)
 
 
 def test_config_refuses_a_forest_where_it_cannot_work():
     slots = [SlotSpec("smiles", "smiles")]
     FunctionTagConfig(name="F", slots=slots, labels=["y"], forest=True)
-    for kwargs, words in (({"features": "none"}, "features='descriptors'"),
-                          ({"task": "classification"}, "regression"),
+    FunctionTagConfig(name="F", slots=slots, labels=["y"], forest=True, features="none")
+    for kwargs, words in (({"task": "classification"}, "regression"),
                           ({"layers": "stack"}, "stack"),
                           ({"spellings": 2}, "spellings"),
                           ({"ridge_warm_start": False}, "ridge warm start")):
@@ -202,16 +227,16 @@ def _saved(tag, folder):
 def test_by_default_the_forest_blends_in_wherever_it_applies():
     slots = [SlotSpec("smiles", "smiles")]
     make = lambda **kw: FunctionTagConfig(name="F", slots=slots, labels=["y"], **kw)  # noqa: E731
-    assert make().forest is None and make().blends_forest
+    assert make().forest is None and make().blends_forest and make().forest_input == "descriptors"
     assert make(forest=False).blends_forest is False
-    for kw in ({"features": "none"}, {"task": "classification"}, {"layers": "stack"}, {"spellings": 1}):
+    for kw in ({"task": "classification"}, {"layers": "stack"}, {"spellings": 1}):
         assert make(**kw).blends_forest is False, kw
+    pure = make(features="none")
+    assert pure.blends_forest and pure.forest_input == "readout"  # the pure tag's forest reads the tag
     text = FunctionTagConfig(name="F", slots=[SlotSpec("note", "text")], labels=["y"])
-    assert not text.blends_forest  # text has no descriptors to grow trees on
-    with pytest.raises(TrainingError, match="text inputs have none"):
-        FunctionTagConfig(name="F", slots=[SlotSpec("note", "text")], labels=["y"], forest=True)
-    assert FunctionTagConfig(name="F", slots=[SlotSpec("note", "text"), SlotSpec("seq", "protein")],
-                             labels=["y"]).blends_forest
+    assert text.blends_forest and text.forest_input == "readout"  # text has no descriptors to grow trees on
+    both = FunctionTagConfig(name="F", slots=[SlotSpec("note", "text"), SlotSpec("seq", "protein")], labels=["y"])
+    assert both.blends_forest and both.forest_input == "descriptors"
     with pytest.raises(TrainingError, match="true, false"):
         make(forest="yes")
 
@@ -232,3 +257,41 @@ def test_a_forest_for_several_outputs():
     got = forest_outputs(fit.state, fit.depth, torch.from_numpy(x[:40])).numpy()
     assert got.shape == (40, 2) and np.allclose(got, twin.predict(x[:40]), atol=1e-5)
     assert fit.oob.shape == (len(x), 2) and blend_weights(y2, fit.oob, y2).shape == (2, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_pure(tiny_backbones):
+    bb = tiny_backbones["llama"]
+    cfg = smiles_cfg("PureHeavy", features="none", valid_fraction=VALID_FRACTION, batch_size=8, epochs=1)
+    return bb, train_function_tag(bb, None, cfg, small_frame(20), save=False)
+
+
+def test_a_pure_tag_blends_a_forest_on_its_read_out_by_default(trained_pure, library_factory):
+    bb, res = trained_pure
+    card = res.tag.card
+    assert card.features == "none" and card.head["n_extra"] == 0
+    assert card.head["forest_input"] == "readout" and card.training["forest"]["reads"] == "readout"
+    # its trees split on the read-out columns: the tag position's and the input mean's states
+    assert len(res.tag.head_state["forest_fill"]) == card.head["in_dim"]
+    assert int(res.tag.head_state["forest_feature"].max()) < card.head["in_dim"]
+    lib = library_factory(bb)
+    lib.save(res.tag)
+    tag = lib.get("PureHeavy")  # read back from the file: the schema accepts it
+    frame = small_frame(20)
+    np.testing.assert_allclose(predict_values(bb, tag, valid_rows(frame), lib), res.valid_pred, rtol=1e-3, atol=1e-3)
+
+
+def test_a_tampered_read_out_forest_is_refused(trained_pure, tmp_path):
+    _, res = trained_pure
+    path = tmp_path / "PureHeavy.tag.safetensors"
+    tag = load_tag_file(_saved(res.tag, tmp_path))
+    tag.head_state["forest_feature"] = tag.head_state["forest_feature"].clone()
+    tag.head_state["forest_feature"].view(-1)[0] = tag.card.head["in_dim"]  # one column past the read-out
+    save_tag_file(tag, path)
+    with pytest.raises(TagFormatError, match="forest_feature"):
+        load_tag_file(path)
+    tag = load_tag_file(_saved(res.tag, tmp_path))
+    tag.card.head["forest_input"] = "tokens"
+    save_tag_file(tag, path)
+    with pytest.raises(TagFormatError, match="forest_input"):
+        load_tag_file(path)

@@ -143,7 +143,7 @@ def test_head_config_validation():
         HeadConfig("classification", 1, 8)
     cfg = HeadConfig("classification", 3, 8)
     assert cfg.to_dict() == {"task": "classification", "n_outputs": 3, "in_dim": 8, "n_extra": 0, "standardize": False,
-                             "forest_trees": 0, "forest_nodes": 0, "forest_depth": 0}
+                             "forest_trees": 0, "forest_nodes": 0, "forest_depth": 0, "forest_input": "descriptors"}
     assert HeadConfig(**cfg.to_dict()) == cfg
 
 

@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from tagllm_core.data import random_split, stratified_split
+from tagllm_core.forest import FOREST_KEYS
 from tagllm_core.exceptions import InputError, JobCancelled, TrainingError
 from tagllm_core.metrics import concordance_index, conformal_halfwidth
 from tagllm_core.prediction import Predictor
@@ -144,7 +145,8 @@ def test_stage2_regression_learns_heavy_atoms_and_round_trips(llama, library_fac
     loaded = lib.get("HeavyAtoms")
     assert torch.equal(loaded.vectors, res.tag.vectors)
     assert loaded.vectors.shape == (4, llama.hidden_size)
-    assert set(loaded.head_state) == {"weight", "bias", "x_mean", "x_std"}
+    # the pure tag's head blends a forest on its read-out by default (tests/test_forest.py)
+    assert set(loaded.head_state) == {"weight", "bias", "x_mean", "x_std", "blend", *FOREST_KEYS}
     for k, v in res.tag.head_state.items():
         assert torch.equal(loaded.head_state[k], v)
     assert loaded.card.template == card.template and loaded.card.label_scaling == card.label_scaling

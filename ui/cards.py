@@ -137,7 +137,8 @@ def readout_text(card: TagCard) -> str:
     blend = (card.training or {}).get("forest")
     if (card.head or {}).get("forest_nodes") and isinstance(blend, dict) and blend.get("weights"):
         w_head, w_forest = blend["weights"][0]
-        text += (f", blended with a random forest on the descriptors ({float(w_head):.0%} head, "
+        on = "the tag's read-out" if card.head.get("forest_input") == "readout" else "the descriptors"
+        text += (f", blended with a random forest on {on} ({float(w_head):.0%} head, "
                  f"{float(w_forest):.0%} forest, weighted on the training rows)")
     if card.spellings:
         text += f", averaged over {card.spellings + 1} spellings of each SMILES"

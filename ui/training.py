@@ -178,18 +178,18 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     for kind, n in spec.max_length.items():
         argv.append(_opt("--max-length", f"{kind}={int(n)}"))
     argv += [_opt("--layers", spec.layers), _opt("--features", spec.features)]
-    # the forest needs descriptors and a regression; elsewhere the job says no rather than fail
+    # the forest needs a regression and one read-out layer; elsewhere the job says no rather than fail
     if spec.forest is not None:  # None: the engine's default, wherever the forest applies
-        applies = forest_applies(spec.task, spec.features, spec.layers, spec.spellings, [s.kind for s in spec.slots])
+        applies = forest_applies(spec.task, spec.layers, spec.spellings)
         argv.append("--forest" if spec.forest and applies else "--no-forest")
     if spec.reference_rows:
         argv.append(_opt("--reference-rows", int(spec.reference_rows)))
     return argv + list(spec.extra)
 
 
-def forest_applies(task: str, features: str, layers: str, spellings: int = 0, kinds=("smiles",)) -> bool:
+def forest_applies(task: str, layers: str, spellings: int = 0) -> bool:
     """Whether a forest can blend into the head these settings give (``FunctionTagConfig.forest``)."""
-    return not forest_problem(task, features, layers, spellings, kinds=list(kinds))
+    return not forest_problem(task, layers, spellings)
 
 
 def domain_tag_argv(spec: DomainJobSpec) -> list[str]:
