@@ -13,13 +13,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .baselines import mean_baseline, rf_descriptors, ridge_outputs
 from .data import require_columns
 from .descriptors import row_features
 from .exceptions import InputError
-from .heads import LabelScaler
+from .heads import ridge_targets
 from .metrics import classification_metrics, paired_difference, regression_metrics
 from .prediction import output_labels, trained_max_length
 from .standardize import clean_for_model
@@ -230,14 +229,8 @@ def classic_baselines(card: TagCard, evaluation: Evaluation, inputs: Sequence[di
     x_tr, x_ev = row_features(kinds, train_rows), row_features(kinds, eval_rows)
     rf = rf_descriptors(str(card.task), x_tr, y_tr2, x_ev, y_ev2, n_classes, seed)
     if rf is not None:
-        if regression:
-            fitted = LabelScaler.fit(y_tr2)
-            scaler: Optional[LabelScaler] = fitted
-            targets = torch.tensor(fitted.transform(y_tr2), dtype=torch.float32)
-            n_out = 1
-        else:
-            scaler, n_out = None, n_classes
-            targets = torch.nn.functional.one_hot(torch.tensor(y_train), n_out).float() * 2 - 1
+        n_out = 1 if regression else n_classes
+        scaler, targets = ridge_targets(str(card.task), y_tr2, n_out)
         out, pred = evaluate(str(card.task), ridge_outputs(str(card.task), n_out, x_tr, targets, x_ev), y_ev2, scaler)
         found["ridge_descriptors"] = (out, pred[:, 0] if regression else pred)
         found["rf_descriptors"] = rf

@@ -26,7 +26,7 @@ from torch import nn
 from .exceptions import TrainingError
 from .forest import FOREST_INPUTS, FOREST_KEYS, forest_outputs
 
-__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "forest_shapes", "CLIP"]
+__all__ = ["HeadConfig", "TaskHead", "LabelScaler", "build_head", "forest_shapes", "ridge_targets", "CLIP"]
 
 TASKS = ("regression", "classification")
 CLIP = 8.0  # standard deviations
@@ -209,3 +209,12 @@ class LabelScaler:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def ridge_targets(task: str, y: np.ndarray, n_classes: int = 0) -> tuple[Optional[LabelScaler], torch.Tensor]:
+    """The ridge head's float targets of labels ``y``: (N, K) standardised regression labels with their
+    scaler, or the (N,) class indices of a classification as (N, n_classes) +-1 one-hot columns (no scaler)."""
+    if task == "regression":
+        scaler = LabelScaler.fit(y)
+        return scaler, torch.tensor(scaler.transform(y), dtype=torch.float32)
+    return None, torch.nn.functional.one_hot(torch.as_tensor(y, dtype=torch.long), n_classes).float() * 2 - 1

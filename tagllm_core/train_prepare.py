@@ -21,7 +21,7 @@ from .data import Split, random_split, require_columns, scaffold_split, stratifi
 from .descriptors import row_feature_names, row_features
 from .domains import randomized_smiles, spelled_entries
 from .exceptions import TrainingError
-from .heads import LabelScaler
+from .heads import LabelScaler, ridge_targets
 from .model import TaggedModel
 from .prefix_cache import PrefixCache, row_groups
 from .standardize import clean_for_model, training_summary
@@ -206,16 +206,13 @@ class Targets:
 
 
 def encode_targets(cfg: FunctionTagConfig, train: PreparedData, classes: list[str]) -> Targets:
-    scaler = None
     if cfg.task == "regression":
-        scaler = LabelScaler.fit(train.y)
-        y = torch.tensor(scaler.transform(train.y), dtype=torch.float32)
+        scaler, y = ridge_targets(cfg.task, train.y)
         return Targets(scaler, y, y, train.y.shape[1])
     if len(np.unique(train.y)) < 2:
         raise TrainingError("The training labels hold only one class.")
-    y = torch.tensor(train.y, dtype=torch.long)
-    n_out = len(classes)
-    return Targets(scaler, y, torch.nn.functional.one_hot(y, n_out).float() * 2 - 1, n_out)
+    _, ridge = ridge_targets(cfg.task, train.y, len(classes))
+    return Targets(None, torch.tensor(train.y, dtype=torch.long), ridge, len(classes))
 
 
 def domain_vectors(library: Optional[TagLibrary], slots: list[SlotSpec]) -> dict[str, torch.Tensor]:

@@ -31,8 +31,8 @@ import pytest
 import torch
 
 from tagllm_core.data import random_split, stratified_split
-from tagllm_core.forest import FOREST_KEYS
 from tagllm_core.exceptions import InputError, JobCancelled, TrainingError
+from tagllm_core.forest import FOREST_KEYS
 from tagllm_core.metrics import concordance_index, conformal_halfwidth
 from tagllm_core.prediction import Predictor
 from tagllm_core.tags import SlotSpec
