@@ -44,9 +44,11 @@ class FunctionTagConfig:
     # "descriptors": the head also reads RDKit / ProtParam descriptors beside the tag (the default: ESOL
     # and BACE, docs/BENCHMARKS.md); "none": the tag alone, the paper's method.
     features: str = "descriptors"
-    # A random forest on the descriptors beside the ridge head, the two blended with weights fitted on the
-    # training rows' out-of-sample predictions (``forest``). None (the default): wherever it applies
-    # (``forest_problem``): valid RMSE ESOL 0.818 -> 0.740, BACE 0.652 -> 0.552 (docs/BENCHMARKS.md).
+    # A random forest beside the ridge head, on the descriptors or, without them, on the tag's read-out
+    # (``forest_input``), the two blended with weights fitted on the training rows' out-of-sample predictions
+    # (``forest``). None (the default): wherever it applies (``forest_problem``). Valid RMSE with
+    # descriptors ESOL 0.818 -> 0.740, BACE 0.652 -> 0.552; pure tag ESOL 1.062 -> 1.036, BACE 0.653 -> 0.596
+    # (docs/BENCHMARKS.md).
     forest: Optional[bool] = None
     select_rows: int = 2000  # training rows (at most) in the layer choice and the probe; the ridge head reads all
     epochs: int = 4  # tag training rarely beats the warm start after epoch 2 (docs/BENCHMARKS.md)
