@@ -104,7 +104,7 @@ class FunctionForm:
     train_file: Optional[Path] = None  # the bundled example; an upload is saved (and set) when Start is pressed
     reference: bool = False  # predict the MOSES reference sample for percentiles (single-molecule tags)
     spellings: int = 0  # SMILES spellings per molecule read and averaged (training and prediction)
-    forest: bool = False  # blend a random forest on the descriptors into the head
+    forest: bool = False  # blend a random forest (on the descriptors, else on the read-out) into the head
     max_length: dict[str, int] = field(init=False)
 
     def __post_init__(self):
