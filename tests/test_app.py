@@ -893,8 +893,8 @@ def test_card_shows_the_read_out_and_the_same_run_baselines():
         "weighted on the training rows)")
     pure = dataclasses.replace(card, features="none", head={"forest_nodes": 900, "forest_input": "readout"},
                                training={"forest": {"weights": [[0.55, 0.45]], "reads": "readout"}})
-    assert cards.readout_text(pure) == ("layer 12 (chosen on validation), blended with a random forest on the tag's "
-                                        "read-out (55% head, 45% forest, weighted on the training rows)")
+    assert cards.readout_text(pure) == ("layer 12, blended with a random forest on the tag's read-out (55% head, "
+                                        "45% forest, weighted on the training rows)")
     spelled = dataclasses.replace(card, spellings=3)
     assert cards.readout_text(spelled).endswith("descriptors of the inputs, averaged over 4 spellings of each SMILES")
 
