@@ -242,8 +242,9 @@ def run_dataset(bb, name, args, table):
             card = res.tag.card
             probe = card.metrics.get("baselines", {}).get("probe") or {}
             held = card.metrics.get("held_out") or {}
-            # the tag against the strongest models of this run on the same rows (tag minus model, 95% interval)
-            against = [m for m in preds if m.startswith(("probe-mean@", "rf-"))]
+            # the tag against the strongest models and the earlier variants of this run on the same rows (tag
+            # minus model, 95% interval)
+            against = [m for m in preds if m.startswith(("probe-mean@", "rf-", "tagllm"))]
             vp = {k: (probe.get("versus_tag") or {}).get(k, float("nan")) for k in ("difference", "low", "high")}
             paired = "; ".join(filter(None, [versus(np.array(res.valid_pred), m) for m in against]))
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
