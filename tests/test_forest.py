@@ -295,3 +295,20 @@ def test_a_tampered_read_out_forest_is_refused(trained_pure, tmp_path):
     save_tag_file(tag, path)
     with pytest.raises(TagFormatError, match="forest_input"):
         load_tag_file(path)
+
+
+def test_a_text_tag_blends_a_forest_on_its_read_out(tiny_backbones, library_factory):
+    """Text inputs have no descriptors: with the default settings the forest reads the tag's read-out, and the
+    card says the head reads no descriptors (it once said "descriptors", which its own file check refused)."""
+    bb = tiny_backbones["llama"]
+    frame = small_frame(8)
+    cfg = smiles_cfg("NoteHeavy", slots=[SlotSpec("smiles", "text", None)], features="descriptors",
+                     valid_fraction=VALID_FRACTION, epochs=0)
+    res = train_function_tag(bb, None, cfg, frame, save=False)
+    card = res.tag.card
+    assert card.head["n_extra"] == 0 and card.head["forest_input"] == "readout" and card.head["forest_nodes"] > 0
+    assert card.features == "none" and card.training["config"]["features"] == "descriptors"
+    lib = library_factory(bb)
+    lib.save(res.tag)
+    got = predict_values(bb, lib.get("NoteHeavy"), valid_rows(frame), lib)
+    np.testing.assert_allclose(got, res.valid_pred, rtol=1e-3, atol=1e-3)
