@@ -172,8 +172,7 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
         fit_groups = groups if spelled else None
         if stack is None and cfg.blends_forest:
-            reads = cfg.forest_input if extra is not None else "readout"
-            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, reads, cfg.seed)
+            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.forest_input, cfg.seed)
             result.head_config = model.head.config
         elif stack is None:
             fit_head(model.head, feats, targets.ridge[groups], extra, fit_groups)
