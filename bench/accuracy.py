@@ -241,6 +241,8 @@ def run_dataset(bb, name, args, table):
             hist = " ".join(f"{h['epoch']}:{h.get('valid_rmse', float('nan')):.3f}" for h in res.history)
             card = res.tag.card
             probe = card.metrics.get("baselines", {}).get("probe") or {}
+            warm = card.metrics.get("baselines", {}).get("warm_start") or {}
+            vw = {k: (warm.get("versus_tag") or {}).get(k, float("nan")) for k in ("difference", "low", "high")}
             held = card.metrics.get("held_out") or {}
             # the tag against the strongest models and the earlier variants of this run on the same rows (tag
             # minus model, 95% interval)
@@ -250,6 +252,8 @@ def run_dataset(bb, name, args, table):
             add(f"tagllm{'' if variant == 'default' else ' ' + variant}", np.array(res.valid_pred),
                 time.perf_counter() - t0, f"layers {card.layers}; best epoch {card.training['best_epoch']}; "
                 f"valid RMSE by epoch {hist}; held-out half RMSE {held.get('rmse', float('nan')):.3f}; "
+                f"warm start RMSE {warm.get('rmse', float('nan')):.3f} (all rows; tag − warm start "
+                f"{vw['difference']:+.3f}, {vw['low']:+.3f} to {vw['high']:+.3f}); "
                 f"same run's probe (layer {probe.get('layer')}) RMSE {probe.get('rmse', float('nan')):.3f}, "
                 f"CI {probe.get('ci', float('nan')):.3f}, tag − probe {vp['difference']:+.3f} "
                 f"({vp['low']:+.3f} to {vp['high']:+.3f}); "

@@ -158,7 +158,7 @@ with tab_fn:
                 help="Beside the tag, the head reads RDKit 2D descriptors of each SMILES and composition/"
                      "ProtParam features of each protein. Often more accurate with little data; off is the "
                      "paper's pure-tag method.")
-            forest_ok = training.forest_applies(task, layers, spellings)
+            forest_ok = training.forest_applies(task, layers)
             forest = a2.checkbox(
                 "Blend with a random forest", value=training.DEFAULT_FOREST is not False,
                 key="tf_forest",
@@ -167,7 +167,7 @@ with tab_fn:
                      "averaged with weights fitted on the training rows. It reads the descriptors when the head "
                      "does, else the tag's own read-out. It catches what a linear head cannot (thresholds, "
                      "interactions): with descriptors it took the validation RMSE on ESOL from 0.82 to 0.74, on "
-                     "BACE from 0.65 to 0.55. Not with read-out depth 'stack' or SMILES spellings.")
+                     "BACE from 0.65 to 0.55. Not with read-out depth 'stack'.")
             reference = a2.checkbox(
                 f"Reference percentiles ({train_form.REFERENCE_ROWS} drug-like molecules)", value=True,
                 key="tf_reference", disabled=kinds != {"smiles"},

@@ -120,7 +120,7 @@ class FunctionTagConfig:
         return forest_input(self.features, [s.kind for s in self.slots])
 
     def _forest_problem(self) -> str:
-        return forest_problem(self.task, self.layers, self.spellings, self.ridge_warm_start)
+        return forest_problem(self.task, self.layers, self.ridge_warm_start)
 
     def template_text(self) -> str:
         if self.template:
@@ -128,7 +128,7 @@ class FunctionTagConfig:
         return default_template([(s.name, s.kind, s.domain_tag) for s in self.slots], self.name, self.what)
 
 
-def forest_problem(task: str, layers: Any, spellings: int = 0, ridge_warm_start: bool = True) -> str:
+def forest_problem(task: str, layers: Any, ridge_warm_start: bool = True) -> str:
     """Why a forest cannot blend into the head these settings give ("" when it can)."""
     if task != "regression":
         return "it is fitted for regression"
@@ -136,8 +136,6 @@ def forest_problem(task: str, layers: Any, spellings: int = 0, ridge_warm_start:
         return "its weights come from the ridge warm start"
     if isinstance(layers, str) and layers.strip().lower() == "stack":
         return "it is not combined with layers='stack'"
-    if spellings:
-        return "it is not combined with SMILES spellings"
     return ""
 
 

@@ -172,7 +172,8 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
         extra = inputs.extra_train[groups] if inputs.extra_train is not None and extra_rows is not None else None
         fit_groups = groups if spelled else None
         if stack is None and cfg.blends_forest:
-            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.forest_input, cfg.seed)
+            result.forest = _blend_forest(model, feats, targets.ridge[groups], extra, cfg.forest_input, cfg.seed,
+                                          fit_groups)
             result.head_config = model.head.config
         elif stack is None:
             fit_head(model.head, feats, targets.ridge[groups], extra, fit_groups)
@@ -194,13 +195,24 @@ def warm_start(cfg: FunctionTagConfig, inputs: ModelInputs, targets: Targets, va
 
 
 def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: Optional[torch.Tensor], reads: str,
-                  seed: int) -> ForestBlend:
+                  seed: int, groups: Optional[np.ndarray] = None) -> ForestBlend:
     """Fit the ridge head (keeping its leave-one-out predictions) and a forest for the (N, K) standardised
     labels ``y`` on the (N, E) descriptors ``extra`` or the (N, F) read-out features ``feats`` (``reads``),
-    and give the model a head that blends the two."""
-    loo = warm_start_lib.fit_head_loo(model.head, feats, y, extra)
+    and give the model a head that blends the two.
+
+    With SMILES spellings, ``groups`` gives each entry's molecule: the head's out-of-sample predictions
+    are then out of fold by molecule (``fit_head_loo``) and averaged over each molecule's spellings, as
+    every prediction is. The forest is grown on each molecule's first entry (its canonical SMILES) alone,
+    because a bootstrap that draws one spelling of a molecule would leave its twins out of bag and make
+    the out-of-bag predictions, and so the blend's weights, flatter the forest. At prediction the forest
+    reads every spelling like the linear part, and the head's outputs are averaged."""
+    loo = warm_start_lib.fit_head_loo(model.head, feats, y, extra, groups)
     x = feats if reads == "readout" else extra
     assert x is not None  # a forest on descriptors comes with them (``FunctionTagConfig.forest_input``)
+    if groups is not None:  # one row per molecule, in the order of ``np.unique(groups)``
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        loo = warm_start_lib.group_mean(loo, inverse)
+        x, y = x[torch.from_numpy(first)], y[torch.from_numpy(first)]
     fit = fit_forest(x.float().numpy(), y.numpy(), seed, features=max_features(reads))
     weights = blend_weights(loo, fit.oob, y.numpy())
     config = replace(model.head.config, forest_trees=fit.n_trees, forest_nodes=fit.n_nodes, forest_depth=fit.depth,

@@ -162,9 +162,10 @@ def fit_head(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
 
 
 def fit_head_loo(head: TaskHead, features: torch.Tensor, targets: torch.Tensor,
-                 extra: Optional[torch.Tensor] = None) -> np.ndarray:
-    """``fit_head`` (one row per molecule), returning the fit's (N, K) leave-one-out predictions."""
-    out = _fit_head(head, features, targets, extra, loo=True)[1]
+                 extra: Optional[torch.Tensor] = None, groups: Optional[np.ndarray] = None) -> np.ndarray:
+    """``fit_head``, returning the fit's (N, K) leave-one-out predictions (out of fold by group with
+    ``groups``)."""
+    out = _fit_head(head, features, targets, extra, loo=True, groups=groups)[1]
     assert out is not None
     return out
 

@@ -474,7 +474,8 @@ def test_function_job_argv_asks_for_the_forest_only_where_it_applies(tmp_path):
     assert "--forest" in argv(features="descriptors", forest=True)
     assert build_parser().parse_args(argv(features="descriptors", forest=True)).forest is True
     assert "--forest" in argv(features="none", forest=True)  # the pure tag's forest reads its read-out
-    for kw in ({"task": "classification"}, {"layers": "stack"}, {"spellings": 2}):
+    assert "--forest" in argv(features="none", forest=True, spellings=2)  # grown on the canonical SMILES
+    for kw in ({"task": "classification"}, {"layers": "stack"}):
         line = argv(forest=True, **{"features": "descriptors", **kw})
         assert "--no-forest" in line and build_parser().parse_args(line).forest is False, kw
     assert "--no-forest" in argv(features="descriptors", forest=False)

@@ -155,7 +155,6 @@ def test_config_refuses_a_forest_where_it_cannot_work():
     FunctionTagConfig(name="F", slots=slots, labels=["y"], forest=True, features="none")
     for kwargs, words in (({"task": "classification"}, "regression"),
                           ({"layers": "stack"}, "stack"),
-                          ({"spellings": 2}, "spellings"),
                           ({"ridge_warm_start": False}, "ridge warm start")):
         with pytest.raises(TrainingError, match="random forest blend cannot be used here"):
             try:
@@ -229,8 +228,9 @@ def test_by_default_the_forest_blends_in_wherever_it_applies():
     make = lambda **kw: FunctionTagConfig(name="F", slots=slots, labels=["y"], **kw)  # noqa: E731
     assert make().forest is None and make().blends_forest and make().forest_input == "descriptors"
     assert make(forest=False).blends_forest is False
-    for kw in ({"task": "classification"}, {"layers": "stack"}, {"spellings": 1}):
+    for kw in ({"task": "classification"}, {"layers": "stack"}):
         assert make(**kw).blends_forest is False, kw
+    assert make(spellings=1).blends_forest  # grown on the canonical SMILES, read on every spelling
     pure = make(features="none")
     assert pure.blends_forest and pure.forest_input == "readout"  # the pure tag's forest reads the tag
     text = FunctionTagConfig(name="F", slots=[SlotSpec("note", "text")], labels=["y"])

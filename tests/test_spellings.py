@@ -4,7 +4,8 @@
   ones on every call (seeded by the SMILES), each the same molecule.
 * ``warm_start.ridge_grouped``: the penalty chosen by folds that keep a molecule's spellings together,
   equal to a brute-force grouped cross-validation, in the primal (F <= N) and the dual (F > N) form.
-* Training: the ridge warm start fits every training spelling as a row; validation averages a row's
+* Training: the ridge warm start fits every training spelling as a row, and the forest beside it one row
+  per molecule (its canonical SMILES); validation averages a row's
   spellings; the card records the setting; the saved tag predicts what training validated, each row's
   prediction being the mean of its spellings' predictions; the linear probe still reads the canonical
   SMILES alone; a bad row among good ones changes nothing for the others.
@@ -102,6 +103,8 @@ def spelled_run(tiny_backbones, frame):
 def test_spellings_train_and_prediction_reproduces_validation(llama, library_factory, frame, spelled_run):
     res = spelled_run
     assert res.tag.card.spellings == 2 and res.tag.card.training["config"]["spellings"] == 2
+    # by default the pure tag blends in a forest on its read-out, and it too is averaged over the spellings
+    assert res.tag.card.head["forest_nodes"] > 0 and res.tag.card.head["forest_input"] == "readout"
     lib = library_factory(llama)
     lib.save(res.tag)
     loaded = lib.get("Spelled")
@@ -141,13 +144,48 @@ def test_the_warm_start_fits_every_training_spelling(llama, frame, monkeypatch):
         return real(head, features, targets, extra, groups)
 
     monkeypatch.setattr(train_warm_start, "fit_head", spy)
-    res = train_function_tag(llama, None, smiles_cfg("Spelled", spellings=2, epochs=0, layers=[2],
+    res = train_function_tag(llama, None, smiles_cfg("Spelled", spellings=2, epochs=0, layers=[2], forest=False,
                                                      valid_fraction=VALID_FRACTION), frame, save=False)
     (n, groups), = seen
     n_train = res.tag.card.training["rows_train"]
     assert groups is not None and len(np.unique(groups)) == n_train and n == len(groups)
     assert n_train < n <= 3 * n_train  # up to two spellings besides each canonical SMILES
     assert np.bincount(groups).max() == 3
+
+
+def test_a_spelled_tag_grows_its_forest_on_one_row_per_molecule(llama, frame, monkeypatch):
+    """The head's out-of-sample predictions leave a molecule's spellings out together and are averaged per
+    molecule; the forest grows on each molecule's canonical SMILES alone, so no twin spelling sits in the
+    bag of a tree that scores a molecule out of bag; the blend's weights see one row per molecule."""
+    from tagllm_core import forest as forest_lib, warm_start as warm_start_lib
+
+    seen: dict = {}
+    real_loo, real_fit, real_blend = warm_start_lib.fit_head_loo, train_warm_start.fit_forest, forest_lib.blend_weights
+
+    def loo_spy(head, features, targets, extra=None, groups=None):
+        seen["loo"] = (features.shape[0], None if groups is None else groups.copy())
+        return real_loo(head, features, targets, extra, groups)
+
+    def fit_spy(x, y, *args, **kw):
+        seen["forest"] = (x.copy(), y.copy())
+        return real_fit(x, y, *args, **kw)
+
+    def blend_spy(head_loo, forest_oob, y):
+        seen["blend"] = (np.asarray(head_loo).shape, np.asarray(forest_oob).shape)
+        return real_blend(head_loo, forest_oob, y)
+
+    monkeypatch.setattr(warm_start_lib, "fit_head_loo", loo_spy)
+    monkeypatch.setattr(train_warm_start, "fit_forest", fit_spy)
+    monkeypatch.setattr(train_warm_start, "blend_weights", blend_spy)
+    res = train_function_tag(llama, None, smiles_cfg("Spelled", spellings=2, epochs=0, layers=[2],
+                                                     valid_fraction=VALID_FRACTION), frame, save=False)
+    n_train = res.tag.card.training["rows_train"]
+    n, groups = seen["loo"]
+    assert groups is not None and n == len(groups) and n_train < n and len(np.unique(groups)) == n_train
+    x, y = seen["forest"]
+    assert len(x) == len(y) == n_train  # one row per molecule
+    assert len(np.unique(y[:, 0])) > 1 and seen["blend"] == ((n_train, 1), (n_train, 1))
+    assert res.tag.card.training["forest"]["reads"] == "readout"
 
 
 def test_the_probe_reads_the_canonical_smiles_alone(llama, frame, spelled_run):

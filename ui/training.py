@@ -180,16 +180,16 @@ def function_tag_argv(spec: FunctionJobSpec) -> list[str]:
     argv += [_opt("--layers", spec.layers), _opt("--features", spec.features)]
     # the forest needs a regression and one read-out layer; elsewhere the job says no rather than fail
     if spec.forest is not None:  # None: the engine's default, wherever the forest applies
-        applies = forest_applies(spec.task, spec.layers, spec.spellings)
+        applies = forest_applies(spec.task, spec.layers)
         argv.append("--forest" if spec.forest and applies else "--no-forest")
     if spec.reference_rows:
         argv.append(_opt("--reference-rows", int(spec.reference_rows)))
     return argv + list(spec.extra)
 
 
-def forest_applies(task: str, layers: str, spellings: int = 0) -> bool:
+def forest_applies(task: str, layers: str) -> bool:
     """Whether a forest can blend into the head these settings give (``FunctionTagConfig.forest``)."""
-    return not forest_problem(task, layers, spellings)
+    return not forest_problem(task, layers)
 
 
 def domain_tag_argv(spec: DomainJobSpec) -> list[str]:
