@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from rdkit import Chem
 
 from tagllm_core import train_warm_start
@@ -212,3 +213,37 @@ def test_a_card_with_too_many_spellings_is_refused(spelled_run):
         check_card(data, "test")
     data["spellings"] = 2
     check_card(data, "test")
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_the_forest_blend_pairs_each_molecule_with_its_own_label(repeats, monkeypatch):
+    """Entries come in any order of molecules (the warm start's sample first, then the other rows): the
+    head's per-molecule predictions, the forest's rows and the labels must stay paired, also when no
+    molecule has a second spelling."""
+    from types import SimpleNamespace
+
+    from tagllm_core.heads import HeadConfig, TaskHead
+
+    rng = np.random.default_rng(0)
+    n = 60
+    order = np.concatenate([rng.permutation(n - 1), [n - 1]])  # unsorted, the largest molecule last
+    groups = np.repeat(order, repeats)
+    x_mol = rng.normal(size=(n, 5))
+    y_mol = x_mol @ np.array([1.0, -2.0, 0.5, 0.0, 1.5]) + 0.05 * rng.normal(size=n)
+    feats = torch.tensor(x_mol[groups] + 0.01 * rng.normal(size=(len(groups), 5)), dtype=torch.float32)
+    y = torch.tensor(y_mol[groups, None], dtype=torch.float32)
+    seen = {}
+    real = train_warm_start.blend_weights
+
+    def spy(head_loo, forest_oob, targets):
+        seen.update(head=np.asarray(head_loo)[:, 0], forest=np.asarray(forest_oob)[:, 0], y=np.asarray(targets)[:, 0])
+        return real(head_loo, forest_oob, targets)
+
+    monkeypatch.setattr(train_warm_start, "blend_weights", spy)
+    model = SimpleNamespace(head=TaskHead(HeadConfig("regression", 1, 5, 0, standardize=True)))
+    blend = train_warm_start._blend_forest(model, feats, y, None, "readout", 0, groups)
+    np.testing.assert_allclose(seen["y"], y_mol[np.sort(order)], rtol=1e-5)  # one label per molecule, in order
+    assert np.corrcoef(seen["head"], seen["y"])[0, 1] > 0.95
+    ok = np.isfinite(seen["forest"])
+    assert np.corrcoef(seen["forest"][ok], seen["y"][ok])[0, 1] > 0.5
+    assert blend.reads == "readout" and model.head.config.forest_nodes > 0
