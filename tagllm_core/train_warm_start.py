@@ -211,9 +211,7 @@ def _blend_forest(model, feats: torch.Tensor, y: torch.Tensor, extra: Optional[t
     assert x is not None  # a forest on descriptors comes with them (``FunctionTagConfig.forest_input``)
     if groups is not None:  # one row per molecule, in the order of ``np.unique(groups)``
         _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-        total = np.zeros((len(first), loo.shape[1]))
-        np.add.at(total, inverse, loo)  # (not ``group_mean``: its shortcut assumes entries sorted by group)
-        loo = total / np.bincount(inverse)[:, None]
+        loo = warm_start_lib.group_mean(loo, inverse)
         x, y = x[torch.from_numpy(first)], y[torch.from_numpy(first)]
     fit = fit_forest(x.float().numpy(), y.numpy(), seed, features=max_features(reads))
     weights = blend_weights(loo, fit.oob, y.numpy())

@@ -144,8 +144,8 @@ def _ridge_path(x: np.ndarray, y: np.ndarray):
 
 def group_mean(out: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """(G, K) means of the (N, K) rows ``out`` by their (N,) group index (0..G-1, every group present)."""
-    if len(groups) == len(out) and (len(groups) == 0 or groups[-1] == len(groups) - 1):
-        return out  # one entry per group (in order): nothing to average
+    if len(groups) == len(out) and np.array_equal(groups, np.arange(len(groups))):
+        return out  # one entry per group, in order: nothing to average
     n = int(groups.max()) + 1
     total = np.zeros((n, out.shape[1]), dtype=np.float64)
     np.add.at(total, groups, out)

@@ -92,6 +92,8 @@ def test_group_mean_averages_each_rows_entries():
     np.testing.assert_allclose(group_mean(out, np.array([0, 0, 1, 2, 2])), [[2.0], [10.0], [5.0]])
     same = np.arange(3.0)[:, None]
     assert group_mean(same, np.arange(3)) is same
+    # one entry per group, not in group order: reordered, not returned as it came
+    np.testing.assert_allclose(group_mean(same, np.array([1, 0, 2])), [[1.0], [0.0], [2.0]])
 
 
 @pytest.fixture(scope="module")
