@@ -101,8 +101,8 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
         name=cfg.name, kind="function", backbone=backbone.fingerprint.to_dict(), n_tokens=cfg.n_tokens,
         description=cfg.description, template=inputs.template.text, slots=cfg.slots, task=cfg.task,
         labels=list(cfg.labels), classes=rows.classes, label_scaling=scaler.to_dict() if scaler else None,
-        # the features the head reads: inputs without descriptors (text) leave a "descriptors" tag without any
         readout=cfg.readout, layers=list(model.layers) if model.layers else None,
+        # the features the head reads: inputs without descriptors (text) leave a "descriptors" tag without any
         features=cfg.features if n_extra else "none",
         spellings=cfg.spellings, descriptor_names=row_feature_names(kinds) if n_extra else [],
         head=warm.head_config.to_dict(),
