@@ -112,11 +112,12 @@ def function_card(backbone: Backbone, cfg: FunctionTagConfig, rows: SplitRows, i
         training={
             "stage": 3 if len(cfg.slots) > 1 else 2, "data": data_name, "rows_train": len(train.inputs),
             "rows_valid": len(valid.inputs), "rows_dropped": len(rows.data.dropped),
-            # validation rows that chose the epoch (and layer), and those that set the interval alone; the
-            # same rows for a small validation set (interval["calibration"] == "shared")
+            # validation rows that chose the epoch (and layer), and those held out from every choice (they
+            # set a regression's interval); for a small regression validation set the same rows
+            # (interval["calibration"] == "shared"), for a small classification one none
             "selection_rows": len(valid.inputs) - (len(calib.inputs) if calib is not None else 0),
-            "calibration_rows": (len(calib.inputs) if calib is not None else len(valid.inputs))
-                                if cfg.task == "regression" else None,
+            "calibration_rows": (len(calib.inputs) if calib is not None
+                                 else len(valid.inputs) if cfg.task == "regression" else None),
             "split": "given" if rows.split is None else cfg.split,
             "split_method": "given" if rows.split is None else rows.split.method,
             "early_stopping_metric": fitted.stop_metric, "best_epoch": fitted.best_epoch,

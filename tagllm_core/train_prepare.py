@@ -137,20 +137,35 @@ def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
 CALIBRATION_MIN_ROWS = 40  # validation rows from which half is held out for the interval
 
 
-def calibration_split(n: int, seed: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def calibration_split(n: int, seed: int, classes: Optional[np.ndarray] = None
+                      ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(selection, calibration) positions of ``n`` validation rows, sorted, a seeded half each; ``None``
-    below ``CALIBRATION_MIN_ROWS`` (halves too small to choose an epoch or to calibrate)."""
+    below ``CALIBRATION_MIN_ROWS`` (halves too small to choose an epoch or to calibrate).
+
+    ``classes``: the (n,) class indices of a classification's rows. Each class is then halved on its
+    own, so both halves keep every class of the validation set and AUROC stays defined on each (an odd
+    member goes to the selection half); ``None`` when a class has a single row, which one half would lack.
+    """
     if n < CALIBRATION_MIN_ROWS:
         return None
-    order = np.random.default_rng([seed, 11]).permutation(n)
-    return np.sort(order[n // 2:]), np.sort(order[: n // 2])
+    rng = np.random.default_rng([seed, 11])
+    if classes is None:
+        order = rng.permutation(n)
+        return np.sort(order[n // 2:]), np.sort(order[: n // 2])
+    classes = np.asarray(classes)
+    members = [rng.permutation(np.flatnonzero(classes == c)) for c in np.unique(classes)]
+    if min(len(m) for m in members) < 2:
+        return None
+    calib = np.concatenate([m[: len(m) // 2] for m in members])
+    return np.setdiff1d(np.arange(n), calib), np.sort(calib)
 
 
 @dataclass
 class SplitRows:
     """The rows of one training run. ``valid``: the validation rows that choose the epoch and the
     read-out layer; ``calib`` (with ``holdout``, the two halves' positions in ``full_valid``): the
-    seeded half that sets the interval alone, or ``None`` (too few rows, or classification)."""
+    seeded half that no choice reads: it sets a regression's interval and gives every task an honest
+    held-out score; ``None`` with too few rows."""
 
     frame: pd.DataFrame  # the training table as used (after ``max_rows``), for the input lengths
     data: PreparedData  # every cleaned training-file row (its ``dropped`` are the file's)
@@ -186,9 +201,10 @@ def prepare_rows(cfg: FunctionTagConfig, train_df: pd.DataFrame, valid_df: Optio
     if len(valid.inputs) < 2:
         raise TrainingError("The validation set has fewer than 2 usable rows.")
     # A seeded half of a large enough validation set sets the interval's half-width and nothing else
-    # (``calibrate``). Until the final evaluation, ``valid`` is the other half.
+    # (``calibrate``); for a classification it only scores the kept state, on rows that chose nothing.
+    # Until the final evaluation, ``valid`` is the other half.
     full_valid, calib = valid, None
-    holdout = calibration_split(len(valid.inputs), cfg.seed) if cfg.task == "regression" else None
+    holdout = calibration_split(len(valid.inputs), cfg.seed, valid.y if cfg.task == "classification" else None)
     if holdout is not None:
         valid, calib = _subset(full_valid, holdout[0]), _subset(full_valid, holdout[1])
     return SplitRows(train_df, data, train, valid, full_valid, calib, holdout, split, classes, warnings)

@@ -858,6 +858,26 @@ def test_unloadable_backbone_is_explained(tagllm_home, monkeypatch, tmp_path):
     assert "could not be loaded" in texts(at.error) and "no-such-model" in texts(at.error)
 
 
+def test_card_summary_puts_the_held_out_figure_beside_the_main_one():
+    """The held-out half's score (the one no choice read) is among the summary's tiles, next to the main
+    metric on every validation row, however many other metrics the card holds."""
+    from tagllm_core.tags import TagCard
+    from ui import cards
+
+    valid = {"rmse": 0.73, "mae": 0.58, "n": 113, "pearson": 0.94, "spearman": 0.94, "r2": 0.87, "ci": 0.89}
+    card = TagCard(name="Sol", kind="function", backbone={}, n_tokens=10, task="regression",
+                   metrics={"valid": valid, "held_out": {"rmse": 0.69, "n": 56, "spearman": 0.9}})
+    shown = cards.headline_metrics(card)
+    assert [k for k, _ in shown[:2]] == ["valid rmse", "held out rmse"] and shown[1][1] == 0.69
+    assert len(shown) == 6 and not any(k.endswith(" n") for k, _ in shown)
+    auc = TagCard(name="Act", kind="function", backbone={}, n_tokens=10, task="classification",
+                  metrics={"valid": {"log_loss": 0.59, "accuracy": 0.7, "auroc": 0.78}, "held_out": {"auroc": 0.74}})
+    assert [k for k, _ in cards.headline_metrics(auc)][:2] == ["valid auroc", "held out auroc"]
+    old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
+                  metrics={"valid": {"rmse": 1.1, "n": 20}})
+    assert cards.headline_metrics(old) == [("valid rmse", 1.1)]
+
+
 def test_card_shows_the_read_out_and_the_same_run_baselines():
     from tagllm_core.tags import SlotSpec, TagCard
     from ui import cards

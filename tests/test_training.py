@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from tagllm_core.data import random_split, stratified_split
 from tagllm_core.exceptions import InputError, JobCancelled, TrainingError
@@ -561,6 +562,43 @@ def test_interval_is_calibrated_on_held_out_validation_rows(llama):
     assert card.interval["halfwidth"][0] == pytest.approx(conformal_halfwidth(vt[calib] - vp[calib], 0.9))
     assert card.metrics["held_out"]["n"] == 20
     assert "note" not in card.interval
+
+
+def test_calibration_split_of_classes_keeps_every_class_in_both_halves():
+    from tagllm_core.train_prepare import calibration_split as _calibration_split
+
+    classes = np.array([0] * 37 + [1] * 7)  # 44 rows; the minority's odd member goes to the selection half
+    for seed in range(5):
+        select, calib = _calibration_split(len(classes), seed, classes)
+        assert sorted([*select, *calib]) == list(range(len(classes)))
+        assert sorted(classes[calib].tolist()) == [0] * 18 + [1] * 3
+        assert sorted(classes[select].tolist()) == [0] * 19 + [1] * 4
+    assert _calibration_split(44, 0, np.array([0] * 43 + [1])) is None  # one half would lack class 1
+    assert _calibration_split(30, 0, np.array([0, 1] * 15)) is None  # too few rows for two halves
+    one_class = _calibration_split(40, 0, np.zeros(40, int))  # a fold with one class is halved all the same
+    assert one_class is not None and len(one_class[1]) == 20
+
+
+def test_classification_is_scored_on_a_held_out_half_that_chose_nothing(llama):
+    """A classification tag's epoch and layer are chosen on one stratified half of validation; the other
+    half only scores the kept state, so the card has an honest held-out figure, as a regression's has."""
+    from tagllm_core.train_prepare import calibration_split as _calibration_split
+
+    df = small_frame(20)  # 100 rows, 40 for validation
+    df["size"] = np.where(df["y"] > df["y"].median(), "large", "small")
+    cfg = smiles_cfg("Size", labels=["size"], task="classification", epochs=1, valid_fraction=0.4)
+    res = train_function_tag(llama, None, cfg, df, save=False)
+    card = res.tag.card
+    assert card.training["rows_valid"] == 40
+    assert card.training["selection_rows"] == 20 and card.training["calibration_rows"] == 20
+    assert all(h["valid_n"] == 20 for h in res.history)  # early stopping saw the selection half only
+    truth = np.array(res.valid_true)  # every validation row, in split order
+    select, calib = _calibration_split(40, 0, truth)
+    assert set(truth[select]) == set(truth[calib]) == {0, 1}
+    held = card.metrics["held_out"]
+    assert held["n"] == 20 and held["auroc"] == pytest.approx(roc_auc_score(truth[calib],
+                                                                            np.array(res.valid_pred)[calib]))
+    assert card.metrics["valid"]["n"] == 40 and card.interval is None
 
 
 def test_warm_start_baseline_covers_every_validation_row(llama):

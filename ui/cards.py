@@ -12,7 +12,7 @@ import streamlit as st
 from tagllm_core.applicability import NEAREST
 from tagllm_core.backbone import BackboneFingerprint
 from tagllm_core.exceptions import TagLLMError
-from tagllm_core.metrics import PairedDifference
+from tagllm_core.metrics import PRIMARY_METRIC, PairedDifference
 from tagllm_core.reference import ReferenceDistribution, reference_problem
 from tagllm_core.tags import TagCard, TagInfo, load_tag_file
 
@@ -59,6 +59,20 @@ def flat_metrics(card: TagCard) -> dict:
 
     walk("", {k: v for k, v in (card.metrics or {}).items() if k != "baselines"})
     return out
+
+
+HELD_OUT_HELP = ("Scored on the seeded half of the validation rows that chose neither the read-out layer nor the "
+                 "epoch: the figure to expect on new data like the validation set. \"valid\" covers every "
+                 "validation row, including the half that made those choices.")
+
+
+def headline_metrics(card: TagCard, limit: int = 6) -> list[tuple[str, float]]:
+    """The summary's tiles: the task's main metric on every validation row and on the held-out half
+    beside it (the honest figure, easy to miss further down the list), then the rest in card order."""
+    metrics = {k: v for k, v in flat_metrics(card).items() if not k.endswith(" n")}
+    main = PRIMARY_METRIC.get(str(card.task), ("",))[0]
+    first = [k for k in (f"valid {main}", f"held out {main}") if k in metrics]
+    return [(k, metrics[k]) for k in first + [k for k in metrics if k not in first]][:limit]
 
 
 VERDICT_TEXT = {"better": "tag better", "worse": "tag worse", "tie": "no clear difference"}
@@ -217,12 +231,11 @@ def render_summary(info: TagInfo, current: Optional[BackboneFingerprint] = None)
     st.markdown(f"**Training:** {training_text(card)}")
     if card.kind == "function":
         st.markdown(f"**Head reads:** {readout_text(card)}")
-    metrics = flat_metrics(card)
-    if metrics:
-        shown = list(metrics.items())[:6]
+    shown = headline_metrics(card)
+    if shown:
         cols = st.columns(len(shown))
         for col, (name, value) in zip(cols, shown):
-            col.metric(name, format_number(value))
+            col.metric(name, format_number(value), help=HELD_OUT_HELP if name.startswith("held out") else None)
     comparison = comparison_frame(card)
     if comparison is not None:
         note = ""
