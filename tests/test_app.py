@@ -605,9 +605,13 @@ def test_jobs_panel_shows_a_finished_jobs_training_warnings(tiny_app):
     job = store.create("function-tag", "Warned", ["train-function-tag", "--name=Warned"])
     warning = "The scaffold split put 0 of 50 rows in validation; a random split was used instead."
     assert store.set_running(job.id, os.getpid())
-    assert store.finish(job.id, {"tag": "Warned", "metrics": {"rmse": 0.5}, "warnings": [warning]})
+    assert store.finish(job.id, {"tag": "Warned", "metrics": {"rmse": 0.5}, "warnings": [warning],
+                                 "held_out": {"rmse": 0.625, "n": 20}})
     at = new_app("pages/train.py")
     assert warning in texts(at.warning)
+    # the honest figure, from the validation half that chose nothing, beside the tiles
+    assert "RMSE on the held-out half of the validation rows (20 rows" in texts(at.caption)
+    assert "chose neither the read-out layer nor the epoch): 0.625." in texts(at.caption)
 
 
 def test_jobs_panel_cancels_a_running_job(tiny_app):

@@ -439,6 +439,7 @@ def test_train_function_tag_command(env, capsys, tmp_path, library):
     assert len(result["parity"]["true"]) == len(result["parity"]["pred"]) == 10
     assert math.isfinite(result["metrics"]["rmse"]) and result["rows_dropped"] == 0
     card = library.get("Heavy").card
+    assert result["held_out"] is None and "held_out" not in card.metrics  # 10 validation rows: too few to halve
     assert card.training["data"] == "train.csv" and card.training["stage"] == 2
     assert card.training["config"]["epochs"] == 1 and card.slots == [SlotSpec("smiles", "smiles", None)]
 

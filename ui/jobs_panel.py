@@ -194,6 +194,12 @@ def _finished(job: Job) -> None:
         cols = st.columns(len(shown))
         for col, (k, v) in zip(cols, shown):
             col.metric(k.replace("_", " "), format_number(v), help="on the validation rows")
+    held_out = res.get("held_out") or {}
+    main = next((k for k in ("rmse", "auroc") if isinstance(held_out.get(k), (int, float))), None)
+    if main:
+        st.caption(f"{main.upper()} on the held-out half of the validation rows ({held_out.get('n', '?')} rows "
+                   f"that chose neither the read-out layer nor the epoch): {format_number(held_out[main])}. "
+                   f"Expect about this on new data like the validation set.")
     interval = res.get("interval") or {}
     if interval.get("halfwidth"):
         st.caption(f"{interval.get('level', 0.9):.0%} prediction interval: ± "
