@@ -304,8 +304,8 @@ def cmd_train_function_tag(args) -> int:
         res = train_function_tag(bb, lib, cfg, train_df, valid_df, progress=progress, checkpoint_dir=ckpt,
                                  data_name=Path(args.train).name)
         return {"tag": res.tag.name, "path": str(res.path), "metrics": res.metrics, "history": res.history,
-                "held_out": (res.tag.card.metrics or {}).get("held_out"), "interval": res.tag.card.interval, "rows_dropped": len(res.dropped),
-                "warnings": res.warnings,
+                "held_out": (res.tag.card.metrics or {}).get("held_out"), "interval": res.tag.card.interval,
+                "rows_dropped": len(res.dropped), "warnings": res.warnings,
                 "dropped_examples": res.dropped[:10],
                 "parity": {"true": res.valid_true[:2000], "pred": res.valid_pred[:2000]}}
 
