@@ -865,7 +865,7 @@ def test_unloadable_backbone_is_explained(tagllm_home, monkeypatch, tmp_path):
 def test_card_summary_puts_the_held_out_figure_beside_the_main_one():
     """The held-out half's score (the one no choice read) is among the summary's tiles, next to the main
     metric on every validation row, however many other metrics the card holds."""
-    from tagllm_core.tags import TagCard
+    from tagllm_core.tags import SlotSpec, TagCard
     from ui import cards
 
     valid = {"rmse": 0.73, "mae": 0.58, "n": 113, "pearson": 0.94, "spearman": 0.94, "r2": 0.87, "ci": 0.89}
@@ -880,6 +880,9 @@ def test_card_summary_puts_the_held_out_figure_beside_the_main_one():
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
                   metrics={"valid": {"rmse": 1.1, "n": 20}})
     assert cards.headline_metrics(old) == [("valid rmse", 1.1)]
+    assert "valid ci" not in dict(shown)  # sixth and later for one input
+    pair = dataclasses.replace(card, slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)])
+    assert [k for k, _ in cards.headline_metrics(pair)][:3] == ["valid rmse", "held out rmse", "valid ci"]
 
 
 def test_card_shows_the_read_out_and_the_same_run_baselines():

@@ -68,10 +68,12 @@ HELD_OUT_HELP = ("Scored on the seeded half of the validation rows that chose ne
 
 def headline_metrics(card: TagCard, limit: int = 6) -> list[tuple[str, float]]:
     """The summary's tiles: the task's main metric on every validation row and on the held-out half
-    beside it (the honest figure, easy to miss further down the list), then the rest in card order."""
+    beside it (the honest figure, easy to miss further down the list), then for a pair of inputs the
+    concordance index (how drug–target affinity is usually reported), then the rest in card order."""
     metrics = {k: v for k, v in flat_metrics(card).items() if not k.endswith(" n")}
     main = PRIMARY_METRIC.get(str(card.task), ("",))[0]
-    first = [k for k in (f"valid {main}", f"held out {main}") if k in metrics]
+    pair = ("valid ci",) if len(card.slots) > 1 else ()
+    first = [k for k in (f"valid {main}", f"held out {main}", *pair) if k in metrics]
     return [(k, metrics[k]) for k in first + [k for k in metrics if k not in first]][:limit]
 
 
