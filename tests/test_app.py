@@ -872,17 +872,19 @@ def test_card_summary_puts_the_held_out_figure_beside_the_main_one():
     card = TagCard(name="Sol", kind="function", backbone={}, n_tokens=10, task="regression",
                    metrics={"valid": valid, "held_out": {"rmse": 0.69, "n": 56, "spearman": 0.9}})
     shown = cards.headline_metrics(card)
-    assert [k for k, _ in shown[:2]] == ["valid rmse", "held out rmse"] and shown[1][1] == 0.69
-    assert len(shown) == 6 and not any(k.endswith(" n") for k, _ in shown)
+    assert [k for k, _ in shown[:2]] == ["valid rmse", "held-out rmse"] and shown[1][1] == 0.69
+    assert len(shown) == 5 and not any(k.endswith(" n") for k, _ in shown)
     auc = TagCard(name="Act", kind="function", backbone={}, n_tokens=10, task="classification",
                   metrics={"valid": {"log_loss": 0.59, "accuracy": 0.7, "auroc": 0.78}, "held_out": {"auroc": 0.74}})
-    assert [k for k, _ in cards.headline_metrics(auc)][:2] == ["valid auroc", "held out auroc"]
+    assert [k for k, _ in cards.headline_metrics(auc)][:2] == ["valid auroc", "held-out auroc"]
     old = TagCard(name="Old", kind="function", backbone={}, n_tokens=10, task="regression",
                   metrics={"valid": {"rmse": 1.1, "n": 20}})
     assert cards.headline_metrics(old) == [("valid rmse", 1.1)]
-    assert "valid ci" not in dict(shown)  # sixth and later for one input
+    assert "valid ci" not in dict(shown)  # seventh for one input
+    halves = dataclasses.replace(card, training={"rows_train": 902, "rows_valid": 113, "selection_rows": 57})
+    assert "113 validation rows (57 chose the read-out layer and epoch, 56 held out)" in cards.training_text(halves)
     pair = dataclasses.replace(card, slots=[SlotSpec("sequence", "protein", None), SlotSpec("smiles", "smiles", None)])
-    assert [k for k, _ in cards.headline_metrics(pair)][:3] == ["valid rmse", "held out rmse", "valid ci"]
+    assert [k for k, _ in cards.headline_metrics(pair)][:3] == ["valid rmse", "held-out rmse", "valid ci"]
 
 
 def test_card_shows_the_read_out_and_the_same_run_baselines():

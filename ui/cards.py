@@ -66,7 +66,7 @@ HELD_OUT_HELP = ("Scored on the seeded half of the validation rows that chose ne
                  "validation row, including the half that made those choices.")
 
 
-def headline_metrics(card: TagCard, limit: int = 6) -> list[tuple[str, float]]:
+def headline_metrics(card: TagCard, limit: int = 5) -> list[tuple[str, float]]:
     """The summary's tiles: the task's main metric on every validation row and on the held-out half
     beside it (the honest figure, easy to miss further down the list), then for a pair of inputs the
     concordance index (how drug–target affinity is usually reported), then the rest in card order."""
@@ -74,7 +74,8 @@ def headline_metrics(card: TagCard, limit: int = 6) -> list[tuple[str, float]]:
     main = PRIMARY_METRIC.get(str(card.task), ("",))[0]
     pair = ("valid ci",) if len(card.slots) > 1 else ()
     first = [k for k in (f"valid {main}", f"held out {main}", *pair) if k in metrics]
-    return [(k, metrics[k]) for k in first + [k for k in metrics if k not in first]][:limit]
+    ordered = [(k, metrics[k]) for k in first + [k for k in metrics if k not in first]][:limit]
+    return [(k.replace("held out ", "held-out "), v) for k, v in ordered]
 
 
 VERDICT_TEXT = {"better": "tag better", "worse": "tag worse", "tie": "no clear difference"}
@@ -201,7 +202,10 @@ def training_text(card: TagCard) -> str:
     if t.get("data"):
         bits.append(f"data: `{t['data']}`")
     if t.get("rows_train") is not None:
-        bits.append(f"{t['rows_train']} training / {t.get('rows_valid', '?')} validation rows")
+        held = ((card.metrics or {}).get("held_out") or {}).get("n")
+        halves = (f" ({t['selection_rows']} chose the read-out layer and epoch, {held} held out)"
+                  if held and t.get("selection_rows") else "")
+        bits.append(f"{t['rows_train']} training / {t.get('rows_valid', '?')} validation rows{halves}")
     if t.get("sequences_train") is not None:
         bits.append(f"{t['sequences_train']} sequences, {t.get('steps', '?')} steps")
     if t.get("split"):
@@ -237,7 +241,7 @@ def render_summary(info: TagInfo, current: Optional[BackboneFingerprint] = None)
     if shown:
         cols = st.columns(len(shown))
         for col, (name, value) in zip(cols, shown):
-            col.metric(name, format_number(value), help=HELD_OUT_HELP if name.startswith("held out") else None)
+            col.metric(name, format_number(value), help=HELD_OUT_HELP if name.startswith("held-out") else None)
     comparison = comparison_frame(card)
     if comparison is not None:
         note = ""
