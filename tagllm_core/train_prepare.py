@@ -134,7 +134,7 @@ def _subset(data: PreparedData, idx: np.ndarray) -> PreparedData:
     return PreparedData([data.inputs[i] for i in idx], data.y[idx], [data.source_rows[i] for i in idx], [])
 
 
-CALIBRATION_MIN_ROWS = 40  # validation rows from which half is held out for the interval
+CALIBRATION_MIN_ROWS = 40  # validation rows from which half is held out from every choice (and sets the interval)
 
 
 def calibration_split(n: int, seed: int, classes: Optional[np.ndarray] = None
