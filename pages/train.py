@@ -122,8 +122,9 @@ with tab_fn:
             valid_fraction = a1.number_input(
                 "Validation share", min_value=0.05, max_value=0.5, step=0.05, format="%.2f",
                 value=training.suggest_valid_fraction(n_rows), key=f"tf_vfrac::{n_rows}",
-                help="Held out to choose the best epoch and calibrate the prediction interval "
-                     "(at least 10 rows by default).")
+                help="Held out from training (at least 10 rows by default). From 40 validation rows on, half of "
+                     "them choose the read-out layer and the best epoch, and the other half gives the honest "
+                     "held-out score and calibrates the prediction interval; below that, the same rows do both.")
             kinds = {s.kind for s in slots}
             augment = a2.number_input(
                 "SMILES augmentation (extra spellings per molecule)", min_value=0, max_value=20,
