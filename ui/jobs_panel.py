@@ -21,6 +21,7 @@ import streamlit as st
 
 from tagllm_core.exceptions import TagLLMError
 from tagllm_core.jobs import Job, JobStore, can_relaunch, cancel, kill, prediction_output, relaunch
+from tagllm_core.metrics import PRIMARY_METRIC
 
 from . import charts, state
 from .cards import format_number
@@ -194,9 +195,10 @@ def _finished(job: Job) -> None:
         cols = st.columns(len(shown))
         for col, (k, v) in zip(cols, shown):
             col.metric(k.replace("_", " "), format_number(v), help="on the validation rows")
+    task = "classification" if argv_value(job.argv, "--task") == "classification" else "regression"
     held_out = res.get("held_out") or {}
-    main = next((k for k in ("rmse", "auroc") if isinstance(held_out.get(k), (int, float))), None)
-    if main:
+    main = PRIMARY_METRIC[task][0]
+    if isinstance(held_out.get(main), (int, float)):
         st.caption(f"{main.upper()} on the held-out half of the validation rows ({held_out.get('n', '?')} rows "
                    f"that chose neither the read-out layer nor the epoch): {format_number(held_out[main])}. "
                    f"Expect about this on new data like the validation set.")
@@ -206,7 +208,6 @@ def _finished(job: Job) -> None:
                    f"{format_number(float(interval['halfwidth'][0]))}")
     parity = res.get("parity") or {}
     if parity.get("true"):
-        task = "classification" if argv_value(job.argv, "--task") == "classification" else "regression"
         st.plotly_chart(charts.parity_figure(parity["true"], parity["pred"], task), width="stretch",
                         key=f"parity-{job.id}")
     if res.get("rows_dropped"):
